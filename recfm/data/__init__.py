@@ -1,0 +1,1 @@
+"""The outside world: schema, readers, dataset adapters, the synthetic world, splits."""

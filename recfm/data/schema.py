@@ -1,0 +1,228 @@
+"""Event and item columns, and validation with errors that name file, line and column.
+
+A *raw* frame is whatever a reader or adapter produced (often all strings). It carries a
+``_line`` column: the 1-based line (CSV/JSONL/text) or row (Parquet) each record came from,
+so that every error can point at it. :func:`normalize_events` and :func:`normalize_items`
+turn a raw frame into the canonical typed frame or raise :class:`~recfm.errors.InputError`.
+
+Canonical events (one row per interaction)::
+
+    user_id    Utf8     required
+    item_id    Utf8     required
+    timestamp  Int64    required, seconds since the epoch (ms and ISO-8601 are converted)
+    action     Utf8     optional categorical (impression, play, complete, rate, …)
+    value      Float64  optional: a duration in seconds, or a rating
+    device, country, surface  Utf8  optional categoricals
+    row        Int64    optional: the row of the page the item was shown in
+    <extra>    Utf8     any other column, kept as a categorical facet
+    _line      Int64    where the record came from (dropped before writing)
+
+Canonical items (one row per catalog entry)::
+
+    item_id Utf8 required; title, description, entity_type, language Utf8;
+    genres List(Utf8) ("a|b" strings are split); release_year Int64;
+    attributes List(Utf8); <extra> Utf8
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from recfm.errors import InputError, shorten
+
+LINE = "_line"
+
+EVENT_REQUIRED = ("user_id", "item_id", "timestamp")
+EVENT_CATEGORICAL = ("action", "device", "country", "surface")
+EVENT_NUMERIC = {"value": pl.Float64, "row": pl.Int64}
+EVENT_KNOWN = EVENT_REQUIRED + EVENT_CATEGORICAL + tuple(EVENT_NUMERIC)
+
+ITEM_REQUIRED = ("item_id",)
+ITEM_TEXT = ("title", "description", "entity_type", "language")
+ITEM_LISTS = ("genres", "attributes")
+ITEM_KNOWN = ITEM_REQUIRED + ITEM_TEXT + ITEM_LISTS + ("release_year",)
+
+# Integer timestamps above this are taken as milliseconds (1e11 s is the year 5138).
+_MS_THRESHOLD = 100_000_000_000
+
+
+def parse_mapping(spec: str | None) -> dict[str, str]:
+    """Parse ``"user_id=userId,item_id=movieId"`` into ``{"user_id": "userId", …}``."""
+    mapping: dict[str, str] = {}
+    if not spec:
+        return mapping
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise InputError("--map", None, None, "canonical=source pairs such as user_id=userId",
+                             shorten(part))
+        canon, source = (s.strip() for s in part.split("=", 1))
+        mapping[canon] = source
+    return mapping
+
+
+def apply_mapping(df: pl.DataFrame, mapping: dict[str, str], file: str) -> pl.DataFrame:
+    """Rename source columns to canonical names; a missing source column is an error."""
+    renames = {}
+    for canon, source in mapping.items():
+        if source not in df.columns:
+            found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
+            raise InputError(file, 1, source, f"column {source!r} (mapped to {canon})",
+                             f"columns {found}")
+        if source != canon:
+            renames[source] = canon
+    return df.rename(renames) if renames else df
+
+
+def _first_bad(df: pl.DataFrame, mask: pl.Series) -> tuple[int | None, int]:
+    """(line, row index) of the first True in ``mask``."""
+    idx = int(mask.arg_true()[0])
+    line = int(df[LINE][idx]) if LINE in df.columns else idx + 1
+    return line, idx
+
+
+def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what: str) -> None:
+    for col in required:
+        if col not in df.columns:
+            found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
+            raise InputError(file, 1, col, f"{what} column {col!r}", f"columns {found}")
+
+
+def _as_string(s: pl.Series) -> pl.Series:
+    if s.dtype == pl.Utf8:
+        return s
+    if s.dtype == pl.Float64 or s.dtype == pl.Float32:
+        # 12.0 → "12": ids read as floats (JSON numbers, nullable Parquet) stay readable.
+        as_int = s.cast(pl.Int64, strict=False)
+        if ((as_int.cast(s.dtype) == s) | s.is_null()).all():
+            return as_int.cast(pl.Utf8)
+    return s.cast(pl.Utf8)
+
+
+def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
+    s = _as_string(df[col])
+    bad = s.is_null() | (s.str.strip_chars() == "")
+    if bad.any():
+        line, idx = _first_bad(df, bad)
+        raise InputError(file, line, col, "a non-empty id", shorten(df[col][idx]))
+    return df.with_columns(s.alias(col))
+
+
+def _cast_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str,
+                  expected: str) -> pl.DataFrame:
+    s = df[col]
+    if s.dtype == pl.Utf8:
+        s = s.str.strip_chars().replace("", None)
+    out = s.cast(dtype, strict=False)
+    bad = out.is_null() & s.is_not_null()
+    if s.dtype in (pl.Float32, pl.Float64):
+        bad = bad | out.is_nan()
+    if bad.any():
+        line, idx = _first_bad(df, bad)
+        raise InputError(file, line, col, expected, shorten(df[col][idx]))
+    return df.with_columns(out.alias(col))
+
+
+def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.DataFrame:
+    """Integer seconds, integer milliseconds or ISO-8601 strings → Int64 seconds (≥ 0)."""
+    s = df[col]
+    if s.dtype.is_temporal():
+        secs = s.cast(pl.Datetime("us")).dt.epoch("s")
+    else:
+        text = _as_string(s).str.strip_chars()
+        numeric = text.cast(pl.Float64, strict=False)
+        iso = pl.Series(col, [None] * len(text), dtype=pl.Int64)
+        need_iso = numeric.is_null() & text.is_not_null()
+        if need_iso.any():
+            parsed = text.str.to_datetime(strict=False, time_zone="UTC")
+            iso = parsed.dt.epoch("s")
+        secs = numeric.cast(pl.Int64, strict=False)
+        # Milliseconds: decided per value, so mixed files still convert sensibly.
+        secs = pl.select(
+            pl.when(secs.abs() >= _MS_THRESHOLD).then(secs // 1000).otherwise(secs)
+        ).to_series()
+        secs = secs.fill_null(iso)
+        bad = secs.is_null() | (numeric.is_nan() if numeric.dtype == pl.Float64 else False)
+        if bad.any():
+            line, idx = _first_bad(df, bad)
+            raise InputError(file, line, col,
+                             "a timestamp (integer seconds or milliseconds, or ISO-8601)",
+                             shorten(s[idx]))
+    negative = secs < 0
+    if negative.any():
+        line, idx = _first_bad(df, negative)
+        raise InputError(file, line, col, "a timestamp at or after 1970-01-01",
+                         shorten(s[idx]))
+    return df.with_columns(secs.alias(col).cast(pl.Int64))
+
+
+def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
+    """Validate a raw event frame and return the canonical typed frame (see module doc)."""
+    if LINE not in df.columns:
+        df = df.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
+    require_columns(df, EVENT_REQUIRED, file, "event")
+    if df.height == 0:
+        raise InputError(file, None, None, "at least one event", "no rows")
+    df = _check_ids(df, "user_id", file)
+    df = _check_ids(df, "item_id", file)
+    df = parse_timestamps(df, file)
+    for col, dtype in EVENT_NUMERIC.items():
+        if col in df.columns:
+            kind = "a number" if dtype == pl.Float64 else "an integer"
+            df = _cast_numeric(df, col, dtype, file, kind)
+    cats = [c for c in df.columns if c not in EVENT_REQUIRED and c not in EVENT_NUMERIC
+            and c != LINE]
+    for col in cats:
+        s = df[col]
+        if s.dtype == pl.List or s.dtype == pl.Struct:
+            line, _ = _first_bad(df, s.is_not_null())
+            raise InputError(file, line, col, "a categorical value (string or number)",
+                             f"a {s.dtype}")
+        df = df.with_columns(_as_string(s).replace("", None).alias(col))
+    ordered = [c for c in EVENT_KNOWN if c in df.columns]
+    extra = sorted(c for c in df.columns if c not in EVENT_KNOWN and c != LINE)
+    return df.select(ordered + extra + [LINE])
+
+
+def _as_list(s: pl.Series, sep: str = "|") -> pl.Series:
+    if s.dtype == pl.List(pl.Utf8):
+        return s
+    if isinstance(s.dtype, pl.List):
+        return s.cast(pl.List(pl.Utf8))
+    text = _as_string(s)
+    out = text.str.split(sep).list.eval(pl.element().str.strip_chars()).list.eval(
+        pl.element().filter(pl.element() != "")
+    )
+    return out.alias(s.name)
+
+
+def normalize_items(df: pl.DataFrame, file: str) -> pl.DataFrame:
+    """Validate a raw item frame; ids must be unique."""
+    if LINE not in df.columns:
+        df = df.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
+    require_columns(df, ITEM_REQUIRED, file, "item")
+    df = _check_ids(df, "item_id", file)
+    dup = df["item_id"].is_duplicated()
+    if dup.any():
+        # Report the second occurrence: the first is the one we would have kept.
+        first_seen = df["item_id"].is_first_distinct()
+        line, idx = _first_bad(df, dup & ~first_seen)
+        raise InputError(file, line, "item_id", "a unique item id",
+                         f"{shorten(df['item_id'][idx])} again")
+    for col in ITEM_TEXT:
+        if col in df.columns:
+            df = df.with_columns(_as_string(df[col]).alias(col))
+    for col in ITEM_LISTS:
+        if col in df.columns:
+            df = df.with_columns(_as_list(df[col]).alias(col))
+    if "release_year" in df.columns:
+        df = _cast_numeric(df, "release_year", pl.Int64, file, "an integer year")
+    extra = sorted(c for c in df.columns if c not in ITEM_KNOWN and c != LINE)
+    for col in extra:
+        s = df[col]
+        if not isinstance(s.dtype, (pl.List, pl.Struct)):
+            df = df.with_columns(_as_string(s).alias(col))
+    ordered = [c for c in ITEM_KNOWN if c in df.columns]
+    return df.select(ordered + extra + [LINE])

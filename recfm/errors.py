@@ -1,0 +1,42 @@
+"""Errors a user can act on.
+
+Every problem with input data is raised as :class:`InputError`, whose message names the
+file, the 1-based line (or row, for Parquet), the column, what was expected and what was
+found. The CLI prints that one line to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class RecfmError(Exception):
+    """Base class for errors the CLI reports as one line (exit status 2)."""
+
+
+class InputError(RecfmError):
+    """Bad input data, located as precisely as we can: ``file:line:column: …``."""
+
+    def __init__(
+        self,
+        file: str,
+        line: int | None,
+        column: str | None,
+        expected: str,
+        found: str,
+    ) -> None:
+        self.file = str(file)
+        self.line = line
+        self.column = column
+        self.expected = expected
+        self.found = found
+        where = self.file
+        if line is not None:
+            where += f":{line}"
+        if column is not None:
+            where += f":{column}"
+        super().__init__(f"{where}: expected {expected}, found {found}")
+
+
+def shorten(value: object, limit: int = 40) -> str:
+    """A found value as it goes into an error message: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
