@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask_mode(mode: int) -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
@@ -28,6 +34,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
     except BaseException:
@@ -48,6 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
+        os.chmod(tmp, _umask_mode(0o666))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -129,10 +129,10 @@ def read_jsonl(path: Path) -> pl.DataFrame:
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise InputError(str(path), lineno, None, "one JSON object per line",
+            raise InputError(str(path), lineno, f"char {e.colno}", "one JSON object per line",
                              f"invalid JSON ({e.msg} at character {e.colno})") from None
         if not isinstance(obj, dict):
-            raise InputError(str(path), lineno, None, "a JSON object", shorten(obj))
+            raise InputError(str(path), lineno, "char 1", "a JSON object", shorten(obj))
         records.append(obj)
         lines.append(lineno)
     if not records:

@@ -1,0 +1,3 @@
+from recfm.cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""Raw events → a prepared dataset directory (the input of every later step).
+
+A prepared dataset is a directory, written atomically::
+
+    tokens.parquet    one row per user: user_idx, user_id, length, list columns per facet
+    items.parquet     the item vocabulary: idx (model index), item_id, catalog metadata,
+                      n_events / n_tokens (how often it occurs)
+    tokenizer.json    tokenizer config + facet vocabularies, versioned
+    report.json       events in, tokens out, compression, drops by reason, lengths, splits
+
+Re-running prepare on the same input writes byte-identical Parquet files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recfm import __version__
+from recfm.data.readers import RawDataset, read_generic
+from recfm.data.splits import leave_one_out
+from recfm.errors import InputError
+from recfm.io import atomic_dir, atomic_write_json
+from recfm.tokenizer import (
+    N_RESERVED_ITEMS,
+    Tokenizer,
+    TokenizerConfig,
+    length_percentiles,
+    tokenize,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "generic", "synthetic", "movielens", "s3rec", "amazon")
+
+
+def load_raw(
+    events: str | Path,
+    items: str | Path | None = None,
+    fmt: str = "auto",
+    event_map: dict[str, str] | None = None,
+    item_map: dict[str, str] | None = None,
+) -> RawDataset:
+    """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``."""
+    from recfm.data import amazon, movielens, s3rec, synthetic
+
+    path = Path(events)
+    if not path.exists():
+        raise InputError(str(path), None, None, "an existing file or folder", "nothing at that path")
+    if fmt not in FORMATS:
+        raise InputError("--format", None, None, f"one of {', '.join(FORMATS)}", repr(fmt))
+    if fmt == "auto":
+        if synthetic.detect(path):
+            fmt = "synthetic"
+        elif movielens.detect(path):
+            fmt = "movielens"
+        elif s3rec.detect(path):
+            fmt = "s3rec"
+        elif amazon.detect(path):
+            fmt = "amazon"
+        else:
+            fmt = "generic"
+    log.info("reading %s as %s", path, fmt)
+    if fmt == "synthetic":
+        return synthetic.load_world(path)
+    if fmt == "movielens":
+        return movielens.load(path)
+    if fmt == "s3rec":
+        return s3rec.load(path)
+    if fmt == "amazon":
+        return amazon.load(path, items) if items is not None else amazon.load(path)
+    if path.is_dir():
+        raise InputError(str(path), None, None, "an event file (or a folder in a known layout)",
+                         "a folder in no known layout")
+    return read_generic(path, items, event_map, item_map)
+
+
+def resolve_tokenizer_config(raw: RawDataset, user: TokenizerConfig | None) -> TokenizerConfig:
+    """An explicit config wins; otherwise the defaults with the format's own overrides."""
+    if user is not None:
+        return user
+    overrides = raw.meta.get("tokenizer", {})
+    return TokenizerConfig.from_dict(overrides, f"{raw.meta.get('name', 'dataset')} defaults")
+
+
+def _items_table(tok: Tokenizer, raw: RawDataset, seqs: pl.DataFrame,
+                 events: pl.DataFrame) -> pl.DataFrame:
+    vocab = pl.DataFrame({
+        "idx": pl.Series(range(N_RESERVED_ITEMS, tok.n_items), dtype=pl.Int32),
+        "item_id": pl.Series(tok.item_ids, dtype=pl.Utf8),
+    })
+    n_events = events.group_by("item_id").len("n_events")
+    n_tokens = (seqs.select(pl.col("item").explode()).group_by("item").len("n_tokens")
+                .rename({"item": "idx"}))
+    out = (vocab.join(n_events, on="item_id", how="left")
+           .join(n_tokens.with_columns(pl.col("idx").cast(pl.Int32)), on="idx", how="left")
+           .with_columns(pl.col("n_events").fill_null(0).cast(pl.Int64),
+                         pl.col("n_tokens").fill_null(0).cast(pl.Int64)))
+    if raw.items is not None:
+        meta = raw.items.drop("_line")
+        out = out.join(meta, on="item_id", how="left")
+    return out.sort("idx")
+
+
+def _iso(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(int(ts), tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def prepare(
+    raw: RawDataset,
+    out: str | Path,
+    config: TokenizerConfig | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Tokenize ``raw`` and write the prepared dataset directory ``out`` atomically.
+
+    Returns the report (also written as ``report.json``).
+    """
+    step = on_step or (lambda name: log.info(name))
+    t0 = time.perf_counter()
+    cfg = resolve_tokenizer_config(raw, config)
+    has_time = bool(raw.meta.get("has_time", True))
+    step("tokenizing")
+    result = tokenize(raw.events, cfg, raw.items, has_time=has_time,
+                      events_file=raw.events_file, items_file=raw.items_file)
+    tok = result.tokenizer
+    tok.meta = {"dataset": raw.meta.get("name"), "value_kind": raw.meta.get("value_kind")}
+    seqs = result.tokens
+
+    ev = raw.events
+    lengths = seqs["length"]
+    split = leave_one_out(seqs)
+    tokens_out = int(lengths.sum())
+    report = {
+        "recfm_version": __version__,
+        "dataset": raw.meta.get("name"),
+        "events_file": raw.events_file,
+        "items_file": raw.items_file,
+        "events_in": result.events_in,
+        "events_kept": result.events_kept,
+        "tokens_out": tokens_out,
+        "compression": round(result.events_kept / tokens_out, 4) if tokens_out else None,
+        "compression_from_input": round(result.events_in / tokens_out, 4) if tokens_out else None,
+        "dropped": result.dropped,
+        "dropped_total": sum(result.dropped.values()),
+        "users": seqs.height,
+        "users_in": int(ev["user_id"].n_unique()),
+        "items_with_events": int(ev["item_id"].n_unique()),
+        "items_in_vocabulary": len(tok.item_ids),
+        "catalog_items": raw.items.height if raw.items is not None else None,
+        "has_time": has_time,
+        "time_range": [_iso(ev["timestamp"].min()), _iso(ev["timestamp"].max())]
+        if has_time else None,
+        "sequence_length": length_percentiles(lengths),
+        "split": {"leave_one_out": split.counts},
+        "tokenizer": dataclasses.asdict(cfg),
+    }
+
+    step("writing")
+    items_table = _items_table(tok, raw, seqs, ev)
+    with atomic_dir(out) as tmp:
+        seqs.write_parquet(tmp / "tokens.parquet", compression="zstd", row_group_size=2048)
+        items_table.write_parquet(tmp / "items.parquet", compression="zstd")
+        tok.save(tmp / "tokenizer.json")
+        report["wall_s"] = round(time.perf_counter() - t0, 3)
+        atomic_write_json(tmp / "report.json", report)
+    log.info("prepared %s: %d events → %d tokens for %d users in %.1fs", out,
+             result.events_in, tokens_out, seqs.height, report["wall_s"])
+    return report
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset directory, loaded."""
+
+    path: Path
+    sequences: pl.DataFrame
+    items: pl.DataFrame
+    tokenizer: Tokenizer
+    report: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreparedDataset":
+        path = Path(path)
+        for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
+            if not (path / name).is_file():
+                raise InputError(str(path / name), None, None,
+                                 "a prepared dataset file (run `recfm prepare` first)",
+                                 "nothing at that path")
+        items = pl.read_parquet(path / "items.parquet")
+        tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
+        report_path = path / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        return cls(path, pl.read_parquet(path / "tokens.parquet"), items, tok, report)
+
+
+def describe(path: str | Path, top: int = 10) -> dict[str, Any]:
+    """Counts, length percentiles, top items and time range of a prepared dataset."""
+    ds = PreparedDataset.load(path)
+    seqs = ds.sequences
+    counts = (seqs.select(pl.col("item").explode()).group_by("item").len("n")
+              .sort(["n", "item"], descending=[True, False]).head(top))
+    names = ds.items.select("idx", "item_id", *(["title"] if "title" in ds.items.columns else []))
+    top_items = counts.join(names.rename({"idx": "item"}), on="item", how="left")
+    ts = seqs.select(pl.col("ts").explode())["ts"] if "ts" in seqs.columns else None
+    return {
+        "path": str(ds.path),
+        "users": seqs.height,
+        "tokens": int(seqs["length"].sum()),
+        "items_in_vocabulary": len(ds.tokenizer.item_ids),
+        "items_with_tokens": int(seqs.select(pl.col("item").explode().n_unique()).item()),
+        "sequence_length": length_percentiles(seqs["length"]),
+        "time_range": [_iso(ts.min()), _iso(ts.max())]
+        if ts is not None and ds.tokenizer.has_time else None,
+        "facets": {k: len(v) for k, v in ds.tokenizer.facets.items()},
+        "top_items": top_items.to_dicts(),
+        "report": {k: ds.report.get(k) for k in ("events_in", "tokens_out", "compression",
+                                                 "dropped")},
+    }

@@ -1,0 +1,83 @@
+"""prepare: the dataset directory, its report, determinism and atomicity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recfm.data.readers import read_generic
+from recfm.prepare import PreparedDataset, describe, prepare
+
+
+@pytest.fixture()
+def event_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    df = pl.DataFrame({
+        "uid": [f"u{u}" for u in rng.integers(0, 60, n)],
+        "item_id": [f"i{i}" for i in rng.integers(0, 80, n)],
+        "timestamp": rng.integers(1_600_000_000, 1_600_000_000 + 86400 * 30, n),
+        "action": rng.choice(["impression", "play", "complete", "trailer"], n),
+        "value": rng.uniform(0, 3000, n).round(1),
+        "device": rng.choice(["tv", "mobile", "web"], n),
+    })
+    path = tmp_path / "events.parquet"
+    df.write_parquet(path)
+    return path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_prepare_writes_dataset_and_report(tmp_path, event_file):
+    raw = read_generic(event_file, event_map={"user_id": "uid"})
+    report = prepare(raw, tmp_path / "prep")
+    out = tmp_path / "prep"
+    assert {p.name for p in out.iterdir()} == {"tokens.parquet", "items.parquet",
+                                               "tokenizer.json", "report.json"}
+    assert report["events_in"] == 3000
+    assert report["dropped"]["action:impression"] > 0
+    assert report["events_kept"] == 3000 - report["dropped_total"]
+    assert report["tokens_out"] <= report["events_kept"]
+    assert report["users"] == 60
+    assert json.loads((out / "report.json").read_text())["tokens_out"] == report["tokens_out"]
+    ds = PreparedDataset.load(out)
+    assert ds.sequences["length"].sum() == report["tokens_out"]
+    assert ds.tokenizer.n_items == ds.items.height + 3
+    assert ds.items["idx"].to_list() == list(range(3, ds.tokenizer.n_items))
+    assert set(ds.tokenizer.facets) == {"action", "device"}
+    d = describe(out, top=3)
+    assert d["users"] == 60 and len(d["top_items"]) == 3
+    assert d["top_items"][0]["n"] >= d["top_items"][1]["n"]
+
+
+def test_prepare_is_byte_identical_on_rerun(tmp_path, event_file):
+    raw = read_generic(event_file, event_map={"user_id": "uid"})
+    prepare(raw, tmp_path / "a")
+    prepare(read_generic(event_file, event_map={"user_id": "uid"}), tmp_path / "b")
+    for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
+        assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name), name
+
+
+def test_prepare_replaces_output_atomically(tmp_path, event_file):
+    raw = read_generic(event_file, event_map={"user_id": "uid"})
+    prepare(raw, tmp_path / "prep")
+    first = digest(tmp_path / "prep" / "tokens.parquet")
+
+    class Boom(Exception):
+        pass
+
+    def explode(step):
+        if step == "writing":
+            raise Boom
+
+    with pytest.raises(Boom):
+        prepare(raw, tmp_path / "prep", on_step=explode)
+    # the earlier result is untouched and no temporary directory is left behind
+    assert digest(tmp_path / "prep" / "tokens.parquet") == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "prep"]
