@@ -321,8 +321,13 @@ def tokenize(
     has_time: bool = True,
     events_file: str = "<events>",
     items_file: str | None = None,
+    fitted: Tokenizer | None = None,
 ) -> TokenizeResult:
     """Tokenize canonical events (see :mod:`recfm.data.schema`) into per-user sequences.
+
+    With ``fitted``, the vocabularies and value edges of an already fitted tokenizer are
+    used instead of being learned (unknown items and facet values get the unknown code):
+    this is how a new user's raw events are encoded at inference.
 
     Output frame, one row per user sorted by ``user_idx``::
 
@@ -341,7 +346,7 @@ def tokenize(
         events = events.with_row_index("_order")
 
     # Items unknown to the catalog.
-    if items is not None:
+    if items is not None and fitted is None:
         known = events["item_id"].is_in(items["item_id"].implode())
         if not known.all():
             if cfg.unknown_items == "error":
@@ -362,21 +367,31 @@ def tokenize(
     events_kept = events.height
 
     # Vocabularies: items from the catalog (or the events), users and facets by sorted value.
-    item_source = items["item_id"] if items is not None else events["item_id"]
-    item_ids = sort_ids(item_source)
+    if fitted is not None:
+        item_ids = list(fitted.item_ids)
+    else:
+        item_source = items["item_id"] if items is not None else events["item_id"]
+        item_ids = sort_ids(item_source)
     item_map = {iid: N_RESERVED_ITEMS + i for i, iid in enumerate(item_ids)}
     facets: dict[str, list[str]] = {}
-    exprs = [pl.col("item_id").replace_strict(item_map, return_dtype=pl.Int32).alias("item")]
+    exprs = [pl.col("item_id").replace_strict(item_map, default=UNK, return_dtype=pl.Int32)
+             .alias("item")]
     for col in facet_cols:
         if col == "row":
             exprs.append((pl.col("row").clip(0, cfg.max_row) + N_RESERVED_FACET)
                          .fill_null(FACET_UNK).cast(pl.Int16).alias("row"))
             continue
-        values = sorted(tokens[col].drop_nulls().unique().to_list())
+        if fitted is not None:
+            values = fitted.facets.get(col, [])
+        else:
+            values = sorted(tokens[col].drop_nulls().unique().to_list())
         facets[col] = values
         exprs.append(encode(pl.col(col), values).alias(col))
 
-    edges = quantile_edges(tokens["value"], cfg.n_value_buckets)
+    if fitted is not None:
+        edges = list(fitted.value_edges)
+    else:
+        edges = quantile_edges(tokens["value"], cfg.n_value_buckets)
     prev_last = pl.col("ts_last").shift(1).over("user_id")
     if has_time:
         exprs += [gap_bucket(pl.col("ts") - prev_last, cfg.n_gap_buckets)
@@ -404,8 +419,8 @@ def tokenize(
     seqs = seqs.with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
     seqs = seqs.select(["user_idx", "user_id", "length"] + seq_cols)
 
-    item_facets: dict[str, list[str]] = {}
-    if items is not None:
+    item_facets: dict[str, list[str]] = dict(fitted.item_facets) if fitted else {}
+    if items is not None and fitted is None:
         for col in ("entity_type", "language"):
             if col in items.columns:
                 item_facets[col] = sorted(items[col].drop_nulls().unique().to_list())
@@ -413,6 +428,8 @@ def tokenize(
             if col in items.columns:
                 item_facets[col] = sorted(items[col].explode().drop_nulls().unique().to_list())
 
+    if fitted is not None:
+        facets = dict(fitted.facets)
     tok = Tokenizer(cfg, item_ids, facets, edges, has_time, item_facets)
     return TokenizeResult(seqs, tok, dict(sorted(dropped.items())), events_in, events_kept)
 
