@@ -1,0 +1,360 @@
+"""MovieLens adapter: the CSV layout (ml-latest-small, ml-25m, ml-32m) and the ``::`` layout
+(ml-1m, ml-10m), read from a local folder.
+
+Usage::
+
+    from recfm.data import movielens
+    if movielens.detect("data/ml-1m"):
+        ds = movielens.load("data/ml-1m")   # a MovieLensDataset (a RawDataset)
+        ds.events, ds.items, ds.tags, ds.meta
+
+What comes out:
+
+* ``events``: one row per rating — ``user_id``, ``item_id``, ``timestamp`` (seconds),
+  ``action="rate"``, ``value`` (the rating) and ``_line``. Tags never become events, so the
+  event count is the ratings count.
+* ``items`` (None when there is no movies file): ``item_id``; ``title`` without the trailing
+  " (1995)"; ``release_year`` parsed from it (null when absent; "(2006–2007)" gives 2006);
+  ``genres`` split on "|" ("(no genres listed)" gives an empty list); and, when a tags file is
+  present, ``tags``: the distinct lower-cased tags applied to the movie, sorted.
+* ``tags`` (an attribute of :class:`MovieLensDataset`, None without a tags file): the raw tag
+  applications — ``user_id``, ``item_id``, ``tag`` (as written, not lower-cased),
+  ``timestamp``.
+* ``meta``: ``{"name": "movielens", "format": "movielens", "layout": "csv" | "dat",
+  "has_time": True, "value_kind": "rating", "tokenizer": {"value_agg": "max"}}`` plus
+  ``tags_file`` and ``tag_count`` when tags were read.
+
+Errors are :class:`~recfm.errors.InputError` naming ``file:line:column`` with the file's own
+column names (``rating`` in ratings.csv, ``Rating`` in ratings.dat).
+
+The ``::`` files: ml-1m's are latin-1, ml-10m's UTF-8. With ``encoding="auto"`` (the default)
+a file that is valid UTF-8 is read as UTF-8 and any other as latin-1 (which cannot fail);
+pass ``encoding="utf-8"`` to reject non-UTF-8 bytes instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from recfm.data import schema
+from recfm.data.readers import RawDataset, check_utf8, read_csv
+from recfm.data.schema import LINE
+from recfm.errors import InputError, shorten
+
+NAME = "movielens"
+
+# Field names of the ``::`` files, as the MovieLens READMEs call them.
+RATINGS_DAT = ("UserID", "MovieID", "Rating", "Timestamp")
+MOVIES_DAT = ("MovieID", "Title", "Genres")
+TAGS_DAT = ("UserID", "MovieID", "Tag", "Timestamp")
+
+RATINGS_CSV = ("userId", "movieId", "rating", "timestamp")
+MOVIES_CSV = ("movieId", "title", "genres")
+TAGS_CSV = ("userId", "movieId", "tag", "timestamp")
+
+NO_GENRES = "(no genres listed)"
+# A trailing "(1995)", or a range such as "(2006–2007)" / "(2006-)" whose start year is taken.
+_YEAR_RE = r"\s*\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)$"
+
+
+@dataclass
+class MovieLensDataset(RawDataset):
+    """A :class:`RawDataset` with the raw tag applications kept beside it."""
+
+    tags: pl.DataFrame | None = None
+
+
+def _meta(layout: str) -> dict:
+    return {
+        "name": NAME,
+        "format": NAME,
+        "layout": layout,
+        "has_time": True,
+        "value_kind": "rating",
+        "tokenizer": {"value_agg": "max"},
+    }
+
+
+def _find_root(path: Path) -> Path | None:
+    """The folder holding ratings.csv / ratings.dat, or None."""
+    if path.is_file():
+        return path.parent if path.name in ("ratings.csv", "ratings.dat") else None
+    if not path.is_dir():
+        return None
+    if (path / "ratings.csv").is_file() or (path / "ratings.dat").is_file():
+        return path
+    # An extracted archive: dest/ml-10M100K/ratings.dat given as dest.
+    subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subs) == 1 and ((subs[0] / "ratings.csv").is_file()
+                           or (subs[0] / "ratings.dat").is_file()):
+        return subs[0]
+    return None
+
+
+def detect(path: str | Path) -> bool:
+    """True for a MovieLens folder (or its ratings file) in either layout."""
+    root = _find_root(Path(path))
+    if root is None:
+        return False
+    csv = root / "ratings.csv"
+    if csv.is_file():
+        with open(csv, "rb") as f:
+            head = f.readline().decode("utf-8", "replace").strip().lstrip("\ufeff")
+        return head.split(",")[:3] == ["userId", "movieId", "rating"]
+    with open(root / "ratings.dat", "rb") as f:
+        head = f.readline().decode("latin-1").strip()
+    return head.count("::") == 3
+
+
+def load(path: str | Path, *, tags: bool = True, encoding: str = "auto") -> MovieLensDataset:
+    """Read a MovieLens folder (CSV or ``::`` layout); see the module doc for the output."""
+    path = Path(path)
+    root = _find_root(path)
+    if root is None:
+        found = "nothing at that path" if not path.exists() else "no ratings.csv or ratings.dat"
+        raise InputError(str(path), None, None,
+                         "a MovieLens folder with ratings.csv or ratings.dat", found)
+    if (root / "ratings.csv").is_file():
+        return _load_csv(root, tags)
+    return _load_dat(root, tags, encoding)
+
+
+# --------------------------------------------------------------------------- shared steps
+
+def _relabel(err: InputError, names: dict[str, str]) -> InputError:
+    """The same error with the canonical column named as the file names it."""
+    if err.column in names:
+        return InputError(err.file, err.line, names[err.column], err.expected, err.found)
+    return err
+
+
+def _normalize_events(df: pl.DataFrame, file: str, names: dict[str, str]) -> pl.DataFrame:
+    try:
+        return schema.normalize_events(df, file)
+    except InputError as e:
+        raise _relabel(e, names) from None
+
+
+def _normalize_items(df: pl.DataFrame, file: str, names: dict[str, str]) -> pl.DataFrame:
+    try:
+        return schema.normalize_items(df, file)
+    except InputError as e:
+        raise _relabel(e, names) from None
+
+
+def _require(df: pl.DataFrame, columns: tuple[str, ...], file: str) -> None:
+    for col in columns:
+        if col not in df.columns:
+            found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
+            raise InputError(file, 1, col, f"a header {','.join(columns)}", f"columns {found}")
+
+
+def _ratings_events(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataFrame:
+    user, item, rating, ts = names
+    df = raw.select(
+        pl.col(user).alias("user_id"),
+        pl.col(item).alias("item_id"),
+        pl.col(ts).alias("timestamp"),
+        pl.lit("rate").alias("action"),
+        pl.col(rating).alias("value"),
+        pl.col(LINE),
+    )
+    events = _normalize_events(df, file, {"user_id": user, "item_id": item,
+                                          "timestamp": ts, "value": rating})
+    out_of_range = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
+    if out_of_range.any():
+        i = int(out_of_range.arg_true()[0])
+        raise InputError(file, int(events[LINE][i]), rating, "a star rating from 0 to 5",
+                         shorten(raw[rating][i]))
+    return events
+
+
+def _tag_table(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataFrame | None:
+    user, item, tag, ts = names
+    if raw.height == 0:
+        return None
+    df = raw.select(
+        pl.col(user).alias("user_id"),
+        pl.col(item).alias("item_id"),
+        pl.col(ts).alias("timestamp"),
+        pl.col(tag).alias("tag"),
+        pl.col(LINE),
+    )
+    out = _normalize_events(df, file, {"user_id": user, "item_id": item,
+                                       "timestamp": ts, "tag": tag})
+    return out.select("user_id", "item_id", "tag", "timestamp")
+
+
+def _movie_items(raw: pl.DataFrame, file: str, names: tuple[str, ...],
+                 tag_table: pl.DataFrame | None) -> pl.DataFrame:
+    item, title, genres = names
+    text = pl.col(title).str.strip_chars()
+    clean = text.str.replace(_YEAR_RE, "").str.strip_chars()
+    df = raw.select(
+        pl.col(item).alias("item_id"),
+        pl.when(clean == "").then(text).otherwise(clean).alias("title"),
+        pl.col(genres).fill_null("").str.split("|")
+        .list.eval(pl.element().str.strip_chars())
+        .list.eval(pl.element().filter((pl.element() != "") & (pl.element() != NO_GENRES)))
+        .alias("genres"),
+        text.str.extract(_YEAR_RE, 1).cast(pl.Int64).alias("release_year"),
+        pl.col(LINE),
+    )
+    items = _normalize_items(df, file, {"item_id": item, "title": title, "genres": genres})
+    if tag_table is not None:
+        per_item = (
+            tag_table.select("item_id", pl.col("tag").str.strip_chars().str.to_lowercase())
+            .filter(pl.col("tag").is_not_null() & (pl.col("tag") != ""))
+            .unique()
+            .group_by("item_id")
+            .agg(pl.col("tag").sort().alias("tags"))
+        )
+        items = (
+            items.join(per_item, on="item_id", how="left", maintain_order="left")
+            .with_columns(pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
+        )
+        items = items.select([c for c in items.columns if c != LINE] + [LINE])
+    return items
+
+
+def _finish(layout: str, events: pl.DataFrame, events_file: Path,
+            items: pl.DataFrame | None, items_file: Path | None,
+            tag_table: pl.DataFrame | None, tags_file: Path | None) -> MovieLensDataset:
+    meta = _meta(layout)
+    if tag_table is not None and tags_file is not None:
+        meta["tags_file"] = str(tags_file)
+        meta["tag_count"] = tag_table.height
+    return MovieLensDataset(events, items, str(events_file),
+                            str(items_file) if items_file is not None else None, meta,
+                            tags=tag_table)
+
+
+# --------------------------------------------------------------------------- CSV layout
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
+    df = read_csv(path)
+    _require(df, columns, str(path))
+    return df
+
+
+def _load_csv(root: Path, want_tags: bool) -> MovieLensDataset:
+    ratings = root / "ratings.csv"
+    events = _ratings_events(_read_csv(ratings, RATINGS_CSV), str(ratings), RATINGS_CSV)
+    tags_file = root / "tags.csv"
+    tag_table = None
+    if want_tags and tags_file.is_file():
+        tag_table = _tag_table(_read_csv(tags_file, TAGS_CSV), str(tags_file), TAGS_CSV)
+    movies = root / "movies.csv"
+    items = None
+    if movies.is_file():
+        items = _movie_items(_read_csv(movies, MOVIES_CSV), str(movies), MOVIES_CSV, tag_table)
+    return _finish("csv", events, ratings, items, movies if items is not None else None,
+                   tag_table, tags_file if tag_table is not None else None)
+
+
+# --------------------------------------------------------------------------- :: layout
+
+def _decode(path: Path, data: bytes, encoding: str) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if encoding == "auto":
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        check_utf8(path, data, sep=None)
+        return data.decode("utf-8")
+    try:
+        return data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as e:
+        raise InputError(str(path), None, None, f"text in {encoding}",
+                         f"undecodable data ({type(e).__name__})") from None
+
+
+def _read_dat_fast(data: bytes, fields: tuple[str, ...]) -> pl.DataFrame | None:
+    """The common case — every line complete, no blank lines — read by polars' CSV reader
+    (``::`` becomes a unit separator). None when anything is off: the exact reader then
+    finds and reports it."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data:
+        return None
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    try:
+        df = pl.read_csv(data.replace(b"::", b"\x1f"), has_header=False, separator="\x1f",
+                         quote_char=None, schema={f: pl.Utf8 for f in fields})
+    except pl.exceptions.PolarsError:
+        return None
+    if df.height != n_lines or any(df[c].has_nulls() for c in fields):
+        return None
+    last = fields[-1]
+    return df.with_columns(
+        pl.col(last).str.strip_suffix("\r"),
+        pl.int_range(1, df.height + 1, dtype=pl.Int64).alias(LINE),
+    )
+
+
+def read_dat(path: Path, fields: tuple[str, ...], free: int | None = None,
+             encoding: str = "auto") -> pl.DataFrame:
+    """Read a ``::``-separated file into string columns ``fields`` plus ``_line``.
+
+    ``free`` is the index of a text field that may itself contain ``::`` (a title, a tag);
+    every other field is taken from its end of the line. Blank lines are skipped.
+    """
+    data = path.read_bytes()
+    text = _decode(path, data, encoding)
+    if free is None and b"\x1f" not in data:
+        fast = _read_dat_fast(data if text.isascii() else text.encode("utf-8"), fields)
+        if fast is not None:
+            return fast
+    k = len(fields)
+    df = (
+        pl.DataFrame({"raw": pl.Series("raw", [text]).str.split("\n").explode()})
+        .with_row_index(LINE, offset=1)
+        .with_columns(pl.col(LINE).cast(pl.Int64), pl.col("raw").str.strip_suffix("\r"))
+        .filter(pl.col("raw").str.strip_chars() != "")
+        .with_columns(pl.col("raw").str.split("::").alias("parts"))
+        .with_columns(pl.col("parts").list.len().alias("n"))
+    )
+    short = df["n"] < k
+    long = (df["n"] > k) if free is None else pl.Series([False] * df.height)
+    bad = short | long
+    if bad.any():
+        idx = int(bad.arg_true()[0])
+        n = int(df["n"][idx])
+        column = fields[n] if n < k else f"field {k + 1} (past {fields[-1]!r})"
+        raise InputError(str(path), int(df[LINE][idx]), column,
+                         f"{k} '::'-separated fields ({'::'.join(fields)})", str(n))
+    parts = pl.col("parts")
+    exprs = []
+    for i, name in enumerate(fields):
+        if free is None or i < free:
+            exprs.append(parts.list.get(i).alias(name))
+        elif i > free:
+            exprs.append(parts.list.get(i - k).alias(name))
+        else:
+            exprs.append(parts.list.slice(free, pl.col("n") - (k - 1)).list.join("::")
+                         .alias(name))
+    return df.select(*exprs, pl.col(LINE))
+
+
+def _load_dat(root: Path, want_tags: bool, encoding: str) -> MovieLensDataset:
+    ratings = root / "ratings.dat"
+    events = _ratings_events(read_dat(ratings, RATINGS_DAT, encoding=encoding),
+                             str(ratings), RATINGS_DAT)
+    tags_file = root / "tags.dat"
+    tag_table = None
+    if want_tags and tags_file.is_file():
+        tag_table = _tag_table(read_dat(tags_file, TAGS_DAT, free=2, encoding=encoding),
+                               str(tags_file), TAGS_DAT)
+    movies = root / "movies.dat"
+    items = None
+    if movies.is_file():
+        items = _movie_items(read_dat(movies, MOVIES_DAT, free=1, encoding=encoding),
+                             str(movies), MOVIES_DAT, tag_table)
+    return _finish("dat", events, ratings, items, movies if items is not None else None,
+                   tag_table, tags_file if tag_table is not None else None)

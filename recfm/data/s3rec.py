@@ -1,0 +1,264 @@
+"""S3-Rec / SASRec / BERT4Rec sequence files: integer ids, order but no time.
+
+Two layouts of ``NAME.txt`` (whitespace-separated integers, one record per line):
+
+* **sequence** (S3-Rec, CoSeRec, ICLRec, …): ``user item1 item2 …`` — a user's whole history
+  on one line, oldest first;
+* **pairs** (SASRec, BERT4Rec): ``user item`` — one interaction per line, a user's lines in
+  chronological order.
+
+``layout="auto"`` (the default) takes a file whose every line has at most two tokens as
+pairs, any other as sequences (the two readings agree on a two-token line anyway). Tokens are
+separated by runs of spaces or tabs; blank lines are skipped.
+
+Usage::
+
+    from recfm.data import s3rec
+    ds = s3rec.load("data/s3rec/Beauty.txt")          # or load("data/s3rec", name="Beauty")
+
+What comes out:
+
+* ``events``: ``user_id``, ``item_id`` (the integers as decimal strings, so "007" is "7"),
+  ``timestamp`` = the 0-based position of the interaction in the user's history (counted in
+  file order over all the user's lines), ``_line``.
+* ``items``: from ``NAME_item2attributes.json`` beside the text file when there is one
+  (``{"item": [attribute ids]}``) — ``item_id`` and ``attributes`` (the ids as strings,
+  repeats dropped, first-seen order kept); None otherwise.
+* ``meta``: ``{"name": NAME, "format": "s3rec", "layout": "sequence" | "pairs",
+  "has_time": False, "value_kind": None, "tokenizer": {"merge_window_s": 0}}`` — never merge
+  repeats: in these benchmarks a repeat is a real interaction.
+
+Errors are :class:`~recfm.errors.InputError`: ``file:line:user`` or ``file:line:item``, with
+the 1-based token position on the line in the message, for a token that is not a
+non-negative integer or a line with a user and no item.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from recfm.data import schema
+from recfm.data.readers import RawDataset, check_utf8
+from recfm.data.schema import LINE
+from recfm.errors import InputError, shorten
+
+FORMAT = "s3rec"
+ATTRIBUTES_SUFFIX = "_item2attributes.json"
+
+Layout = Literal["auto", "sequence", "pairs"]
+
+_INT_RE = r"^[0-9]+$"
+
+
+def _meta(name: str, layout: str) -> dict:
+    return {
+        "name": name,
+        "format": FORMAT,
+        "layout": layout,
+        "has_time": False,
+        "value_kind": None,
+        "tokenizer": {"merge_window_s": 0},
+    }
+
+
+def _looks_like_sequences(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            lines = [f.readline() for _ in range(5)]
+    except OSError:
+        return False
+    seen = 0
+    for raw in lines:
+        tokens = raw.split()
+        if not tokens:
+            continue
+        if len(tokens) < 2 or not all(t.isdigit() for t in tokens):
+            return False
+        seen += 1
+    return seen > 0
+
+
+def detect(path: str | Path) -> bool:
+    """True for a ``.txt`` file of integer lines (≥ 2 tokens), or a folder holding one."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".txt" and _looks_like_sequences(path)
+    if path.is_dir():
+        return any(_looks_like_sequences(p) for p in sorted(path.glob("*.txt")))
+    return False
+
+
+def _resolve(path: Path, name: str | None) -> Path:
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if name is not None:
+            file = path / (name if name.endswith(".txt") else f"{name}.txt")
+            if not file.is_file():
+                raise InputError(str(file), None, None, "a sequence file", "nothing at that path")
+            return file
+        candidates = [p for p in sorted(path.glob("*.txt")) if _looks_like_sequences(p)]
+        if len(candidates) == 1:
+            return candidates[0]
+        names = ", ".join(p.stem for p in candidates) or "none"
+        raise InputError(str(path), None, None,
+                         "one sequence file, or name= to pick one", f"candidates: {names}")
+    raise InputError(str(path), None, None, "a sequence file or a folder", "nothing at that path")
+
+
+def _first(df: pl.DataFrame, mask: pl.Series) -> int:
+    return int(mask.arg_true()[0])
+
+
+def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, str]:
+    """Raw events (``user_id``, ``item_id``, ``timestamp``, ``_line``) and the layout used."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    check_utf8(path, data, sep=None)
+    file = str(path)
+    lines = (
+        pl.DataFrame({"raw": pl.Series("raw", [data.decode("utf-8")]).str.split("\n").explode()})
+        .with_row_index(LINE, offset=1)
+        .with_columns(pl.col(LINE).cast(pl.Int64),
+                      pl.col("raw").str.replace_all(r"\s+", " ").str.strip_chars())
+        .filter(pl.col("raw") != "")
+        .with_columns(pl.col("raw").str.split(" ").alias("tokens"))
+        .with_columns(pl.col("tokens").list.len().alias("n"))
+    )
+    if lines.height == 0:
+        raise InputError(file, None, None, "at least one 'user item …' line", "no lines")
+    if layout == "auto":
+        layout = "pairs" if int(lines["n"].max()) <= 2 else "sequence"
+    lonely = lines["n"] < 2
+    if lonely.any():
+        i = _first(lines, lonely)
+        raise InputError(file, int(lines[LINE][i]), "item",
+                         "an item id after the user id (token 2)", "end of line")
+    if layout == "pairs":
+        extra = lines["n"] > 2
+        if extra.any():
+            i = _first(lines, extra)
+            raise InputError(file, int(lines[LINE][i]), "item",
+                             "'user item' (2 tokens) on each line",
+                             f"{int(lines['n'][i])} tokens")
+    users = lines["tokens"].list.first()
+    bad = ~users.str.contains(_INT_RE)
+    if bad.any():
+        i = _first(lines, bad)
+        raise InputError(file, int(lines[LINE][i]), "user",
+                         "an integer user id (token 1)", shorten(users[i]))
+    events = (
+        lines.select(
+            pl.col("tokens").list.first().alias("user_id"),
+            pl.col("tokens").list.slice(1).alias("item_id"),
+            pl.int_ranges(2, pl.col("n") + 1).alias("token"),
+            pl.col(LINE),
+        )
+        .explode("item_id", "token")
+    )
+    bad = ~events["item_id"].str.contains(_INT_RE)
+    if bad.any():
+        i = _first(events, bad)
+        raise InputError(file, int(events[LINE][i]), "item",
+                         f"an integer item id (token {int(events['token'][i])})",
+                         shorten(events["item_id"][i]))
+    # Canonical decimal form; a number too big for Int64 is not an id we can use.
+    for col, what in (("user_id", "user"), ("item_id", "item")):
+        as_int = events[col].cast(pl.Int64, strict=False)
+        if as_int.is_null().any():
+            i = _first(events, as_int.is_null())
+            token = 1 if col == "user_id" else int(events["token"][i])
+            raise InputError(file, int(events[LINE][i]), what,
+                             f"an integer {what} id below 2**63 (token {token})",
+                             shorten(events[col][i]))
+        events = events.with_columns(as_int.cast(pl.Utf8).alias(col))
+    events = events.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).over("user_id").alias("timestamp")
+    ).select("user_id", "item_id", "timestamp", LINE)
+    return events, layout
+
+
+def _line_of_keys(text: str, count: int) -> list[int]:
+    """1-based line of each top-level key, in document order (all 1 for one-line files)."""
+    if "\n" not in text.strip():
+        return [1] * count
+    starts = [m.start() for m in re.finditer(r'"(?:[^"\\]|\\.)*"\s*:', text)]
+    if len(starts) != count:
+        return [1] * count
+    lines = []
+    line, pos = 1, 0
+    for s in starts:
+        line += text.count("\n", pos, s)
+        pos = s
+        lines.append(line)
+    return lines
+
+
+def _canonical_id(key: str) -> str:
+    k = key.strip()
+    return str(int(k)) if k.isdigit() else k
+
+
+def read_item_attributes(path: Path) -> pl.DataFrame:
+    """``{"item": [attribute ids]}`` → canonical items (``item_id``, ``attributes``)."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    check_utf8(path, data, sep=None)
+    text = data.decode("utf-8")
+    file = str(path)
+    try:
+        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+    except json.JSONDecodeError as e:
+        raise InputError(file, e.lineno, None,
+                         "a JSON object mapping item ids to lists of attribute ids",
+                         f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(pairs, list) or (pairs and not isinstance(pairs[0], tuple)):
+        raise InputError(file, 1, None,
+                         "a JSON object mapping item ids to lists of attribute ids",
+                         f"a JSON {type(pairs).__name__}")
+    lines = _line_of_keys(text, len(pairs))
+    ids, attrs = [], []
+    for (key, value), line in zip(pairs, lines):
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
+        ):
+            raise InputError(file, line, "attributes",
+                             f"a list of attribute ids for item {key!r}", shorten(value))
+        ids.append(_canonical_id(key))
+        attrs.append(list(dict.fromkeys(str(v) for v in value)))
+    df = pl.DataFrame({
+        "item_id": pl.Series(ids, dtype=pl.Utf8),
+        "attributes": pl.Series(attrs, dtype=pl.List(pl.Utf8)),
+        LINE: pl.Series(lines, dtype=pl.Int64),
+    })
+    return schema.normalize_items(df, file)
+
+
+def load(path: str | Path, name: str | None = None, *, layout: Layout = "auto",
+         attributes: str | Path | None = None) -> RawDataset:
+    """Read ``NAME.txt`` (a file, or a folder plus ``name=``) and its item attributes.
+
+    ``attributes`` overrides where the ``NAME_item2attributes.json`` file is looked for.
+    """
+    if layout not in ("auto", "sequence", "pairs"):
+        raise ValueError(f"layout must be 'auto', 'sequence' or 'pairs', not {layout!r}")
+    file = _resolve(Path(path), name)
+    raw, used = read_sequences(file, layout)
+    events = schema.normalize_events(raw, str(file))
+    attr_file = Path(attributes) if attributes is not None else \
+        file.with_name(file.stem + ATTRIBUTES_SUFFIX)
+    items = None
+    if attr_file.is_file():
+        items = read_item_attributes(attr_file)
+    elif attributes is not None:
+        raise InputError(str(attr_file), None, None, "an item2attributes JSON file",
+                         "nothing at that path")
+    return RawDataset(events, items, str(file), str(attr_file) if items is not None else None,
+                      _meta(file.stem, used))
