@@ -161,6 +161,138 @@ def _print_report(report: dict, out: Path) -> None:
     console.print(t)
 
 
+# ----------------------------------------------------------------------------- model
+
+
+@app.command("train")
+def train_cmd(
+    data_dir: Path = typer.Argument(..., help="A prepared dataset directory."),
+    out: Path = typer.Option(..., help="Run directory to write."),
+    config: Optional[Path] = typer.Option(None, help="TOML with [model] and [train] tables."),
+    resume: bool = typer.Option(False, help="Continue from the run's last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="Override [train] epochs."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training after this long."),
+    seed: Optional[int] = typer.Option(None, help="Override [train] seed."),
+) -> None:
+    """Train the foundation model (leave-one-out validation, early stopping)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from recfm.model.config import ModelConfig
+    from recfm.train.loop import TrainConfig, load_run_config, train
+
+    mcfg, tcfg = load_run_config(config) if config else (ModelConfig(), TrainConfig())
+    if epochs is not None:
+        tcfg.epochs = epochs
+    if max_minutes is not None:
+        tcfg.max_minutes = max_minutes
+    if seed is not None:
+        tcfg.seed = seed
+    command = " ".join(["recfm"] + sys.argv[1:])
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} batches"),
+                  TextColumn("loss {task.fields[loss]:.4f}"),
+                  TextColumn("{task.fields[tps]:,.0f} tok/s"),
+                  TextColumn("best ndcg@10 {task.fields[best]:.4f}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("train", total=1, epoch=0, loss=0.0, tps=0.0, best=0.0)
+
+        def on_progress(p: dict) -> None:
+            if p.get("epoch_end"):
+                progress.update(task, best=max(p["best"], 0.0))
+                progress.console.print(
+                    f"epoch {p['epoch']}: loss {p['train_loss']:.4f}  valid ndcg@10 "
+                    f"{p['valid_ndcg@10']:.4f}  hr@10 {p['valid_hr@10']:.4f}  "
+                    f"{p['tokens_per_s']:,.0f} tok/s")
+            else:
+                progress.update(task, total=p["batches"], completed=p["batch"],
+                                epoch=p["epoch"], loss=p["loss"], tps=p["tokens_per_s"])
+
+        result = train(data_dir, out, mcfg, tcfg, resume=resume, on_progress=on_progress,
+                       command=command)
+    t = Table(title=f"run {out}")
+    t.add_column("metric")
+    t.add_column("valid (best epoch)", justify="right")
+    t.add_column("test", justify="right")
+    for key in ("ndcg@10", "hr@10", "mrr"):
+        test = f"{result.test[key]:.4f}" if result.test else "-"
+        t.add_row(key, f"{result.best_valid[key]:.4f}", test)
+    console.print(t)
+    console.print(f"best epoch {result.best_epoch}, {result.epochs_run} epochs, "
+                  f"{result.n_params:,} parameters, {result.wall_s:.0f} s")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    data: Path = typer.Option(..., help="The prepared dataset it was trained on."),
+    split: str = typer.Option("test", help="test or valid."),
+    sampled: int = typer.Option(0, help="Also report sampled metrics with N negatives."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Full-ranking HR/NDCG/MRR/coverage@K of the model and the baselines."""
+    from recfm.evaluate.evaluator import evaluate_run
+    from recfm.io import atomic_write_json
+
+    if split not in ("test", "valid"):
+        raise RecfmError(f"--split: expected test or valid, found {split!r}")
+    res = evaluate_run(run, data, split, sampled_negatives=sampled)
+    atomic_write_json(run / f"eval-{split}.json", res)
+    if as_json:
+        _print_json(res)
+        return
+    _print_metrics_table(res, f"{run} on {data} ({split}, full ranking, seen items excluded)")
+
+
+def _print_metrics_table(res: dict, title: str) -> None:
+    t = Table(title=title)
+    t.add_column("metric")
+    for name in res:
+        t.add_column(name, justify="right")
+    keys = [k for k in next(iter(res.values())) if "@" in k or k == "mrr"]
+    for k in keys:
+        t.add_row(k, *(f"{res[n][k]:.4f}" for n in res))
+    console.print(t)
+
+
+@app.command("recommend")
+def recommend_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    user: Optional[str] = typer.Option(None, help="A known user id (history from --data)."),
+    events: Optional[Path] = typer.Option(None, help="Raw events of a (new) user."),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset with the user's history "
+                                        "(default: the one the run was trained on)."),
+    k: int = typer.Option(10, help="How many items."),
+    include_seen: bool = typer.Option(False, help="Allow items already in the history."),
+    map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for --events."),
+) -> None:
+    """Recommendations for a known user or from a file of raw events."""
+    import polars as pl
+
+    from recfm.data.readers import read_events
+    from recfm.data.schema import parse_mapping
+    from recfm.model.foundation import FoundationModel
+
+    if (user is None) == (events is None):
+        raise RecfmError("recommend: give exactly one of --user or --events")
+    fm = FoundationModel.from_pretrained(run)
+    if events is not None:
+        history = read_events(events, parse_mapping(map_)).drop("_line")
+    else:
+        if data is None:
+            data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+        seqs = pl.read_parquet(data / "tokens.parquet")
+        history = seqs.filter(pl.col("user_id") == user)
+        if history.height == 0:
+            raise RecfmError(f"{data / 'tokens.parquet'}: expected user {user!r}, found no such user")
+    recs = fm.recommend(history, k=k, exclude_seen=not include_seen)
+    t = Table(title=f"top {k} for {user or events}")
+    for c in recs.columns:
+        t.add_column(c)
+    for row in recs.iter_rows():
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(t)
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -1,0 +1,3 @@
+"""Streaming full-ranking evaluation and baselines."""
+
+from recfm.evaluate.metrics import KS, RankingAccumulator, ranks_of  # noqa: F401

@@ -1,0 +1,100 @@
+"""Full-ranking metrics accumulated over batches of users.
+
+For each user the target's rank among all catalog items is computed from that batch's
+(B, n_items) score matrix, then only per-K sums are kept: memory is O(batch × items +
+items), never O(users × items).
+
+Ties are counted pessimistically: an item scoring exactly as much as the target ranks
+above it, so a model that gives many items the same score gains nothing from the tie.
+A target that the seen-item filter removed (a repeat) scores -inf and counts as a miss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+KS = (1, 5, 10, 20, 50, 100)
+
+
+def ranks_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based pessimistic rank of each target. scores: (B, V); targets: (B,)."""
+    t = scores.gather(1, targets[:, None])  # (B, 1)
+    higher = (scores > t).sum(1)
+    ties = (scores == t).sum(1) - 1
+    rank = higher + ties
+    # a filtered (-inf) target is ranked last
+    return torch.where(torch.isfinite(t[:, 0]), rank, torch.full_like(rank, scores.size(1)))
+
+
+class RankingAccumulator:
+    """HR@K, NDCG@K, MRR and catalog coverage@K over a stream of batches.
+
+    Example:
+        >>> acc = RankingAccumulator(n_items=5, n_reserved=0, ks=(1, 2))
+        >>> acc.add(torch.tensor([[0.1, 0.9, 0.5, 0.0, 0.0]]), torch.tensor([2]))
+        >>> round(acc.result()["ndcg@2"], 4)
+        0.6309
+    """
+
+    def __init__(self, n_items: int, n_reserved: int = 3, ks: tuple[int, ...] = KS,
+                 sampled_negatives: int = 0, seed: int = 0) -> None:
+        self.ks = ks
+        self.n = 0
+        self.skipped = 0
+        self.hr = dict.fromkeys(ks, 0.0)
+        self.ndcg = dict.fromkeys(ks, 0.0)
+        self.mrr = 0.0
+        self.n_reserved = n_reserved
+        self.catalog = n_items - n_reserved
+        self.covered = {k: torch.zeros(n_items, dtype=torch.bool) for k in ks}
+        self.sampled = sampled_negatives
+        self.sampled_hr = dict.fromkeys(ks, 0.0)
+        self.sampled_ndcg = dict.fromkeys(ks, 0.0)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def add(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """scores: (B, V) with seen items already at -inf; targets: (B,) item ids (negative: no target)."""
+        has = targets >= 0
+        self.skipped += int((~has).sum())
+        if not has.any():
+            return
+        scores, targets = scores[has], targets[has]
+        rank = ranks_of(scores, targets).double()  # (B,)
+        self.n += len(rank)
+        self.mrr += float((1.0 / (rank + 1)).sum())
+        top = torch.topk(scores, min(max(self.ks), scores.size(1)), dim=1).indices  # (B, K)
+        for k in self.ks:
+            hit = rank < k
+            self.hr[k] += float(hit.sum())
+            self.ndcg[k] += float((hit / torch.log2(rank + 2)).sum())
+            self.covered[k][top[:, :k].reshape(-1)] = True
+        if self.sampled:
+            self._add_sampled(scores, targets)
+
+    def _add_sampled(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """Extra, labelled 'sampled': rank among the target and N random unseen items."""
+        B, V = scores.shape
+        negs = torch.randint(self.n_reserved, V, (B, self.sampled), generator=self.gen)
+        neg_scores = scores.gather(1, negs)
+        t = scores.gather(1, targets[:, None])
+        rank = ((neg_scores > t) | ((neg_scores == t) & (negs != targets[:, None]))).sum(1)
+        rank = rank.double()
+        for k in self.ks:
+            hit = rank < k
+            self.sampled_hr[k] += float(hit.sum())
+            self.sampled_ndcg[k] += float((hit / torch.log2(rank + 2)).sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        out: dict[str, float] = {"users": self.n, "users_without_target": self.skipped}
+        for k in self.ks:
+            out[f"hr@{k}"] = self.hr[k] / n
+            out[f"ndcg@{k}"] = self.ndcg[k] / n
+        out["mrr"] = self.mrr / n
+        for k in self.ks:
+            out[f"coverage@{k}"] = int(self.covered[k].sum()) / max(self.catalog, 1)
+        if self.sampled:
+            for k in self.ks:
+                out[f"sampled{self.sampled}_hr@{k}"] = self.sampled_hr[k] / n
+                out[f"sampled{self.sampled}_ndcg@{k}"] = self.sampled_ndcg[k] / n
+        return out

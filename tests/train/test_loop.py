@@ -1,0 +1,92 @@
+"""Training runs: the run directory, early stopping, and exact resume after a crash."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recfm.model.config import ModelConfig
+from recfm.model.foundation import FoundationModel
+from recfm.train.loop import TrainConfig, lr_at, train
+
+MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1)
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, seed=1, patience=10,
+                tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_directory_is_complete(tiny_prepared, tmp_path):
+    res = train(tiny_prepared, tmp_path / "run", MODEL, tcfg(tensorboard=True))
+    run = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "items.parquet",
+                 "metrics.csv", "summary.json", "checkpoint/state.pt",
+                 "checkpoint/model.safetensors"):
+        assert (run / name).exists(), name
+    assert any((run / "tb").iterdir())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == res.best_epoch
+    assert 0 <= res.test["ndcg@10"] <= 1
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["seed"] == 1 and cfg["data"]["fingerprint"]
+    FoundationModel.from_pretrained(run)  # loads with no training data
+
+
+def test_model_learns_the_ring_better_than_popularity(tiny_prepared, tmp_path):
+    res = train(tiny_prepared, tmp_path / "run", ModelConfig(d_model=32, n_layers=1,
+                n_heads=2, max_len=8, dropout=0.0), tcfg(epochs=15, lr=5e-3))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert res.test["ndcg@10"] > 2 * summary["popularity_test"]["ndcg@10"]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [5, 9])  # mid-epoch and just after a checkpoint
+def test_resume_after_crash_matches_uninterrupted_run(tiny_prepared, tmp_path, crash_at):
+    cfg = tcfg(checkpoint_every=3)
+    train(tiny_prepared, tmp_path / "straight", MODEL, cfg)
+
+    seen = {"steps": 0}
+
+    def crash(p):
+        if "epoch_end" not in p:
+            seen["steps"] += 1
+            if seen["steps"] == crash_at:
+                raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_prepared, tmp_path / "crashed", MODEL, cfg, on_progress=crash)
+    train(tiny_prepared, tmp_path / "crashed", MODEL, cfg, resume=True)
+    a = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "crashed" / "checkpoint" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    rows = list(csv.DictReader((tmp_path / "crashed" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+def test_existing_run_needs_resume(tiny_prepared, tmp_path):
+    from recfm.errors import RecfmError
+
+    train(tiny_prepared, tmp_path / "run", MODEL, tcfg(epochs=1))
+    with pytest.raises(RecfmError, match="--resume"):
+        train(tiny_prepared, tmp_path / "run", MODEL, tcfg(epochs=1))
+
+
+def test_early_stopping_and_schedule():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(100, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, 100, cfg) == pytest.approx(0.55)
