@@ -64,7 +64,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     max_minutes: float | None = None
-    """Stop training (keeping the best checkpoint) once this much time has passed."""
+    """Stop once training + validation have taken this long (the best checkpoint is kept). The
+    cosine schedule is then fitted to the budget: after the first epoch, the number of
+    epochs that fit is estimated and the decay ends there (recorded in the checkpoint)."""
     window: str = "truncate"
     """Long histories: keep the last context window, or train on sliding windows."""
     threads: int | None = None
@@ -247,7 +249,7 @@ def train(
     _recover_interrupted_checkpoint(run)
     ckpt = Checkpointer(run)
     state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
-             "tokens": 0, "train_s": 0.0}
+             "tokens": 0, "train_s": 0.0, "total_steps": total_steps}
     if resume and ckpt.exists():
         state.update(ckpt.load(model, opt))
         log.info("resumed from epoch %d batch %d (step %d)", state["epoch"], state["batch"],
@@ -289,7 +291,7 @@ def train(
         ep_tokens, ep_loss, ep_n = 0, 0.0, 0
         for bi in range(state["batch"], len(plan)):
             batch = make_batch(store, spans[plan[bi]])
-            lr = lr_at(state["step"], total_steps, tcfg)
+            lr = lr_at(state["step"], state["total_steps"], tcfg)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = model.loss(batch)
@@ -322,6 +324,11 @@ def train(
         valid = evaluate_scorer(model_scorer(model), split.valid, mcfg.n_items, mcfg.max_len,
                                 valid_cols, batch_size=tcfg.eval_batch_size, ks=(10, 20))
         eval_s = time.perf_counter() - t_eval
+        state["train_s"] += eval_s  # the budget counts validation too
+        if t_budget is not None and epoch == 0:
+            fit = max(1, int(t_budget / max(train_s_epoch + eval_s, 1e-9)))
+            state["total_steps"] = n_batches * min(tcfg.epochs, fit)
+            log.info("time budget: the schedule decays over %d epochs", min(tcfg.epochs, fit))
         improved = valid["ndcg@10"] > state["best"]
         if improved:
             state.update(best=valid["ndcg@10"], best_epoch=epoch, bad_epochs=0)
@@ -331,7 +338,7 @@ def train(
         row = {"epoch": epoch, "step": state["step"], "train_loss": ep_loss / max(ep_n, 1),
                "valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"],
                "tokens_per_s": round(tokens_per_s, 1), "epoch_train_s": round(train_s_epoch, 2),
-               "eval_s": round(eval_s, 2), "lr": lr_at(state["step"], total_steps, tcfg)}
+               "eval_s": round(eval_s, 2), "lr": lr_at(state["step"], state["total_steps"], tcfg)}
         _append_csv(metrics_path, row)
         if writer is not None:
             for k, v in row.items():
