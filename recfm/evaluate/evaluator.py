@@ -27,7 +27,7 @@ def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: 
     acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
     repeats = 0
     with torch.no_grad():
-        for rows, batch in history_batches(store, max_len, batch_size):
+        for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
             scores = scorer(rows, batch).float().clone()  # (B, V)
             scores[:, :N_RESERVED_ITEMS] = float("-inf")
             if exclude_seen:

@@ -1,0 +1,69 @@
+"""The CLI end to end on a tiny world: synth → prepare → train → evaluate → recommend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "recfm", *args], cwd=cwd, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    run("data", "synth", "--out", "world", "--users", "150", "--items", "80",
+        "--events-per-user", "40", cwd=root)
+    run("prepare", "--events", "world", "--out", "prepared", cwd=root)
+    (root / "cfg.toml").write_text(
+        "[model]\nd_model = 16\nn_layers = 1\nmax_len = 16\n\n"
+        "[train]\nepochs = 2\nbatch_size = 32\ntensorboard = false\n")
+    run("train", "prepared", "--out", "run", "--config", "cfg.toml", cwd=root)
+    return root
+
+
+def test_train_writes_a_loadable_run(trained):
+    summary = json.loads((trained / "run" / "summary.json").read_text())
+    assert summary["epochs_run"] == 2
+    config = json.loads((trained / "run" / "config.json").read_text())
+    assert config["model"]["d_model"] == 16 and config["train"]["epochs"] == 2
+
+
+def test_evaluate_reports_model_and_baselines(trained):
+    res = run("evaluate", "run", "--data", "prepared", "--json", cwd=trained)
+    out = json.loads(res.stdout)
+    assert set(out) == {"model", "popularity", "recent"}
+    for k in (1, 5, 10, 20, 50, 100):
+        assert 0 <= out["model"][f"ndcg@{k}"] <= out["model"][f"hr@{k}"] <= 1
+    assert (trained / "run" / "eval-test.json").exists()
+
+
+def test_recommend_for_a_known_user_and_for_raw_events(trained):
+    res = run("recommend", "run", "--user", "u00001", "--k", "5", cwd=trained)
+    assert "top 5 for u00001" in res.stdout
+    events = trained / "new_user.csv"
+    events.write_text("user_id,item_id,timestamp,action\nnew,i0001,100,play\nnew,i0002,200,"
+                      "complete\n")
+    res = run("recommend", "run", "--events", str(events), "--k", "3", cwd=trained)
+    assert "i0001" not in res.stdout.split("top 3")[1].split("\n", 1)[1]
+
+
+def test_resume_of_a_finished_run_and_refusal_without_resume(trained):
+    res = subprocess.run([sys.executable, "-m", "recfm", "train", "prepared", "--out", "run",
+                          "--config", "cfg.toml"], cwd=trained, capture_output=True, text=True)
+    assert res.returncode == 2 and "--resume" in res.stderr and "Traceback" not in res.stderr
+    run("train", "prepared", "--out", "run", "--config", "cfg.toml", "--resume", cwd=trained)
+
+
+def test_unknown_user_is_a_clear_error(trained):
+    res = subprocess.run([sys.executable, "-m", "recfm", "recommend", "run", "--user", "nobody"],
+                         cwd=trained, capture_output=True, text=True)
+    assert res.returncode == 2 and "nobody" in res.stderr and "Traceback" not in res.stderr
