@@ -67,7 +67,13 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 
 def write_result(name: str, dataset: str, seed: int | None, wall_s: float,
-                 metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+                 metrics: dict[str, Any], extra: dict[str, Any] | None = None,
+                 top: dict[str, Any] | None = None, table_md: str | None = None) -> Path:
+    """Write ``results/<name>.json`` and regenerate RESULTS.md.
+
+    ``top``: more top-level keys a benchmark's result format asks for (e.g. ``runs``);
+    ``table_md``: a Markdown table shown under the benchmark's own heading in RESULTS.md.
+    """
     result = {
         "name": name,
         "dataset": dataset,
@@ -79,7 +85,10 @@ def write_result(name: str, dataset: str, seed: int | None, wall_s: float,
         "wall_s": round(wall_s, 2),
         "metrics": metrics,
         "extra": extra or {},
+        **(top or {}),
     }
+    if table_md:
+        result["table_md"] = table_md
     path = RESULTS / f"{name}.json"
     atomic_write_json(path, result)
     render_results_md()
@@ -110,6 +119,10 @@ def render_results_md() -> None:
             "all items, seen items excluded (../shared/docs/BENCHMARKS.md).\n\n"
             "| name | dataset | metrics | wall s | machine | date | seed | command |\n"
             "|---|---|---|---:|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    for p in sorted(RESULTS.glob("*.json")):
+        r = json.loads(p.read_text())
+        if r.get("table_md"):
+            text += f"\n## {r['name']}\n\n`{r['command']}` — {r['date'][:10]}\n\n{r['table_md']}\n"
     notes = ROOT / "NOTES.md"
     if notes.exists():
         text += "\n" + notes.read_text()

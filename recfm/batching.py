@@ -29,8 +29,12 @@ class SequenceStore:
         self.lengths = lengths
         self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
-        self.values = {c: seqs[c].explode().fill_null(0).to_numpy().astype(np.int64)
-                       for c in self.columns}
+        self.values = {}
+        for c in self.columns:
+            flat = seqs[c].explode().fill_null(0).to_numpy()
+            # integer codes stay int64 (embedding lookups); values and the like stay float
+            self.values[c] = (flat.astype(np.float32) if flat.dtype.kind == "f"
+                              else flat.astype(np.int64))
         self.user_idx = (seqs["user_idx"].to_numpy() if "user_idx" in seqs.columns
                          else np.arange(len(lengths)))
         self.targets = seqs["target"].to_numpy() if "target" in seqs.columns else None
@@ -71,27 +75,6 @@ class SequenceStore:
         starts = np.repeat(self.offsets[rows], lens)
         within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
         return b, self.values["item"][starts + within]
-
-
-def training_batches(store: SequenceStore, spans: np.ndarray, batch_size: int,
-                     rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-    """Length-bucketed, shuffled batches for next-token training.
-
-    Each span of n tokens gives inputs = tokens[:-1] and ``target`` = items[1:]. Spans are
-    sorted by length with a little noise, cut into batches, and the batches shuffled.
-    """
-    lens = spans[:, 2] - spans[:, 1]
-    noisy = lens + rng.uniform(0, 2, len(lens))
-    order = np.argsort(noisy, kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    for b in batches:
-        batch = store.gather(spans[b])
-        target = torch.zeros_like(batch["item"])
-        target[:, :-1] = batch["item"][:, 1:]
-        batch = {k: v[:, :-1] for k, v in batch.items()}
-        batch["target"] = target[:, :-1]
-        yield batch
 
 
 def count_batches(n_spans: int, batch_size: int) -> int:

@@ -28,7 +28,8 @@ def list_columns(seqs: pl.DataFrame) -> list[str]:
 @dataclass
 class Split:
     """``train``: sequences to learn from. ``valid`` / ``test``: one row per evaluated user
-    with the history (list columns, as in ``train``) and ``target`` (item index)."""
+    with the history (list columns, as in ``train``), ``target`` (item index) and the
+    target token's other facets as ``target_<facet>``."""
 
     train: pl.DataFrame
     valid: pl.DataFrame | None
@@ -41,6 +42,7 @@ def _history(seqs: pl.DataFrame, keep: pl.Expr, target_at: pl.Expr) -> pl.DataFr
     return seqs.select(
         [pl.col("user_idx"), pl.col("user_id"),
          pl.col("item").list.get(target_at).alias("target")]
+        + [pl.col(c).list.get(target_at).alias(f"target_{c}") for c in cols if c != "item"]
         + [pl.col(c).list.head(keep) for c in cols]
     ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
 

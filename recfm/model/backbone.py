@@ -9,6 +9,7 @@ Positions are learned (SASRec) or rotary (RoFormer, Su et al. 2021).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -126,3 +127,129 @@ class Backbone(nn.Module):
         if all_layers:
             return [self.ln_f(h) for h in layers[:-1]] + [out]
         return out
+
+
+# ----------------------------------------------------------------------------- incremental encoding
+# Inference only (no dropout). A causal model's keys and values at positions < P never depend
+# on later tokens, so a sequence that grew from P to T tokens needs only tokens P..T-1 run
+# through the blocks, attending to the cached keys/values of the first P (the "KV cache" of
+# autoregressive decoding). The plain forward above stays the reference these are tested
+# against.
+
+
+def rotary_from(x: torch.Tensor, start: int, base: float = 10000.0) -> torch.Tensor:
+    """:func:`rotary` for positions ``start .. start + T - 1``. x: (B, H, T, Dh)."""
+    T, Dh = x.shape[-2], x.shape[-1]
+    half = Dh // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    pos = torch.arange(start, start + T, device=x.device, dtype=torch.float32)
+    angles = pos[:, None] * freqs  # (T, half)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:2 * half]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([out, x[..., 2 * half:]], dim=-1) if Dh % 2 else out
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the first ``length`` tokens of B sequences.
+
+    ``keys[l]``, ``values[l]``: (B, H, length, Dh), rotary already applied to the keys.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].size(2)) if self.keys else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def row(self, b: int, n: int) -> "KVCache":
+        """Sequence ``b``'s first ``n`` positions as a compact B = 1 cache (copies)."""
+        return KVCache([k[b:b + 1, :, :n].clone() for k in self.keys],
+                       [v[b:b + 1, :, :n].clone() for v in self.values])
+
+    def prefix(self, n: int) -> "KVCache":
+        """The first ``n`` positions (views, no copy)."""
+        return KVCache([k[:, :, :n] for k in self.keys], [v[:, :, :n] for v in self.values])
+
+
+def extension_mask(past: int, new: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (1, 1, new, past + new) mask: new query i sees keys 0 .. past + i."""
+    q = torch.arange(new, device=device)[:, None] + past
+    k = torch.arange(past + new, device=device)[None, :]
+    return (k <= q)[None, None]
+
+
+def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tensor,
+                   past: tuple[torch.Tensor, torch.Tensor] | None, start: int,
+                   only: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``attn`` over new tokens x (B, T, C) at positions start.., keys/values of ``past`` first.
+
+    ``only`` (B,): compute the output of just this position of each row (keys and values of
+    every position are still returned) — the last layer of an encoder that needs only the
+    last hidden state.
+    """
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).split(C, dim=-1)  # 3 × (B, T, C)
+    q, k, v = (t.view(B, T, attn.n_heads, C // attn.n_heads).transpose(1, 2)
+               for t in (q, k, v))  # (B, H, T, Dh)
+    if attn.rope:
+        q, k = rotary_from(q, start), rotary_from(k, start)
+    if past is not None:
+        k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, Dh)
+        v = torch.cat([past[1], v], dim=2)
+    if only is not None:
+        rows = torch.arange(B, device=x.device)
+        q = q[rows, :, only].unsqueeze(2)  # (B, H, 1, Dh)
+        mask = mask.expand(B, 1, T, mask.size(-1))[rows, :, only].unsqueeze(2)  # (B, 1, 1, S)
+        T = 1
+    if attn.impl == "sdpa":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        y = reference_attention(q, k, v, mask)
+    y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+    return attn.proj(y), (k, v)
+
+
+def backbone_extend(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor | None = None,
+                    past: KVCache | None = None, last_only: bool = False
+                    ) -> tuple[torch.Tensor, KVCache]:
+    """Run new tokens through ``backbone``; returns (B, T, C) outputs and the grown cache.
+
+    Without ``past``: x is a right-padded batch (``valid`` (B, T) marks real tokens), the
+    same outputs as ``backbone(x, valid)``. With ``past``: x holds tokens P .. P+T-1 of the
+    same B sequences (no padding, every row the same P); outputs equal those positions of a
+    full forward over all P + T tokens. ``last_only``: (B, 1, C), the output at each row's
+    last real token only — the last block then runs its attention output, projection and
+    MLP for one position per row instead of T, with the same keys/values cached.
+    """
+    B, T, _ = x.shape
+    if past is None:
+        if valid is None:
+            valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        mask = attention_mask(valid)  # (B, 1, T, T)
+        start = 0
+        last = valid.sum(1).clamp_min(1) - 1  # (B,)
+    else:
+        start = past.length
+        mask = extension_mask(start, T, x.device)  # (1, 1, T, P + T)
+        last = torch.full((B,), T - 1, dtype=torch.long, device=x.device)
+    keys, values = [], []
+    n = len(backbone.blocks)
+    for i, block in enumerate(backbone.blocks):
+        layer_past = (past.keys[i], past.values[i]) if past is not None else None
+        only = last if last_only and i == n - 1 else None
+        h, (k, v) = _attend_cached(block.attn, block.ln1(x), mask, layer_past, start, only)
+        if only is not None:
+            x = x[torch.arange(B, device=x.device), only].unsqueeze(1)  # (B, 1, C)
+        x = x + h
+        x = x + block.mlp(block.ln2(x))
+        keys.append(k)
+        values.append(v)
+    return backbone.ln_f(x), KVCache(keys, values)

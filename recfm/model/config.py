@@ -9,6 +9,40 @@ from recfm.config import from_dict
 
 
 @dataclass
+class ObjectiveConfig:
+    """What the model learns to predict besides the next item, and how targets are weighted.
+
+    Example (TOML, inside ``[model.objectives]``)::
+
+        facet_heads = { action = 0.2, genres = 0.2, gap_bucket = 0.1 }
+        multi_token_k = 3            # also predict items t+2 and t+3 from position t
+        window_events = 10           # every item of the next 10 events is a target …
+        window_days = 7.0            # … if it happens within 7 days
+        action_weights = { complete = 1.0, play = 0.5, trailer = 0.1, impression = 0.0 }
+    """
+
+    next_item_weight: float = 1.0
+    facet_heads: dict[str, float] = field(default_factory=dict)
+    """Next-event facet → loss weight. Facets: action, value_bucket, device, gap_bucket
+    (time until the next event), entity_type and genres (of the next item), or any other
+    categorical event facet of the dataset."""
+    hierarchical: bool = False
+    """Predict the next item's entity type first; item logits add log p(type | history)."""
+    multi_token_k: int = 1
+    """Predict the next k items from each position (1: next item only)."""
+    multi_token_weight: float = 0.5
+    window_events: int = 0
+    """Future-window objective (PinnerFormer's dense all-action loss): every item within the
+    next ``window_events`` tokens (and ``window_days``, when > 0) is a target. 0: off."""
+    window_days: float = 0.0
+    window_weight: float = 0.5
+    action_weights: dict[str, float] = field(default_factory=dict)
+    """Weight of a target by its action (missing actions weigh 1.0; 0.0 masks them)."""
+    value_weighting: Literal["none", "linear", "log"] = "none"
+    """Also weight a target by its value (rating or watch time), normalised to mean ~1."""
+
+
+@dataclass
 class ModelConfig:
     """Shape and objective of the foundation model.
 
@@ -33,6 +67,18 @@ class ModelConfig:
     use_time: bool = True
     use_item_attributes: bool = True
     """Add a bag of the item's genres / attributes / entity type to its id embedding."""
+    use_content: bool = True
+    """Combine each item's id embedding with its projected content vector when the dataset
+    has content (``recfm content embed``); a dataset without it trains id-only."""
+    content_combine: Literal["gate", "sum"] = "gate"
+    """``sum``: id + W·content. ``gate``: g ⊙ id + (1 − g) ⊙ W·content, g = σ(U[id; W·content])
+    per dimension, so well-trained items lean on their id and rare ones on content."""
+    content_hidden: int = 0
+    """Width of a hidden layer in the content projection (0: one linear map)."""
+    id_dropout: float = 0.25
+    """With content, zero this fraction of items' id embeddings at each training step
+    (DropoutNet, Volkovs et al. 2017): the model learns to rank items from content alone,
+    which is how a never-trained item is represented."""
 
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
@@ -41,9 +87,19 @@ class ModelConfig:
     label_smoothing: float = 0.0
     temperature: float = 1.0
 
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    user_repr: Literal["last", "mean_last", "attention", "layer_mean", "layer_mix"] = "last"
+    """How position states become the user vector the model is trained and scored with."""
+    repr_n_last: int = 4
+    """Positions averaged by ``mean_last``."""
+
     n_items: int = 0
     facet_sizes: dict[str, int] = field(default_factory=dict)
     n_attributes: int = 0
+    content_dim: int = 0
+    """Width of the item content vectors (0: no content); filled from the dataset."""
+    content_embedder: str = ""
+    """Spec of the embedder the content vectors came from (``recfm.content.make_embedder``)."""
 
     @property
     def ff_dim(self) -> int:

@@ -18,10 +18,17 @@ TIME_FACETS = ("gap_bucket", "hour_of_week")
 
 
 class ItemEncoder(nn.Module):
-    """Item vectors: an id embedding plus the mean of its attribute embeddings.
+    """Item vectors: an id embedding plus the mean of its attribute embeddings, combined
+    with the item's projected content vector when the model has content.
 
     Attributes (genres, S3-Rec attribute ids, entity type, language) are stored as a CSR
     pair of buffers: ``attr_offsets`` (n_items + 1,) and ``attr_values`` (nnz,).
+
+    Content (``cfg.content_dim`` > 0, :mod:`recfm.content`): a fixed (n_items, content_dim)
+    buffer ``content`` of text / attribute-bag vectors, mapped to d_model by
+    ``content_proj`` and summed with, or gated against, the id embedding. An item never
+    seen in training (zero id embedding) is then represented by its content alone; id
+    dropout during training teaches the model to rank such items.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -36,21 +43,57 @@ class ItemEncoder(nn.Module):
             nn.init.normal_(self.attrs.weight, std=0.02)
         self.register_buffer("attr_offsets", torch.zeros(cfg.n_items + 1, dtype=torch.long))
         self.register_buffer("attr_values", torch.zeros(0, dtype=torch.long))
+        self.use_content = cfg.content_dim > 0
+        self.combine = cfg.content_combine
+        self.id_dropout = cfg.id_dropout
+        if self.use_content:
+            self.register_buffer("content", torch.zeros(cfg.n_items, cfg.content_dim))
+            if cfg.content_hidden > 0:
+                self.content_proj = nn.Sequential(nn.Linear(cfg.content_dim, cfg.content_hidden),
+                                                  nn.GELU(),
+                                                  nn.Linear(cfg.content_hidden, cfg.d_model))
+            else:
+                self.content_proj = nn.Linear(cfg.content_dim, cfg.d_model)
+            if self.combine == "gate":
+                self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
+                nn.init.zeros_(self.gate.bias)  # g = σ(0) = ½ at the start
 
     def set_attributes(self, offsets: torch.Tensor, values: torch.Tensor) -> None:
         self.attr_offsets = offsets.long()
         self.attr_values = values.long()
 
+    def set_content(self, content: torch.Tensor) -> None:
+        """(n_items, content_dim) content vectors in model order (reserved rows zero)."""
+        if not self.use_content:
+            raise ValueError("this model has no content path (content_dim is 0)")
+        if content.shape != self.content.shape:
+            raise ValueError(f"content of shape {tuple(content.shape)}, expected "
+                             f"{tuple(self.content.shape)}")
+        self.content = content.to(self.content.dtype).contiguous()
+
+    def combine_content(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """(N, d) id rows ⊕ (N, content_dim) content rows → (N, d) item vectors."""
+        c = self.content_proj(content)  # (N, d)
+        if self.combine == "sum":
+            return ids + c
+        g = torch.sigmoid(self.gate(torch.cat([ids, c], dim=-1)))  # (N, d)
+        return g * ids + (1 - g) * c
+
     def table(self) -> torch.Tensor:
         """(n_items, d) representation of every item."""
         w = self.ids.weight
+        if self.use_content:
+            if self.training and self.id_dropout > 0:
+                keep = torch.rand(w.size(0), 1, device=w.device) >= self.id_dropout  # (V, 1)
+                w = w * keep.to(w.dtype)
+            w = self.combine_content(w, self.content)  # (V, d)
         if not self.use_attrs or self.attr_values.numel() == 0:
             return w
         bag = self.attrs(self.attr_values, self.attr_offsets[:-1])  # (n_items, d); empty → 0
         return w + bag
 
     def forward(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        if table is None and not self.use_attrs:
+        if table is None and not self.use_attrs and not self.use_content:
             return self.ids(items)
         return F.embedding(items, self.table() if table is None else table)
 

@@ -27,10 +27,21 @@ from torch import nn
 from recfm import __version__
 from recfm.batching import SequenceStore, history_batches
 from recfm.io import atomic_write_json
-from recfm.model.backbone import Backbone
+from recfm.model.backbone import Backbone, KVCache, backbone_extend
 from recfm.model.config import ModelConfig
 from recfm.model.embeddings import EventEmbedding, ItemEncoder
 from recfm.model.heads import full_softmax_loss, sample_negatives, sampled_softmax_loss
+from recfm.model.objectives import (
+    ITEM_FACET_HEADS,
+    ObjectiveHeads,
+    facet_head_sizes,
+    facet_losses,
+    item_facet_tensors,
+    multi_label_window,
+    position_repr,
+    target_weights,
+    window_loss,
+)
 from recfm.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
 
 log = logging.getLogger(__name__)
@@ -112,6 +123,46 @@ class FoundationModel(nn.Module):
         # log q(item) for sampled softmax: item frequency in the training data (smoothed).
         self.register_buffer("log_q", torch.full((cfg.n_items,), -float(np.log(max(cfg.n_items, 1)))))
         self.input_columns = ["item"] + sorted(self.embed.facets.keys())
+        self._init_objectives(cfg, tokenizer, items)
+
+    def _init_objectives(self, cfg: ModelConfig, tok: Tokenizer | None,
+                         items: pl.DataFrame | None) -> None:
+        """Heads beyond next-item, and what they need: item facets, action weights.
+
+        The item-facet and action-weight tables are rebuilt from ``items.parquet`` and the
+        tokenizer on load (non-persistent buffers), so they never go stale or missing.
+        """
+        obj = cfg.objectives
+        self.heads = ObjectiveHeads(cfg, facet_head_sizes(cfg, tok))
+        if obj.hierarchical and "entity_type" not in self.heads.facets:
+            raise ValueError("hierarchical prediction needs the entity_type facet head "
+                             "(objectives.facet_heads = { entity_type = 0.2 })")
+        entity, genres = item_facet_tensors(items, tok, cfg.n_items)
+        self.register_buffer("item_entity", entity, persistent=False)
+        self.register_buffer("item_genres", genres, persistent=False)
+        actions = tok.facets.get("action", []) if tok else []
+        unknown = set(obj.action_weights) - set(actions)
+        if unknown and actions:
+            raise ValueError(f"action_weights: no action {sorted(unknown)[0]!r} in this dataset "
+                             f"(actions: {', '.join(actions)})")
+        weights = [1.0, 1.0] + [obj.action_weights.get(a, 1.0) for a in actions]
+        self.register_buffer("action_weight", torch.tensor(weights), persistent=False)
+        edges = tok.value_edges if tok else []
+        self.value_ref = float(edges[len(edges) // 2]) if edges else 1.0
+
+    @property
+    def train_columns(self) -> list[str]:
+        """Token columns training needs: the inputs plus what the objectives read."""
+        obj = self.cfg.objectives
+        extra = [n for n in obj.facet_heads if n not in ITEM_FACET_HEADS]
+        if obj.action_weights:
+            extra.append("action")
+        if obj.value_weighting != "none":
+            extra.append("value")
+        if obj.window_events and obj.window_days > 0:
+            extra.append("ts")
+        return self.input_columns + [c for c in dict.fromkeys(extra)
+                                     if c not in self.input_columns]
 
     # ------------------------------------------------------------------ tensors in, out
 
@@ -130,23 +181,113 @@ class FoundationModel(nn.Module):
         x = self.embed(batch, vecs)
         return self.backbone(x, valid, all_layers=all_layers)
 
-    def loss(self, batch: dict[str, torch.Tensor],
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Next-item loss over every position that has a target."""
-        h = self(batch)  # (B, T, d)
-        target = batch["target"]
-        keep = target > 0
-        h, target = h[keep], target[keep]  # (N, d), (N,)
-        weights = batch["weight"][keep] if "weight" in batch else None
-        table = self.item_table()
+    def positions(self, batch: dict[str, torch.Tensor], mode: str | None = None
+                  ) -> torch.Tensor:
+        """(B, T) → (B, T, d) user representation at every position (``cfg.user_repr``)."""
+        mode = mode or self.cfg.user_repr
+        valid = batch["item"] > 0
+        if mode in ("layer_mean", "layer_mix"):
+            layers = self(batch, all_layers=True)
+        else:
+            layers = [self(batch)]
+        return position_repr(layers, valid, mode, self.cfg.repr_n_last, self.heads)
+
+    def _item_loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor,
+                   weights: torch.Tensor | None,
+                   generator: torch.Generator | None) -> torch.Tensor:
+        """Next-item style loss of states h (N, d) against items (N,)."""
         cfg = self.cfg
         if cfg.loss == "full":
+            bias = self._hierarchy_bias(h)
             return full_softmax_loss(h, target, table, cfg.label_smoothing, cfg.temperature,
-                                     weights)
+                                     weights, bias)
         negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator)
         log_q = self._sampler_log_q(target) if cfg.logq_correction else None
         return sampled_softmax_loss(h, target, table, negs, log_q, cfg.label_smoothing,
                                     cfg.temperature, weights)
+
+    def _hierarchy_bias(self, h: torch.Tensor) -> torch.Tensor | None:
+        """log p(entity type of each item | h), (N, n_items - reserved), when hierarchical."""
+        if not self.cfg.objectives.hierarchical:
+            return None
+        logp = torch.log_softmax(self.heads.facets["entity_type"](h), dim=-1)  # (N, types)
+        return logp[:, self.item_entity[N_RESERVED_ITEMS:]]
+
+    def loss(self, batch: dict[str, torch.Tensor],
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Weighted sum of the configured objectives (see :mod:`recfm.model.objectives`).
+
+        The components of the last call are kept in ``self.last_losses`` (floats).
+        """
+        cfg, obj = self.cfg, self.cfg.objectives
+        h = self.positions(batch)  # (B, T, d)
+        B, T, _ = h.shape
+        table = self.item_table()
+        target = batch["target"]  # (B, T)
+        future = batch.get("future_item")  # (B, T + 1) or None
+        w_all = None
+        if future is not None:
+            w_all = target_weights(cfg, self.action_weight if obj.action_weights else None,
+                                   batch.get("future_action"), batch.get("future_value"),
+                                   self.value_ref)  # (B, T + 1) or None
+        parts: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=h.device)
+
+        keep = target > 0
+        w_next = w_all[:, 1:][keep] if w_all is not None else batch["weight"][keep] \
+            if "weight" in batch else None
+        if obj.next_item_weight > 0:
+            parts["next_item"] = self._item_loss(h[keep], target[keep], table, w_next, generator)
+            total = total + obj.next_item_weight * parts["next_item"]
+
+        if self.heads.facets:
+            targets = {}
+            for name in self.heads.facets:
+                if name == "entity_type":
+                    targets[name] = self.item_entity[target[keep]]
+                elif name == "genres":
+                    targets[name] = self.item_genres[target[keep]]
+                else:
+                    targets[name] = batch[f"future_{name}"][:, 1:][keep]
+            for name, value in facet_losses(self.heads, h[keep], targets).items():
+                parts[f"facet_{name}"] = value
+                total = total + obj.facet_heads[name] * value
+
+        if len(self.heads.multi) and future is not None:
+            multi = []
+            for j, head in enumerate(self.heads.multi, start=2):
+                if T + 1 - j <= 0:
+                    break
+                tj = torch.zeros_like(target)
+                tj[:, :T + 1 - j] = future[:, j:]
+                kj = (tj > 0) & (batch["item"] > 0)
+                if not kj.any():
+                    continue
+                wj = None
+                if w_all is not None:
+                    wfull = torch.zeros_like(target, dtype=w_all.dtype)
+                    wfull[:, :T + 1 - j] = w_all[:, j:]
+                    wj = wfull[kj]
+                multi.append(self._item_loss(head(h[kj]), tj[kj], table, wj, generator))
+            if multi:
+                parts["multi_token"] = torch.stack(multi).mean()
+                total = total + obj.multi_token_weight * parts["multi_token"]
+
+        if self.heads.window is not None and future is not None:
+            tgt, mask = multi_label_window(future, batch.get("future_ts"), obj.window_events,
+                                           obj.window_days)  # (B, T, N)
+            rows = mask.any(-1)
+            if rows.any():
+                ww = None
+                if w_all is not None:
+                    pos = (torch.arange(T, device=h.device)[:, None]
+                           + torch.arange(1, obj.window_events + 1, device=h.device)[None])
+                    ww = w_all[:, pos.clamp(max=T)][rows]
+                parts["window"] = window_loss(self.heads.window(h[rows]), table, tgt[rows],
+                                              mask[rows], ww)
+                total = total + obj.window_weight * parts["window"]
+        self.last_losses = {k: float(v.detach()) for k, v in parts.items()}
+        return total
 
     def _sampler_log_q(self, targets: torch.Tensor) -> torch.Tensor:
         """log of each item's probability under the negative sampler in use."""
@@ -157,26 +298,29 @@ class FoundationModel(nn.Module):
             return self.log_q
         return torch.logaddexp(uniform, self.log_q) - float(np.log(2.0))
 
-    def last_hidden(self, batch: dict[str, torch.Tensor], pooling: str = "last",
-                    n_last: int = 4) -> torch.Tensor:
-        """(B, d) user vectors from right-padded history batches."""
-        h = self(batch)  # (B, T, d)
+    def last_hidden(self, batch: dict[str, torch.Tensor], pooling: str | None = None
+                    ) -> torch.Tensor:
+        """(B, d) user vectors from right-padded history batches.
+
+        ``pooling``: the representation at the last position — ``last``, ``mean_last``
+        (last ``repr_n_last`` positions), ``attention``, ``layer_mean``, ``layer_mix`` —
+        or ``mean`` over the whole history. Default: the one the model was trained with.
+        """
         valid = batch["item"] > 0
         lengths = valid.sum(1).clamp_min(1)
-        if pooling == "last":
-            return h[torch.arange(h.size(0)), lengths - 1]
-        if pooling == "mean_last":
-            pos = torch.arange(h.size(1), device=h.device)[None]
-            w = (valid & (pos >= (lengths - n_last)[:, None])).float()
-            return (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
         if pooling == "mean":
+            h = self(batch)  # (B, T, d)
             w = valid.float()
             return (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
-        raise ValueError(f"unknown pooling {pooling!r}: expected last, mean_last or mean")
+        h = self.positions(batch, pooling)  # (B, T, d)
+        return h[torch.arange(h.size(0)), lengths - 1]
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores; reserved ids get -inf."""
         scores = users @ self.item_table().T
+        bias = self._hierarchy_bias(users)
+        if bias is not None:
+            scores[:, N_RESERVED_ITEMS:] += bias
         scores[:, :N_RESERVED_ITEMS] = float("-inf")
         return scores
 
@@ -244,6 +388,52 @@ class FoundationModel(nn.Module):
         if self.items is not None and "title" in self.items.columns:
             out = out.join(self.items.select("item_id", "title"), on="item_id", how="left")
         return out
+
+    # ------------------------------------------------------------------ incremental encoding
+
+    @torch.no_grad()
+    def input_item_table(self) -> torch.Tensor:
+        """(n_items, d) input-side item vectors (id ⊕ attributes); constant in eval mode.
+
+        Serving computes it once and passes it to :meth:`encode_incremental`, instead of
+        rebuilding the attribute bags of the whole catalog on every call.
+        """
+        return self.item_encoder.table().detach()
+
+    @torch.no_grad()
+    def encode_incremental(self, batch: dict[str, torch.Tensor], past: KVCache | None = None,
+                           item_vectors: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, KVCache]:
+        """(B, d) user vectors (last token) and every layer's keys/values, reusing ``past``.
+
+        ``batch``: right-padded (B, T) token tensors of whole context windows, as
+        :meth:`last_hidden` takes them. ``past``: the cache of the first P tokens of these
+        same windows (from an earlier call); then the rows must be unpadded and only tokens
+        P .. T-1 go through the backbone — exact, the model being causal. Positions are
+        counted from the window start, so a cache is reusable only while the window start
+        stays put. ``item_vectors``: :meth:`input_item_table`, precomputed.
+
+        Example:
+            >>> u, cache = fm.encode_incremental(batch_of_t_tokens)            # doctest: +SKIP
+            >>> u2, cache = fm.encode_incremental(batch_of_t_plus_1, cache)   # one more token
+        """
+        self.eval()
+        items = batch["item"]  # (B, T)
+        B, T = items.shape
+        if T > self.cfg.max_len:
+            raise ValueError(f"a window of {T} tokens is longer than the context "
+                             f"({self.cfg.max_len}); cut histories to their last max_len tokens")
+        P = past.length if past is not None else 0
+        if past is not None and (P >= T or (items == 0).any()):
+            raise ValueError(f"encode_incremental: a cache of {P} tokens extends only unpadded "
+                             f"windows longer than it; got {T} tokens")
+        vecs = self.item_encoder(items, item_vectors)  # (B, T, d)
+        x = self.embed(batch, vecs)[:, P:]  # (B, T - P, d)
+        valid = items[:, P:] > 0
+        # only the last real token's output is needed: the last block skips the others
+        h, cache = backbone_extend(self.backbone, x, valid if past is None else None, past,
+                                   last_only=True)
+        return h[:, 0], cache  # (B, d)
 
     # ------------------------------------------------------------------ save / load
 

@@ -16,9 +16,12 @@ from recfm.tokenizer import N_RESERVED_ITEMS
 
 def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
                       label_smoothing: float = 0.0, temperature: float = 1.0,
-                      weights: torch.Tensor | None = None) -> torch.Tensor:
+                      weights: torch.Tensor | None = None,
+                      logit_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over every real item. h: (N, d), targets: (N,), table: (V, d)."""
     logits = h @ table[N_RESERVED_ITEMS:].T  # (N, V - reserved)
+    if logit_bias is not None:
+        logits = logits + logit_bias
     if temperature != 1.0:
         logits = logits / temperature
     loss = F.cross_entropy(logits, targets - N_RESERVED_ITEMS, reduction="none",

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from recfm import __version__
 from recfm.batching import SequenceStore, count_batches
 from recfm.config import from_dict
-from recfm.data.splits import leave_one_out
+from recfm.data.splits import Split, leave_one_out
 from recfm.evaluate.evaluator import evaluate_scorer, model_scorer, popularity_scorer
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
@@ -118,11 +118,15 @@ def epoch_plan(spans: np.ndarray, batch_size: int, seed: int, epoch: int) -> lis
 
 
 def make_batch(store: SequenceStore, spans: np.ndarray) -> dict[str, torch.Tensor]:
-    """Inputs = tokens[:-1] of each span, ``target`` = items[1:]."""
-    batch = store.gather(spans)
-    target = batch["item"][:, 1:].clone()
-    batch = {k: v[:, :-1] for k, v in batch.items()}
-    batch["target"] = target
+    """Inputs = tokens[:-1] of each span, ``target`` = items[1:].
+
+    The whole spans are kept as ``future_<column>`` (B, T + 1): objectives that look
+    further ahead than the next token (multi-token, future window, facet heads) read them.
+    """
+    full = store.gather(spans)
+    batch = {k: v[:, :-1] for k, v in full.items()}
+    batch["target"] = full["item"][:, 1:].clone()
+    batch.update({f"future_{k}": v for k, v in full.items()})
     return batch
 
 
@@ -198,6 +202,18 @@ class TrainResult:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+def _init_model(run: Path, ds: PreparedDataset) -> FoundationModel:
+    """The model of an existing run, checked against the dataset it will be tuned on."""
+    from recfm.errors import RecfmError
+
+    model = FoundationModel.from_pretrained(run)
+    if model.tokenizer is None or model.tokenizer.item_ids != ds.tokenizer.item_ids:
+        raise RecfmError(f"{ds.path}: its item vocabulary differs from the run {run}; fine-tune "
+                         "on data tokenized with that run (recfm train --init-from RUN "
+                         "--events FILE)")
+    return model
+
+
 def _recover_interrupted_checkpoint(run: Path) -> None:
     """A crash between the two renames of Checkpointer.save leaves only .checkpoint.old."""
     ckpt, old = run / "checkpoint", run / ".checkpoint.old"
@@ -214,27 +230,63 @@ def train(
     evaluate_test: bool = True,
     on_progress: ProgressFn | None = None,
     command: str | None = None,
+    init_from: str | Path | None = None,
+    split: Split | None = None,
 ) -> TrainResult:
-    """Train a foundation model on a prepared dataset with the leave-one-out protocol."""
+    """Train a foundation model on a prepared dataset with the leave-one-out protocol.
+
+    ``init_from``: start from the weights and config of an existing run (fine-tuning); the
+    dataset must use that run's item vocabulary. A dataset with a ``fresh`` list column (see
+    :func:`recfm.adapt.incremental.build_incremental_dataset`) trains incrementally: only
+    fresh tokens are targets, older ones are context, and a sample of users' last fresh
+    token validates. Item content (``content.parquet``, :mod:`recfm.content`) is combined
+    with the id embeddings when the dataset has it and ``model_cfg.use_content``.
+    ``split`` replaces the default leave-one-out split (e.g. a future holdout,
+    :func:`recfm.evaluate.objectives.future_holdout`).
+    """
     t_start = time.perf_counter()
     data_dir, run = Path(data_dir), Path(run)
     tcfg = train_cfg or TrainConfig()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     ds = PreparedDataset.load(data_dir)
-    split = leave_one_out(ds.sequences)
-    mcfg, (offsets, values) = build_config(model_cfg or ModelConfig(), ds.tokenizer, ds.items,
-                                           split.train)
+    fresh = "fresh" in ds.sequences.columns  # incremental data: only fresh tokens are targets
+    if fresh:
+        from recfm.adapt.incremental import fresh_split
+        split = fresh_split(ds.sequences, seed=tcfg.seed)
+        evaluate_test = False
+    elif split is None:
+        split = leave_one_out(ds.sequences)
     torch.manual_seed(tcfg.seed)
-    model = FoundationModel(mcfg, ds.tokenizer, ds.items)
-    model.item_encoder.set_attributes(offsets, values)
-    counts = np.bincount(split.train["item"].explode().to_numpy(), minlength=mcfg.n_items)
-    q = (counts[:mcfg.n_items] + 1.0) / (counts.sum() + mcfg.n_items)
-    model.log_q.copy_(torch.from_numpy(np.log(q)).float())
+    if init_from is not None:
+        model = _init_model(Path(init_from), ds)
+        mcfg = model.cfg
+        model.train()
+    else:
+        mcfg, (offsets, values) = build_config(model_cfg or ModelConfig(), ds.tokenizer,
+                                               ds.items, split.train)
+        content = None
+        if mcfg.use_content:
+            from recfm.content.store import load_dataset_content
+            content = load_dataset_content(data_dir, ds.items, mcfg.n_items)
+        if content is not None:
+            mcfg = replace(mcfg, content_dim=int(content[0].shape[1]),
+                           content_embedder=str(content[1].get("embedder", "")))
+        model = FoundationModel(mcfg, ds.tokenizer, ds.items)
+        model.item_encoder.set_attributes(offsets, values)
+        if content is not None:
+            model.item_encoder.set_content(content[0])
+        counts = np.bincount(split.train["item"].explode().to_numpy(), minlength=mcfg.n_items)
+        q = (counts[:mcfg.n_items] + 1.0) / (counts.sum() + mcfg.n_items)
+        model.log_q.copy_(torch.from_numpy(np.log(q)).float())
     n_params = sum(p.numel() for p in model.parameters())
 
-    store = SequenceStore(split.train, model.input_columns)
-    spans = store.spans(mcfg.max_len + 1, tcfg.window, min_len=2)
+    store = SequenceStore(split.train, model.train_columns + (["fresh"] if fresh else []))
+    if fresh:
+        from recfm.adapt.incremental import fresh_spans
+        spans = fresh_spans(store, mcfg.max_len + 1)
+    else:
+        spans = store.spans(mcfg.max_len + 1, tcfg.window, min_len=2)
     n_batches = count_batches(len(spans), tcfg.batch_size)
     total_steps = n_batches * tcfg.epochs
 
@@ -265,6 +317,9 @@ def train(
         "recfm_version": __version__, "machine": machine_info(), "command": command,
         "n_params": n_params,
     }
+    if init_from is not None:
+        meta["init_from"] = str(init_from)
+        meta["incremental"] = fresh
     if not (run / "model.safetensors").exists():
         model.save_pretrained(run, meta)
     metrics_path = run / "metrics.csv"
@@ -291,6 +346,12 @@ def train(
         ep_tokens, ep_loss, ep_n = 0, 0.0, 0
         for bi in range(state["batch"], len(plan)):
             batch = make_batch(store, spans[plan[bi]])
+            if fresh:
+                from recfm.adapt.incremental import mask_context_targets
+                mask_context_targets(batch)
+                if t_budget is not None and \
+                        state["train_s"] + time.perf_counter() - t_epoch >= t_budget:
+                    break  # a fine-tune's budget is strict: stop inside the epoch
             lr = lr_at(state["step"], state["total_steps"], tcfg)
             for g in opt.param_groups:
                 g["lr"] = lr

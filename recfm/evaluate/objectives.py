@@ -1,0 +1,162 @@
+"""Evaluation of the richer objectives: future windows, facet heads, engagement, stability.
+
+The *future holdout* keeps each user's last ``window`` tokens out of training altogether:
+the model learns from the rest (with its own leave-one-out validation for early stopping),
+and is evaluated on the held-out future — the first held-out item (next-item NDCG@10),
+all held-out items (window NDCG@10), the held-out token's facets (facet-head accuracy),
+and which recommended items the user goes on to complete (completed share@10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import torch
+
+from recfm.batching import SequenceStore, history_batches
+from recfm.data.splits import Split, leave_one_out, list_columns
+from recfm.model.objectives import majority_accuracy
+from recfm.tokenizer import N_RESERVED_ITEMS
+
+
+def future_holdout(seqs: pl.DataFrame, window: int = 10, min_history: int = 3
+                   ) -> tuple[Split, pl.DataFrame]:
+    """(training split, holdout frame). Users too short keep everything in training.
+
+    Holdout frame: history list columns, ``target`` (first held-out item),
+    ``target_<facet>``, ``window_item`` and ``window_action`` (lists of the held-out tokens).
+    """
+    cols = list_columns(seqs)
+    n = pl.col("length")
+    long = seqs.filter(n >= window + min_history)
+    short = seqs.filter(n < window + min_history)
+    cut = n - window
+    truncated = pl.concat([
+        long.with_columns([pl.col(c).list.head(cut) for c in cols]).with_columns(cut.alias("length")),
+        short,
+    ]).sort("user_idx")
+    split = leave_one_out(truncated)
+    holdout = long.select(
+        [pl.col("user_idx"), pl.col("user_id"), pl.col("item").list.get(cut).alias("target")]
+        + [pl.col(c).list.get(cut).alias(f"target_{c}") for c in cols if c != "item"]
+        + [pl.col("item").list.slice(cut, window).alias("window_item")]
+        + ([pl.col("action").list.slice(cut, window).alias("window_action")]
+           if "action" in cols else [])
+        + [pl.col(c).list.head(cut) for c in cols]
+    ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
+    return split, holdout
+
+
+@torch.no_grad()
+def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = None,
+                    k: int = 10, batch_size: int = 512, pooling: str | None = None
+                    ) -> dict[str, float]:
+    """Next-item and window NDCG@k / HR@k, and the completed share of the top k."""
+    model.eval()
+    store = SequenceStore(holdout, model.input_columns)
+    target = holdout["target"].to_numpy()
+    win = holdout["window_item"].to_list()
+    acts = holdout["window_action"].to_list() if "window_action" in holdout.columns else None
+    sums = dict.fromkeys(["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10",
+                          "completed_share@10"], 0.0)
+    n = 0
+    for rows, batch in history_batches(store, model.cfg.max_len, batch_size, by_length=True):
+        scores = model.score(model.last_hidden(batch, pooling)).clone()
+        b, seen = store.history_items(rows)
+        scores[torch.from_numpy(b), torch.from_numpy(seen)] = float("-inf")
+        top = torch.topk(scores, k, dim=1).indices.numpy()  # (B, k)
+        for i, r in enumerate(rows):
+            ranked = list(top[i])
+            t = int(target[r])
+            if t in ranked:
+                pos = ranked.index(t)
+                sums["hr@10"] += 1
+                sums["ndcg@10"] += 1 / math.log2(pos + 2)
+            future = set(win[r]) - set(seen[b == i].tolist())
+            if future:
+                hits = [p for p, item in enumerate(ranked) if item in future]
+                ideal = sum(1 / math.log2(p + 2) for p in range(min(k, len(future))))
+                sums["window_ndcg@10"] += sum(1 / math.log2(p + 2) for p in hits) / ideal
+                sums["window_hr@10"] += float(bool(hits))
+            if acts is not None and complete_code is not None:
+                done = {it for it, a in zip(win[r], acts[r]) if a == complete_code}
+                sums["completed_share@10"] += len(done & set(ranked)) / k
+            n += 1
+    out = {key: v / max(n, 1) for key, v in sums.items()}
+    out["users"] = n
+    return out
+
+
+@torch.no_grad()
+def facet_accuracy(model, holdout: pl.DataFrame, train: pl.DataFrame,
+                   batch_size: int = 512) -> dict[str, float]:
+    """Each facet head's accuracy on the first held-out token vs its majority class."""
+    model.eval()
+    out: dict[str, float] = {}
+    if not model.heads.facets:
+        return out
+    store = SequenceStore(holdout, model.input_columns)
+    preds: dict[str, list[np.ndarray]] = {n: [] for n in model.heads.facets}
+    order: list[np.ndarray] = []
+    for rows, batch in history_batches(store, model.cfg.max_len, batch_size):
+        u = model.last_hidden(batch)
+        for name, head in model.heads.facets.items():
+            preds[name].append(head(u).argmax(-1).numpy())
+        order.append(rows)
+    rows = np.concatenate(order)
+    target_items = torch.from_numpy(holdout["target"].to_numpy()[rows].astype(np.int64))
+    train_items = torch.from_numpy(train["item"].explode().to_numpy().astype(np.int64))
+    for name in model.heads.facets:
+        pred = np.concatenate(preds[name])
+        if name == "genres":
+            truth = model.item_genres[target_items].numpy()
+            acc = float(truth[np.arange(len(pred)), pred].mean())
+            freq = model.item_genres[train_items].sum(0).argmax().item()
+            out["genres_acc"], out["genres_majority_acc"] = acc, float(truth[:, freq].mean())
+            continue
+        if name == "entity_type":
+            truth = model.item_entity[target_items].numpy()
+            train_t = model.item_entity[train_items].numpy()
+        else:
+            truth = holdout[f"target_{name}"].to_numpy()[rows]
+            train_t = train[name].explode().to_numpy()
+        keep = truth > 0
+        out[f"{name}_acc"] = float((pred[keep] == truth[keep]).mean())
+        out[f"{name}_majority_acc"] = majority_accuracy(train_t[train_t > 0], truth[keep])
+    return out
+
+
+@torch.no_grad()
+def stability(model, seqs: pl.DataFrame, appended: tuple[int, ...] = (1, 5, 20),
+              pooling: str | None = None, max_users: int = 2000, k: int = 10
+              ) -> dict[str, float]:
+    """Cosine between a user's vector before and after appending j real events, and the
+    top-k overlap of their recommendations; over users with more than max(j) + 2 tokens."""
+    model.eval()
+    m = max(appended)
+    users = seqs.filter(pl.col("length") >= m + 3).head(max_users)
+    if users.height == 0:
+        return {}
+    cols = [c for c in model.input_columns if c in users.columns]
+    base_len = pl.col("length") - m
+    out = {}
+
+    def encode(frame):
+        store = SequenceStore(frame, cols)
+        vecs = []
+        for _, batch in history_batches(store, model.cfg.max_len, 512):
+            vecs.append(model.last_hidden(batch, pooling))
+        u = torch.cat(vecs)
+        s = model.score(u)
+        s[:, :N_RESERVED_ITEMS] = float("-inf")
+        return u, torch.topk(s, k, dim=1).indices
+
+    u0, top0 = encode(users.with_columns([pl.col(c).list.head(base_len) for c in cols]))
+    for j in appended:
+        uj, topj = encode(users.with_columns([pl.col(c).list.head(base_len + j) for c in cols]))
+        out[f"stability_cos@{j}"] = float(torch.cosine_similarity(u0, uj).mean())
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(top0, topj)]
+        out[f"stability_overlap@{j}"] = float(np.mean(overlap))
+    return out

@@ -1,0 +1,210 @@
+"""Objectives beyond the next item, and user representations.
+
+* **Facet heads**: the next event's action, value bucket, device, time until it
+  (gap bucket), and the next item's entity type and genres — each a small head on the
+  position state with its own loss weight. ``hierarchical`` adds log p(entity type) to the
+  item logits, so the item prediction is conditioned on the predicted type.
+* **Multi-token prediction**: item t+j (j = 2..k) from position t, through a residual
+  projection per offset (Gloeckle et al. 2024 predict several tokens with extra heads).
+* **Future window** (PinnerFormer's dense all-action loss, Pancha et al. 2022): every item
+  within the next N tokens (and T days) is a target of position t.
+* **Engagement weighting**: each target weighs by its action (complete ≫ trailer;
+  0 masks) and optionally by its value.
+* **User representations**: last position, mean of the last n positions, causal
+  attention pooling, mean or learned mix of the layers — computed at every position, so the
+  model can be trained with the representation it is served with.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recfm.model.config import ModelConfig
+from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
+
+ITEM_FACET_HEADS = ("entity_type", "genres")
+
+
+def item_facet_tensors(items: pl.DataFrame | None, tok: Tokenizer | None, n_items: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item: entity-type code (n_items,) and genre multi-hot (n_items, n_genres)."""
+    entity = torch.zeros(n_items, dtype=torch.long)
+    n_genres = len(tok.item_facets.get("genres", [])) if tok else 0
+    genres = torch.zeros(n_items, max(n_genres, 1))
+    if items is None or tok is None:
+        return entity, genres
+    idx = items["idx"].to_numpy().copy()
+    if "entity_type" in items.columns and "entity_type" in tok.item_facets:
+        code = {v: N_RESERVED_FACET + i for i, v in enumerate(tok.item_facets["entity_type"])}
+        entity[torch.from_numpy(idx)] = torch.tensor(
+            [code.get(v, 1) if v is not None else 1 for v in items["entity_type"].to_list()])
+    if n_genres and "genres" in items.columns:
+        gcode = {v: i for i, v in enumerate(tok.item_facets["genres"])}
+        for row, gs in zip(idx, items["genres"].to_list()):
+            for g in gs or []:
+                if g in gcode:
+                    genres[row, gcode[g]] = 1.0
+    return entity, genres
+
+
+def facet_head_sizes(cfg: ModelConfig, tok: Tokenizer | None) -> dict[str, int]:
+    """Output size of every configured facet head (unknown facets are an error)."""
+    sizes = {}
+    for name in cfg.objectives.facet_heads:
+        if name == "entity_type":
+            n = len(tok.item_facets.get("entity_type", [])) if tok else 0
+            sizes[name] = n + N_RESERVED_FACET
+        elif name == "genres":
+            sizes[name] = len(tok.item_facets.get("genres", [])) if tok else 0
+        elif name in cfg.facet_sizes:
+            sizes[name] = cfg.facet_sizes[name]
+        else:
+            raise ValueError(f"facet head {name!r}: the dataset has no such facet "
+                             f"(has {', '.join(sorted(cfg.facet_sizes)) or 'none'}; "
+                             "entity_type / genres need item metadata)")
+        if sizes[name] <= 0:
+            raise ValueError(f"facet head {name!r}: no values in this dataset")
+    return sizes
+
+
+class Residual(nn.Module):
+    """h + W h, W zero-initialised: starts as the identity (the next-item head)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        nn.init.zeros_(self.lin.weight)
+        nn.init.zeros_(self.lin.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.lin(h)
+
+
+class ObjectiveHeads(nn.Module):
+    """Every head beyond the shared next-item scoring, created only when configured."""
+
+    def __init__(self, cfg: ModelConfig, head_sizes: dict[str, int]) -> None:
+        super().__init__()
+        d, obj = cfg.d_model, cfg.objectives
+        self.facets = nn.ModuleDict({n: nn.Linear(d, k) for n, k in sorted(head_sizes.items())})
+        self.multi = nn.ModuleList(Residual(d) for _ in range(max(obj.multi_token_k - 1, 0)))
+        self.window = Residual(d) if obj.window_events > 0 else None
+        self.pool_query = (nn.Parameter(torch.zeros(d)) if cfg.user_repr == "attention"
+                           else None)
+        self.layer_logits = (nn.Parameter(torch.zeros(cfg.n_layers))
+                             if cfg.user_repr == "layer_mix" else None)
+
+
+def position_repr(layers: list[torch.Tensor], valid: torch.Tensor, mode: str, n_last: int,
+                  heads: ObjectiveHeads | None) -> torch.Tensor:
+    """(B, T, d) user representation at every position from each layer's (B, T, d) output.
+
+    Every mode is causal: position t only sees positions ≤ t.
+    """
+    h = layers[-1]
+    if mode == "last":
+        return h
+    if mode in ("layer_mean", "layer_mix"):
+        stack = torch.stack(layers)  # (L, B, T, d)
+        if mode == "layer_mean":
+            return stack.mean(0)
+        if heads is None or heads.layer_logits is None:
+            raise ValueError("layer_mix needs a model trained with user_repr='layer_mix'")
+        w = torch.softmax(heads.layer_logits, 0)  # (L,)
+        return (w[:, None, None, None] * stack).sum(0)
+    T = h.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()  # (T, T)
+    keys = causal[None] & valid[:, None, :]  # (B, T, T): query t, key s
+    if mode == "mean_last":
+        pos = torch.arange(T, device=h.device)
+        recent = (pos[None, :] > pos[:, None] - n_last)  # s > t - n
+        w = (keys & recent[None]).float()
+        return (w @ h) / w.sum(-1, keepdim=True).clamp_min(1)
+    if mode == "attention":
+        if heads is None or heads.pool_query is None:
+            raise ValueError("attention pooling needs a model trained with "
+                             "user_repr='attention'")
+        s = (h @ heads.pool_query) / math.sqrt(h.size(-1))  # (B, T)
+        s = s[:, None, :].expand(-1, T, -1).masked_fill(~keys, float("-inf"))
+        eye = torch.eye(T, dtype=torch.bool, device=h.device)[None]
+        s = s.masked_fill(~keys.any(-1, keepdim=True) & eye, 0.0)  # padded rows: self
+        return torch.softmax(s, -1) @ h
+    raise ValueError(f"unknown user representation {mode!r}: expected last, mean_last, "
+                     "attention, layer_mean or layer_mix")
+
+
+def target_weights(cfg: ModelConfig, action_weight: torch.Tensor | None,
+                   actions: torch.Tensor | None, values: torch.Tensor | None,
+                   value_ref: float) -> torch.Tensor | None:
+    """Weight of each target token (same shape as ``actions``/``values``), or None."""
+    obj = cfg.objectives
+    w = None
+    if action_weight is not None and actions is not None:
+        w = action_weight[actions.clamp(0, len(action_weight) - 1)]
+    if obj.value_weighting != "none" and values is not None:
+        v = values.float().clamp_min(0)
+        vw = v / value_ref if obj.value_weighting == "linear" else (
+            torch.log1p(v) / math.log1p(value_ref))
+        vw = vw.clamp(0.1, 3.0)
+        w = vw if w is None else w * vw
+    return w
+
+
+def multi_label_window(future_items: torch.Tensor, future_ts: torch.Tensor | None,
+                       n_events: int, days: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets (B, T, N) of the future window of each input position, and their mask.
+
+    ``future_items``: (B, T + 1) whole spans. Position t's window is tokens t+1 .. t+N.
+    """
+    B, T1 = future_items.shape
+    T = T1 - 1
+    offs = torch.arange(1, n_events + 1, device=future_items.device)  # (N,)
+    pos = torch.arange(T, device=future_items.device)[:, None] + offs[None, :]  # (T, N)
+    inside = pos < T1
+    idx = pos.clamp(max=T1 - 1)
+    tgt = future_items[:, idx]  # (B, T, N)
+    mask = inside[None] & (tgt > 0) & (future_items[:, :T, None] > 0)
+    if future_ts is not None and days > 0:
+        dt = future_ts[:, idx] - future_ts[:, :T, None]
+        mask = mask & (dt <= days * 86400)
+    return tgt, mask
+
+
+def window_loss(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                mask: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean over window targets of -log softmax. h: (N, d); targets, mask: (N, W)."""
+    logp = torch.log_softmax(h @ table[N_RESERVED_ITEMS:].T, dim=-1)  # (N, V - reserved)
+    t = (targets - N_RESERVED_ITEMS).clamp_min(0)
+    nll = -logp.gather(1, t)  # (N, W)
+    w = mask.float() if weights is None else mask.float() * weights
+    return (nll * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def facet_losses(heads: ObjectiveHeads, h: torch.Tensor, targets: dict[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """Cross-entropy per categorical head (code 0 ignored); BCE for the genre multi-hot."""
+    out = {}
+    for name, head in heads.facets.items():
+        logits = head(h)
+        tgt = targets[name]
+        if name == "genres":
+            has = tgt.sum(-1) > 0
+            if has.any():
+                out[name] = F.binary_cross_entropy_with_logits(logits[has], tgt[has])
+        else:
+            keep = tgt > 0
+            if keep.any():
+                out[name] = F.cross_entropy(logits[keep], tgt[keep])
+    return out
+
+
+def majority_accuracy(train_targets: np.ndarray, eval_targets: np.ndarray) -> float:
+    """Accuracy of always predicting the most frequent training class."""
+    vals, counts = np.unique(train_targets, return_counts=True)
+    return float((eval_targets == vals[counts.argmax()]).mean()) if len(vals) else 0.0

@@ -1,0 +1,123 @@
+"""Objectives beyond the next item: heads train, weights mask, windows and pooling are causal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recfm.batching import SequenceStore
+from recfm.data.splits import leave_one_out
+from recfm.evaluate.objectives import facet_accuracy, future_holdout, holdout_metrics, stability
+from recfm.model.config import ModelConfig, ObjectiveConfig
+from recfm.model.foundation import FoundationModel, build_config
+from recfm.model.objectives import multi_label_window, position_repr
+from recfm.prepare import PreparedDataset
+from recfm.train.loop import make_batch
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny synthetic world: actions, devices, entity types and genres."""
+    from recfm.data import synthetic
+    from recfm.prepare import prepare
+
+    root = tmp_path_factory.mktemp("obj")
+    cfg = synthetic.SynthConfig(seed=3, n_users=120, n_items=60, events_per_user=60)
+    synthetic.write_world(synthetic.generate(cfg), root / "world", cfg)
+    prepare(synthetic.load_world(root / "world"), root / "prepared")
+    return PreparedDataset.load(root / "prepared")
+
+
+def make_model(ds, **kw) -> tuple[FoundationModel, SequenceStore]:
+    train = leave_one_out(ds.sequences).train
+    base = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=12, dropout=0.0, **kw)
+    cfg, (offsets, values) = build_config(base, ds.tokenizer, ds.items, train)
+    torch.manual_seed(0)
+    model = FoundationModel(cfg, ds.tokenizer, ds.items)
+    model.item_encoder.set_attributes(offsets, values)
+    return model, SequenceStore(train, model.train_columns)
+
+
+ALL = ObjectiveConfig(
+    facet_heads={"action": 0.3, "entity_type": 0.3, "genres": 0.3, "gap_bucket": 0.1,
+                 "device": 0.1, "value_bucket": 0.1},
+    hierarchical=True, multi_token_k=3, window_events=4, window_days=30.0,
+    action_weights={"complete": 1.0, "play": 0.5, "trailer": 0.1}, value_weighting="log")
+
+
+@pytest.mark.parametrize("repr_", ["last", "mean_last", "attention", "layer_mean", "layer_mix"])
+def test_every_objective_trains(world, repr_):
+    model, store = make_model(world, objectives=ALL, user_repr=repr_)
+    batch = make_batch(store, store.spans(13, min_len=2)[:64])
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    first = float(model.loss(batch).detach())
+    assert set(model.last_losses) == {"next_item", "multi_token", "window", "facet_action",
+                                      "facet_entity_type", "facet_genres", "facet_gap_bucket",
+                                      "facet_device", "facet_value_bucket"}
+    for _ in range(25):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert float(model.loss(batch).detach()) < first
+
+
+def test_zero_action_weight_masks_targets(world):
+    actions = world.tokenizer.facets["action"]
+    masked = ObjectiveConfig(action_weights={a: 0.0 for a in actions if a != "complete"})
+    model, store = make_model(world, objectives=masked)
+    batch = make_batch(store, store.spans(13, min_len=2)[:32])
+    base = float(model.loss(batch).detach())
+    # changing the targets of non-complete tokens must not change the loss
+    code = {a: i + 2 for i, a in enumerate(actions)}
+    not_complete = batch["future_action"][:, 1:] != code["complete"]
+    batch["target"] = torch.where(not_complete & (batch["target"] > 0),
+                                  torch.full_like(batch["target"], 3), batch["target"])
+    assert float(model.loss(batch).detach()) == pytest.approx(base, rel=1e-6)
+
+
+def test_unknown_action_or_facet_is_refused(world):
+    with pytest.raises(ValueError, match="no action 'binge'"):
+        make_model(world, objectives=ObjectiveConfig(action_weights={"binge": 1.0}))
+    with pytest.raises(ValueError, match="facet head 'mood'"):
+        make_model(world, objectives=ObjectiveConfig(facet_heads={"mood": 1.0}))
+
+
+def test_future_window_targets():
+    future = torch.tensor([[5, 6, 7, 8, 0]])
+    ts = torch.tensor([[0, 10, 20, 100_000_000, 0]])
+    tgt, mask = multi_label_window(future, ts, 2, days=1.0)
+    assert tgt[0, 0].tolist() == [6, 7] and mask[0, 0].tolist() == [True, True]
+    assert mask[0, 1].tolist() == [True, False]      # item 8 is 3 years later
+    assert mask[0, 3].tolist() == [False, False]     # padding
+
+
+@pytest.mark.parametrize("mode", ["mean_last", "attention", "layer_mix", "last"])
+def test_user_representations_are_causal(world, mode):
+    model, store = make_model(world, user_repr=mode)
+    model.eval()
+    batch = store.gather(store.spans(12)[:4])
+    a = model.positions(batch)
+    batch2 = {k: v.clone() for k, v in batch.items()}
+    batch2["item"][:, -1] = torch.where(batch2["item"][:, -1] > 0, 3, 0)
+    b = model.positions(batch2)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1], atol=1e-5, rtol=1e-5)
+    assert position_repr([a], batch["item"] > 0, "last", 4, None) is a
+
+
+def test_holdout_metrics_facets_and_stability(world):
+    split, holdout = future_holdout(world.sequences, window=5)
+    assert holdout.height > 0
+    assert (holdout["window_item"].list.len() == 5).all()
+    # nothing of the held-out window is in training
+    tr = split.train.join(holdout.select("user_idx", "length"), on="user_idx")
+    assert (tr["length"] <= tr["length_right"] - 2).all()
+    model, _ = make_model(world, objectives=ObjectiveConfig(
+        facet_heads={"action": 1.0, "genres": 1.0, "entity_type": 1.0}))
+    code = world.tokenizer.facets["action"].index("complete") + 2
+    m = holdout_metrics(model, holdout, complete_code=code)
+    assert 0 <= m["ndcg@10"] <= m["hr@10"] <= 1 and 0 <= m["window_ndcg@10"] <= 1
+    assert 0 <= m["completed_share@10"] <= 1
+    acc = facet_accuracy(model, holdout, split.train)
+    assert {"action_acc", "action_majority_acc", "genres_acc", "entity_type_acc"} <= set(acc)
+    st = stability(model, world.sequences, appended=(1, 5))
+    assert -1 <= st["stability_cos@5"] <= 1 and 0 <= st["stability_overlap@1"] <= 1
