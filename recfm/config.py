@@ -69,15 +69,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
-    """Read ``cls`` from a TOML file (optionally from one ``[section]`` of it)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid file is an InputError naming it."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(str(path), None, None, "an existing TOML file", "nothing at that path") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(str(path), getattr(e, "lineno", None), None, "valid TOML", str(e)) from None
+
+
+def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """Read ``cls`` from a TOML file (optionally from one ``[section]`` of it)."""
+    data = read_toml(path)
     if section is not None:
         data = data.get(section, {})
     return from_dict(cls, data, str(path))

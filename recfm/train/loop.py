@@ -79,17 +79,10 @@ class TrainConfig:
 
 def load_run_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     """Read ``[model]`` and ``[train]`` tables from one TOML file."""
-    import tomllib
-
+    from recfm.config import read_toml
     from recfm.errors import InputError
 
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "an existing TOML file", "nothing there") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(str(path), None, None, "valid TOML", str(e)) from None
+    data = read_toml(path)
     unknown = set(data) - {"model", "train"}
     if unknown:
         raise InputError(str(path), None, sorted(unknown)[0], "a [model] or [train] table",
