@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="recfm: a foundation model for personalized recommendation.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, describe, download.")
 app.add_typer(data_app, name="data")
+content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attribute embeddings.")
+app.add_typer(content_app, name="content")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -166,15 +168,27 @@ def _print_report(report: dict, out: Path) -> None:
 
 @app.command("train")
 def train_cmd(
-    data_dir: Path = typer.Argument(..., help="A prepared dataset directory."),
+    data_dir: Optional[Path] = typer.Argument(None, help="A prepared dataset directory (with "
+                                              "--events: older histories used as context)."),
     out: Path = typer.Option(..., help="Run directory to write."),
     config: Optional[Path] = typer.Option(None, help="TOML with [model] and [train] tables."),
     resume: bool = typer.Option(False, help="Continue from the run's last checkpoint."),
     epochs: Optional[int] = typer.Option(None, help="Override [train] epochs."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop training after this long."),
     seed: Optional[int] = typer.Option(None, help="Override [train] seed."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from this run's weights, config "
+                                             "and vocabulary (fine-tuning)."),
+    events: Optional[Path] = typer.Option(None, help="Fine-tune on these raw (recent) events "
+                                          "only, tokenized with the --init-from run's "
+                                          "tokenizer; DATA_DIR's histories are context."),
+    incremental: bool = typer.Option(False, help="Incremental update: fine-tuning schedule "
+                                     "(lr 5e-4, 20 epochs, patience 3) and, without DATA_DIR, "
+                                     "the run's own training data as context."),
 ) -> None:
-    """Train the foundation model (leave-one-out validation, early stopping)."""
+    """Train the foundation model (leave-one-out validation, early stopping).
+
+    Incremental: recfm train --init-from RUN2 --events recent.parquet --incremental --out RUN3
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from recfm.model.config import ModelConfig
@@ -187,6 +201,30 @@ def train_cmd(
         tcfg.max_minutes = max_minutes
     if seed is not None:
         tcfg.seed = seed
+    if (events is not None or incremental) and init_from is None:
+        raise RecfmError("--events and --incremental fine-tune a run: give it with --init-from")
+    if incremental and events is None:
+        raise RecfmError("--incremental needs the recent events: give them with --events FILE")
+    if data_dir is None and events is None:
+        raise RecfmError("train: give a prepared dataset directory (DATA_DIR)")
+    if events is not None:
+        from recfm.adapt.incremental import (INCREMENTAL_TRAIN, build_incremental_dataset,
+                                             run_data_dir)
+        from recfm.data.readers import read_events
+
+        history = data_dir if data_dir is not None else \
+            run_data_dir(init_from) if incremental else None
+        if incremental and not config:
+            for key, value in INCREMENTAL_TRAIN.items():
+                if key != "epochs" or epochs is None:
+                    setattr(tcfg, key, value)
+        with steps("tokenizing recent events"):
+            recent = read_events(events).drop("_line")
+            data_dir = out / "data"
+            rep = build_incremental_dataset(init_from, recent, data_dir, history)
+        console.print(f"recent events: {rep['fresh_tokens']:,} tokens of {rep['users']:,} users "
+                      f"(+{rep['context_tokens']:,} context tokens from {rep['history']}); "
+                      f"{rep['unknown_item_tokens_dropped']:,} on unknown items dropped")
     command = " ".join(["recfm"] + sys.argv[1:])
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} batches"),
@@ -208,7 +246,7 @@ def train_cmd(
                                 epoch=p["epoch"], loss=p["loss"], tps=p["tokens_per_s"])
 
         result = train(data_dir, out, mcfg, tcfg, resume=resume, on_progress=on_progress,
-                       command=command)
+                       command=command, init_from=init_from)
     t = Table(title=f"run {out}")
     t.add_column("metric")
     t.add_column("valid (best epoch)", justify="right")
@@ -291,6 +329,106 @@ def recommend_cmd(
     for row in recs.iter_rows():
         t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     console.print(t)
+
+
+# ----------------------------------------------------------------------------- content
+
+
+@content_app.command("embed")
+def content_embed(
+    data_dir: Path = typer.Argument(..., help="A prepared dataset directory."),
+    embedder: Optional[str] = typer.Option(None, help="minilm, hash:D, attributes:D or "
+                                           "file:PATH (default: minilm for catalogs with text, "
+                                           "attributes:256 for attribute ids only)."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder "
+                                         "(default: $RECFM_CACHE_DIR or ~/.cache/recfm)."),
+) -> None:
+    """Embed every item's content; `recfm train` then combines it with the id embeddings."""
+    from recfm.content.store import embed_dataset
+
+    with steps("content") as on_step:
+        meta = embed_dataset(data_dir, embedder, cache, on_step=on_step)
+    hits = f", {meta['cache_hits']:,} from the cache" if meta.get("cache_hits") else ""
+    console.print(f"wrote {data_dir / 'content.parquet'}: {meta['items']:,} items × "
+                  f"{meta['dim']} ({meta['embedder']}{hits}; {meta['items_without_content']:,} "
+                  f"without content) in {meta['wall_s']:.1f} s")
+
+
+# ----------------------------------------------------------------------------- new items
+
+
+@app.command("add-items")
+def add_items_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    items: Path = typer.Option(..., help="Catalog file of the new items (Parquet, CSV, JSONL)."),
+    out: Path = typer.Option(..., help="New run directory to write."),
+    init: str = typer.Option("auto", help="Id embeddings of new items: neighbours (mean of the "
+                             "nearest items in content space), content (ridge map from "
+                             "content), zero (content alone), random; auto: neighbours for "
+                             "a run with content, else zero."),
+    k: int = typer.Option(10, help="Neighbours averaged by --init neighbours."),
+    embedder: Optional[str] = typer.Option(None, help="For a run without content: the "
+                                           "embedder used by --init content / neighbours."),
+    vectors: Optional[Path] = typer.Option(None, help="The new items' vectors, for a run "
+                                           "trained on your own vectors (file:...)."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+) -> None:
+    """Add new titles to a run without retraining; existing items keep ids and weights."""
+    from recfm.adapt.new_items import add_items
+
+    with steps("adding items") as on_step:
+        rep = add_items(run, items, out, init=init, k=k, embedder=embedder, vectors=vectors,
+                        cache_dir=cache, on_step=on_step)
+    console.print(f"wrote {out}: {rep['added']:,} new items ({rep['skipped_existing']:,} "
+                  f"already known), {rep['n_items_after']:,} in all; init {rep['init']}, "
+                  f"content {rep['embedder'] or 'none'}; {rep['wall_s']:.1f} s")
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (localhost by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset with known users' "
+                                        "histories (default: the one the run was trained on)."),
+    config: Optional[Path] = typer.Option(None, help="TOML with ServeConfig keys "
+                                          "(recfm.serve.config)."),
+    retrieval: Optional[str] = typer.Option(None, help="auto, exact or hnsw."),
+    window_hop: Optional[int] = typer.Option(None, help="Move the context window in steps "
+                                             "of this many tokens (cacheable growth)."),
+    cache_mb: Optional[float] = typer.Option(None, help="Memory for cached user states."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for the model."),
+    log_level: str = typer.Option("warning", help="Server log level."),
+) -> None:
+    """Serve a run over HTTP: recommendations, embeddings, collections, explorer page at /."""
+    import uvicorn
+
+    from recfm.serve.app import create_app
+    from recfm.serve.config import ServeConfig, load_serve_config
+
+    cfg = load_serve_config(config) if config else ServeConfig()
+    if retrieval is not None:
+        if retrieval not in ("auto", "exact", "hnsw"):
+            raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")
+        cfg.retrieval = retrieval  # type: ignore[assignment]
+    if window_hop is not None:
+        cfg.window_hop = window_hop
+    if cache_mb is not None:
+        cfg.cache_mb = cache_mb
+    if threads is not None:
+        cfg.threads = threads
+    logging.getLogger("recfm").setLevel(log_level.upper())
+    with steps("loading") as on_step:
+        on_step(str(run))
+        web = create_app(run, cfg, data)
+    engine = web.state.service.engine
+    console.print(f"serving {engine.version} ({engine.n_items - 3:,} items, "
+                  f"{engine.index.kind} retrieval) on http://{host}:{port}  "
+                  f"(explorer at /, API docs at /docs)")
+    uvicorn.run(web, host=host, port=port, log_level=log_level, access_log=False)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -185,7 +185,7 @@ def extension_mask(past: int, new: int, device: torch.device | None = None) -> t
     return (k <= q)[None, None]
 
 
-def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tensor,
+def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tensor | None,
                    past: tuple[torch.Tensor, torch.Tensor] | None, start: int,
                    only: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -193,7 +193,7 @@ def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tenso
 
     ``only`` (B,): compute the output of just this position of each row (keys and values of
     every position are still returned) — the last layer of an encoder that needs only the
-    last hidden state.
+    last hidden state. ``mask`` None: every query sees every key (one new token).
     """
     B, T, C = x.shape
     q, k, v = attn.qkv(x).split(C, dim=-1)  # 3 × (B, T, C)
@@ -204,6 +204,12 @@ def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tenso
     if past is not None:
         k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, Dh)
         v = torch.cat([past[1], v], dim=2)
+    if mask is None:  # one new token after a cache: it attends to everything
+        if attn.impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = reference_attention(q, k, v, torch.ones(1, 1, T, k.size(2), dtype=torch.bool))
+        return attn.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
     if only is not None:
         rows = torch.arange(B, device=x.device)
         q = q[rows, :, only].unsqueeze(2)  # (B, H, 1, Dh)
@@ -236,6 +242,9 @@ def backbone_extend(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor | N
         mask = attention_mask(valid)  # (B, 1, T, T)
         start = 0
         last = valid.sum(1).clamp_min(1) - 1  # (B,)
+    elif T == 1:  # the common step: one token sees the whole cache, no mask, no gather
+        start, mask, last_only = past.length, None, False
+        last = None
     else:
         start = past.length
         mask = extension_mask(start, T, x.device)  # (1, 1, T, P + T)

@@ -417,7 +417,8 @@ class FoundationModel(nn.Module):
             >>> u, cache = fm.encode_incremental(batch_of_t_tokens)            # doctest: +SKIP
             >>> u2, cache = fm.encode_incremental(batch_of_t_plus_1, cache)   # one more token
         """
-        self.eval()
+        if self.training:  # eval() walks every submodule: not on each call
+            self.eval()
         items = batch["item"]  # (B, T)
         B, T = items.shape
         if T > self.cfg.max_len:

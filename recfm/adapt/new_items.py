@@ -1,0 +1,303 @@
+"""Add new titles to a trained run without retraining: ``recfm add-items``.
+
+    recfm add-items RUN --items new.parquet --out RUN2 [--init neighbours]
+
+The vocabulary grows by appending (existing items keep their index, their id embedding
+and every other weight bit for bit). Each new item gets
+
+* its content vector (same embedder as the run: MiniLM text, attribute bag, or your own
+  vectors), so a model trained with content represents it at once;
+* its attribute bag (genres, attribute ids, entity type) in the run's attribute
+  vocabulary (values the run has never seen are dropped and counted);
+* an id embedding initialised by ``init``:
+
+  ``zero``        content alone (what id dropout trained the model for);
+  ``random``      N(0, 0.02), as a fresh id embedding would start (the id-only baseline);
+  ``content``     projected content: a ridge regression from content vectors to id
+                  embeddings, fitted on the trained items (norms recalibrated: ridge
+                  predictions shrink toward the mean);
+  ``neighbours``  the similarity-weighted mean id embedding of the ``k`` trained items
+                  nearest in content space (cosine), rescaled to their mean norm
+                  (averaging directions shrinks a vector, and scores are dot products);
+  ``auto``        ``neighbours`` for a run trained with content, ``zero`` otherwise.
+
+``RUN2`` serves the new items immediately (``recommend``, ``serve``) and is the starting
+point of incremental training (:mod:`recfm.adapt.incremental`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+
+from recfm.errors import RecfmError
+from recfm.io import atomic_dir
+from recfm.tokenizer import N_RESERVED_ITEMS, Tokenizer
+
+log = logging.getLogger(__name__)
+
+InitMode = Literal["auto", "zero", "random", "content", "neighbours"]
+INIT_MODES = ("auto", "zero", "random", "content", "neighbours")
+ITEM_ATTRIBUTE_COLUMNS = ("genres", "attributes", "entity_type", "language")
+
+
+# ----------------------------------------------------------------------------- id initialisation
+
+
+def trained_rows(items: pl.DataFrame, n_items: int) -> np.ndarray:
+    """Indices of items that had training data (``n_tokens`` > 0 when the catalog says)."""
+    idx = items["idx"].to_numpy().astype(np.int64)
+    if "n_tokens" in items.columns:
+        idx = idx[items["n_tokens"].fill_null(0).to_numpy() > 0]
+    return idx[(idx >= N_RESERVED_ITEMS) & (idx < n_items)]
+
+
+def ridge_map(content: np.ndarray, target: np.ndarray, lam: float = 1.0) -> Callable:
+    """Least-squares map content (m, c) → target (m, d) with an intercept and L2 penalty."""
+    mc, mt = content.mean(0), target.mean(0)
+    X, Y = content - mc, target - mt
+    A = X.T @ X + lam * np.eye(X.shape[1])
+    W = np.linalg.solve(A, X.T @ Y)  # (c, d)
+    return lambda c: (c - mc) @ W + mt
+
+
+def neighbour_mean(new: np.ndarray, known: np.ndarray, known_rows: np.ndarray, k: int = 10,
+                   chunk: int = 1024, keep_norm: bool = False) -> np.ndarray:
+    """(n, d) similarity-weighted mean of ``known_rows`` over each new item's k nearest.
+
+    ``new`` (n, c) and ``known`` (m, c) are content vectors; cosine similarity; negative
+    similarities weigh nothing (uniform over the k when all are ≤ 0).
+    """
+    def unit(m: np.ndarray) -> np.ndarray:
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+    new_u, known_u = unit(new), unit(known)
+    k = min(k, len(known))
+    out = np.zeros((len(new), known_rows.shape[1]), dtype=np.float32)
+    for s in range(0, len(new), chunk):
+        sims = new_u[s:s + chunk] @ known_u.T  # (b, m)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (b, k)
+        w = np.maximum(np.take_along_axis(sims, top, 1), 0.0)
+        w = np.where(w.sum(1, keepdims=True) > 0, w, 1.0)
+        w = w / w.sum(1, keepdims=True)
+        rows = known_rows[top]  # (b, k, d)
+        mean = np.einsum("bk,bkd->bd", w, rows)
+        if keep_norm:  # averaging directions shrinks the vector; restore the neighbours' norm
+            norm = np.einsum("bk,bk->b", w, np.linalg.norm(rows, axis=2))
+            mean *= (norm / np.maximum(np.linalg.norm(mean, axis=1), 1e-12))[:, None]
+        out[s:s + chunk] = mean
+    return out
+
+
+def init_rows(mode: str, table: np.ndarray, trained: np.ndarray, n_new: int,
+              new_content: np.ndarray | None, old_content: np.ndarray | None, k: int = 10,
+              seed: int = 0) -> np.ndarray:
+    """(n_new, d) initial rows of an item table for new items (see module docstring)."""
+    d = table.shape[1]
+    if mode == "zero" or n_new == 0:
+        return np.zeros((n_new, d), dtype=np.float32)
+    if mode == "random":
+        g = np.random.default_rng(seed)
+        return (0.02 * g.standard_normal((n_new, d))).astype(np.float32)
+    if new_content is None or old_content is None or len(trained) == 0:
+        raise RecfmError(f"--init {mode} needs content vectors of the new and the trained items")
+    known = table[trained]
+    if mode == "content":
+        # ridge predictions shrink toward the mean: rescale them so that, on the trained
+        # items, predicted norms average what the learned norms do (scores are dot products)
+        f = ridge_map(old_content[trained], known)
+        fitted = np.linalg.norm(f(old_content[trained]), axis=1).mean()
+        scale = np.linalg.norm(known, axis=1).mean() / max(float(fitted), 1e-12)
+        return (scale * f(new_content)).astype(np.float32)
+    if mode == "neighbours":
+        return neighbour_mean(new_content, old_content[trained], known, k, keep_norm=True)
+    raise RecfmError(f"--init: expected one of {', '.join(INIT_MODES)}, found {mode!r}")
+
+
+# ----------------------------------------------------------------------------- attributes
+
+
+def _bags(items: pl.DataFrame, columns: list[str]) -> list[list[str]]:
+    """Each item's attribute bag as ``column:value`` strings (as the model's CSR builds it)."""
+    bags: list[list[str]] = [[] for _ in range(items.height)]
+    for c in columns:
+        if c not in items.columns:
+            continue
+        for i, v in enumerate(items[c].to_list()):
+            values = v if isinstance(v, list) else [v]
+            bags[i].extend(f"{c}:{x}" for x in values if x is not None)
+    return bags
+
+
+def attribute_vocab(meta: dict[str, Any], items: pl.DataFrame, n_items: int) -> list[str]:
+    """The run's attribute vocabulary: saved by an earlier add-items, or rebuilt from the
+    catalog the run was trained on (the same computation as at training)."""
+    if "attribute_vocab" in meta:
+        return list(meta["attribute_vocab"])
+    from recfm.model.foundation import item_attribute_csr
+
+    return item_attribute_csr(items, n_items)[2]
+
+
+# ----------------------------------------------------------------------------- add_items
+
+
+def _read_new_items(items: str | Path | pl.DataFrame) -> pl.DataFrame:
+    from recfm.data.readers import read_items
+    from recfm.data.schema import LINE, normalize_items
+
+    if isinstance(items, pl.DataFrame):
+        frame = normalize_items(items, "<items>")
+    else:
+        frame = read_items(items)
+    return frame.drop(LINE)
+
+
+def _align(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
+    """New catalog rows in the old catalog's column types (extra columns kept)."""
+    exprs = []
+    for c in new.columns:
+        if c in old.columns and new[c].dtype != old[c].dtype:
+            exprs.append(pl.col(c).cast(old[c].dtype, strict=False))
+    return new.with_columns(exprs) if exprs else new
+
+
+def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path,
+              init: str = "auto", k: int = 10, embedder: str | None = None,
+              vectors: str | Path | None = None, cache_dir: str | Path | None = None,
+              on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Append the items of ``items`` (a catalog file or frame) to ``run``; write ``out``.
+
+    ``embedder``: for a run trained without content, the embedder used to find content
+    neighbours / fit the content map (default: MiniLM for text, attribute bags otherwise).
+    ``vectors``: the new items' vectors when the run uses your own (``file:``) vectors.
+    Returns a report (also saved under ``added_items`` in ``out/config.json``).
+    """
+    from recfm.content.embedders import default_spec, make_embedder
+    from recfm.content.store import embed_new_items
+    from recfm.model.foundation import FoundationModel
+
+    step = on_step or (lambda name: log.info(name))
+    t0 = time.perf_counter()
+    run, out = Path(run), Path(out)
+    if init not in INIT_MODES:
+        raise RecfmError(f"--init: expected one of {', '.join(INIT_MODES)}, found {init!r}")
+    if out.resolve() == run.resolve():
+        raise RecfmError(f"{out}: add-items writes a new run; choose an --out other than {run}")
+    step("reading new items")
+    new = _read_new_items(items)  # a malformed file stops here, before any work
+    step("loading the run")
+    fm = FoundationModel.from_pretrained(run)
+    meta = json.loads((run / "config.json").read_text())
+    cfg, tok, old_items = fm.cfg, fm.tokenizer, fm.items
+    if tok is None or old_items is None:
+        raise RecfmError(f"{run}: the run has no tokenizer.json / items.parquet")
+    if init == "auto":
+        init = "neighbours" if cfg.content_dim > 0 else "zero"
+    known = set(tok.item_ids)
+    is_new = ~new["item_id"].is_in(list(known))
+    skipped = int((~is_new).sum())
+    new = new.filter(is_new)
+    n_old, n_new = cfg.n_items, new.height
+
+    # vocabulary: append, never renumber
+    tok2 = Tokenizer(tok.config, list(tok.item_ids), tok.facets, tok.value_edges, tok.has_time,
+                     tok.item_facets, dict(tok.meta))
+    idx = tok2.add_items(new["item_id"].to_list())
+    new = _align(new, old_items).with_columns(
+        pl.Series("idx", idx, dtype=old_items["idx"].dtype),
+        *[pl.lit(0, dtype=old_items[c].dtype).alias(c) for c in ("n_events", "n_tokens")
+          if c in old_items.columns])
+    items2 = pl.concat([old_items, new.select([c for c in new.columns])], how="diagonal_relaxed") \
+        if n_new else old_items
+    items2 = items2.select(old_items.columns + [c for c in items2.columns
+                                                if c not in old_items.columns])
+
+    # content of the new items (and of the old ones, when the run has none in its weights)
+    state = fm.state_dict()
+    t_embed = time.perf_counter()
+    new_content = old_content = None
+    spec = cfg.content_embedder if cfg.content_dim > 0 else None
+    if cfg.content_dim > 0 and n_new:
+        step(f"embedding {n_new:,} new items ({spec})")
+        new_content, _ = embed_new_items(spec, new, cache_dir, vectors)
+        old_content = state["item_encoder.content"].numpy()
+    elif init in ("content", "neighbours") and n_new:
+        spec = embedder or default_spec(old_items)
+        emb = make_embedder(spec, cache_dir)
+        step(f"embedding {n_old - N_RESERVED_ITEMS + n_new:,} items ({spec})")
+        vecs = emb.embed_items(old_items)
+        old_content = np.zeros((n_old, vecs.shape[1]), dtype=np.float32)
+        old_content[old_items["idx"].to_numpy()] = vecs
+        new_content = emb.embed_items(new)
+    embed_s = time.perf_counter() - t_embed
+
+    # grow every per-item tensor; everything else is copied untouched
+    step("initialising new items")
+    trained = trained_rows(old_items, n_old)
+    vocab = attribute_vocab(meta, old_items, n_old)
+    code = {v: i for i, v in enumerate(vocab)}
+    attr_cols = [c for c in ITEM_ATTRIBUTE_COLUMNS if c in old_items.columns]
+    bags = _bags(new, attr_cols)
+    unknown_attrs = sum(1 for b in bags for v in b if v not in code)
+    new_codes = [[code[v] for v in b if v in code] for b in bags]
+    old_off = state["item_encoder.attr_offsets"]
+    lens = torch.tensor([len(b) for b in new_codes], dtype=torch.long)
+    offsets = torch.cat([old_off, old_off[-1] + torch.cumsum(lens, 0)])
+    values = torch.cat([state["item_encoder.attr_values"],
+                        torch.tensor([v for b in new_codes for v in b], dtype=torch.long)])
+
+    cfg2 = replace(cfg, n_items=n_old + n_new)
+    grown: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name == "item_encoder.attr_offsets":
+            grown[name] = offsets
+        elif name == "item_encoder.attr_values":
+            grown[name] = values
+        elif name == "item_encoder.content":
+            grown[name] = torch.cat([t, torch.from_numpy(new_content).to(t.dtype)]) if n_new \
+                else t
+        elif name in ("item_encoder.ids.weight", "output_items.weight"):
+            rows = init_rows(init, t.numpy(), trained, n_new, new_content, old_content, k)
+            grown[name] = torch.cat([t, torch.from_numpy(rows).to(t.dtype)])
+        elif name == "log_q":  # a new item is as rare as the rarest trained one
+            grown[name] = torch.cat([t, torch.full((n_new,), float(t[N_RESERVED_ITEMS:].min()))])
+        elif t.dim() >= 1 and t.shape[0] == n_old and n_new:
+            log.warning("%s: a per-item tensor add-items does not know; new rows are zeros", name)
+            grown[name] = torch.cat([t, torch.zeros((n_new,) + tuple(t.shape[1:]), dtype=t.dtype)])
+        else:
+            grown[name] = t
+    model2 = FoundationModel(cfg2, tok2, items2)
+    model2.item_encoder.set_attributes(offsets, values)
+    model2.load_state_dict(grown)
+    model2.eval()
+
+    report = {"from": str(run), "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "added": n_new, "skipped_existing": skipped, "init": init, "k": k,
+              "embedder": spec, "n_items_before": n_old - N_RESERVED_ITEMS,
+              "n_items_after": n_old + n_new - N_RESERVED_ITEMS,
+              "attribute_values_unknown": unknown_attrs,
+              "items_without_content": int((np.abs(new_content).sum(1) == 0).sum())
+              if new_content is not None else None,
+              "embed_s": round(embed_s, 3)}
+    step("writing the run")
+    report["wall_s"] = round(time.perf_counter() - t0, 3)  # updated once written
+    extra = {k2: v for k2, v in meta.items() if k2 != "model"}
+    extra["attribute_vocab"] = vocab
+    extra["added_items"] = list(meta.get("added_items", [])) + [report]
+    with atomic_dir(out) as tmp:
+        model2.save_pretrained(tmp, extra)
+    report["wall_s"] = round(time.perf_counter() - t0, 3)
+    log.info("added %d items to %s → %s in %.1fs (%d already known)", n_new, run, out,
+             report["wall_s"], skipped)
+    return report

@@ -1,0 +1,78 @@
+"""Item catalog rows → one text per item (the input of a text embedder).
+
+The recipe is fixed and versioned (``TEXT_RECIPE``): the cache key is a hash of the text,
+so any change to how the text is built must change the text (and therefore the key).
+
+    Toy Story (1995). movie. Genres: Adventure, Animation, Children. Tags: fun, pixar.
+    A toy cowboy…
+
+Fields used when present: ``title``, ``release_year``, ``entity_type``, ``genres``,
+``tags`` (MovieLens user tags), ``attributes`` when they are words, ``language`` and
+``description``. Numeric attribute ids (S3-Rec) carry no text: use the attribute-bag
+embedder for them (:class:`recfm.content.embedders.AttributeBagEmbedder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import polars as pl
+
+TEXT_RECIPE = 1
+TEXT_FIELDS = ("title", "description", "genres", "tags", "attributes", "entity_type",
+               "language", "release_year")
+MAX_LIST_VALUES = 20
+"""At most this many genres / tags / attributes go into the text (the encoder truncates anyway)."""
+
+
+def _words(values: Iterable | None) -> list[str]:
+    """List values that read as words (numeric attribute ids do not)."""
+    if values is None:
+        return []
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        s = str(v).strip()
+        if s and not s.lstrip("-").isdigit():
+            out.append(s)
+        if len(out) >= MAX_LIST_VALUES:
+            break
+    return out
+
+
+def item_text(row: dict) -> str:
+    """The text of one item (a dict of catalog columns); '' when it has no text at all."""
+    parts: list[str] = []
+    title = (row.get("title") or "").strip()
+    year = row.get("release_year")
+    if title:
+        parts.append(f"{title} ({year})." if year else f"{title}.")
+    if row.get("entity_type"):
+        parts.append(f"{row['entity_type']}.")
+    for field, label in (("genres", "Genres"), ("tags", "Tags"), ("attributes", "Attributes")):
+        words = _words(row.get(field))
+        if words:
+            parts.append(f"{label}: {', '.join(words)}.")
+    if row.get("language"):
+        parts.append(f"Language: {row['language']}.")
+    desc = (row.get("description") or "").strip()
+    if desc:
+        parts.append(desc)
+    return " ".join(parts)
+
+
+def item_texts(items: pl.DataFrame) -> list[str]:
+    """One text per row of an item frame (columns as in :mod:`recfm.data.schema`)."""
+    cols = [c for c in TEXT_FIELDS if c in items.columns]
+    return [item_text(row) for row in items.select(cols).iter_rows(named=True)]
+
+
+def has_text(items: pl.DataFrame) -> bool:
+    """Whether the catalog has any text field a text embedder can use."""
+    if any(c in items.columns for c in ("title", "description", "tags")):
+        return True
+    for c in ("genres", "attributes"):
+        if c in items.columns and any(_words(v) for v in items[c].head(100).to_list()):
+            return True
+    return False

@@ -1,0 +1,92 @@
+"""The serving layer's one typed config (``recfm serve --config serve.toml`` reads it)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from recfm.config import from_dict
+from recfm.errors import InputError
+
+
+@dataclass
+class SurfaceConfig:
+    """Rules a surface (a page of the product) always applies, on top of a request's filters."""
+
+    kids_only: bool = False
+    available_only: bool = True
+    entity_types: list[str] | None = None
+    """Only these entity types (None: any)."""
+    genres: list[str] | None = None
+    """Only items with at least one of these genres (None: any)."""
+
+
+def default_surfaces() -> dict[str, SurfaceConfig]:
+    return {"home": SurfaceConfig(), "kids": SurfaceConfig(kids_only=True),
+            "search": SurfaceConfig()}
+
+
+@dataclass
+class ServeConfig:
+    """Retrieval, batching, caching and limits of ``recfm serve``."""
+
+    retrieval: Literal["auto", "exact", "hnsw"] = "auto"
+    """Exact maximum-inner-product search, a faiss HNSW graph, or chosen by catalog size."""
+    hnsw_min_items: int = 200_000
+    """``auto`` builds HNSW from this many items up; below, exact search is faster anyway."""
+    hnsw_m: int = 48
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 2048
+    """Candidates explored per query; raised to 2·k when k is larger. At 1M items, M 48 and
+    efConstruction 200, recall@100 against exact search was 0.92 at 512, 0.945 at 1024
+    (benchmarks/results/serving.json); M 32 / efConstruction 80 reached only 0.74 at 512."""
+    index_cache: bool = True
+    """Keep a built HNSW index under ``RUN/serve-index/`` (keyed by the item table's hash)."""
+
+    max_batch: int = 32
+    """Most requests encoded together by the micro-batcher."""
+    batch_wait_ms: float = 0.0
+    """How long the batcher waits for more requests once one is there (0: take what is queued)."""
+    cache_mb: float = 256.0
+    """Memory for cached user states (keys/values of encoded histories); 0 disables the cache."""
+    window_hop: int = 1
+    """Histories longer than the context are cut to a window whose start moves in steps of
+    this many tokens. 1 is the model's own rule (the last ``max_len`` tokens, as offline
+    evaluation does); a larger hop keeps the window start put for that many new events, so
+    their states come from the cache, at the price of a context between ``max_len - hop + 1``
+    and ``max_len`` tokens."""
+    threads: int | None = 1
+    """torch threads for the model (None: torch's default, one per core). One leaves the
+    other cores to the HTTP event loop and tokenizing, and avoids OpenMP spin-waits when the
+    cores are shared; raise it on machines with cores to spare."""
+
+    max_body_bytes: int = 1_048_576
+    """Larger request bodies are refused with 413 (limits of k and events: see ``schemas``)."""
+    surfaces: dict[str, SurfaceConfig] = field(default_factory=default_surfaces)
+    admin_token_env: str = "RECFM_ADMIN_TOKEN"
+    """Environment variable holding the bearer token of ``POST /admin/reload``; unset: disabled."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<serve config>") -> "ServeConfig":
+        surfaces = data.get("surfaces")
+        cfg = from_dict(cls, {k: v for k, v in data.items() if k != "surfaces"}, source)
+        if surfaces is not None:
+            cfg.surfaces = {name: from_dict(SurfaceConfig, dict(s), f"{source}:surfaces.{name}")
+                            for name, s in surfaces.items()}
+        return cfg
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read a :class:`ServeConfig` from TOML (top-level keys, or a ``[serve]`` table)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(str(path), None, None, "an existing TOML file",
+                         "nothing at that path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(str(path), getattr(e, "lineno", None), None, "valid TOML",
+                         str(e)) from None
+    return ServeConfig.from_dict(data.get("serve", data), str(path))

@@ -1,0 +1,403 @@
+"""The serving engine: one loaded model version and everything derived from it.
+
+An :class:`Engine` turns requests into :class:`Query` objects (history tokens, seen items,
+eligible items), encodes batches of them — through the user-state cache — and retrieves
+items. It knows nothing about HTTP; :mod:`recfm.serve.app` puts it behind FastAPI, and a
+hot reload builds a new engine beside the old one and swaps the reference.
+
+The model is used only through :class:`~recfm.model.foundation.FoundationModel`'s public
+methods (``from_pretrained``, ``item_table``, ``input_item_table``, ``encode_incremental``,
+``tokenize_events``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recfm.batching import SequenceStore
+from recfm.errors import InputError, RecfmError
+from recfm.model.foundation import FoundationModel
+from recfm.serve.config import ServeConfig
+from recfm.serve.errors import NotFound, Unprocessable
+from recfm.serve.index import ExactIndex, build_index
+from recfm.serve.rules import Filters, ItemRules
+from recfm.serve.state import CachedState, UserStateCache
+from recfm.serve.tokens import EventTokenizer
+from recfm.tokenizer import FACET_UNK, N_RESERVED_ITEMS, gap_bucket
+
+log = logging.getLogger(__name__)
+
+EVENT_FIELDS = ("item_id", "timestamp", "action", "value", "device", "country", "surface", "row")
+
+
+def model_version(run: Path) -> str:
+    """``<run name>@<sha256 of config.json and the weights, 12 hex>``."""
+    h = hashlib.sha256((run / "config.json").read_bytes())
+    with open(run / "model.safetensors", "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return f"{run.name}@{h.hexdigest()[:12]}"
+
+
+def window_start(length: int, max_len: int, hop: int) -> int:
+    """First token of the context window of a ``length``-token history.
+
+    hop = 1: the last ``max_len`` tokens. hop > 1: the start moves in steps of ``hop``, so
+    it stays put while the history grows by up to ``hop`` tokens (cacheable), and depends
+    only on ``length`` — the same history always gets the same window.
+    """
+    if length <= max_len:
+        return 0
+    hop = max(1, hop)
+    return -(-(length - max_len) // hop) * hop
+
+
+@dataclass
+class Query:
+    """One user's request resolved against one engine."""
+
+    window: np.ndarray
+    """(T, C) int64 tokens of the context window, columns ``Engine.columns``; T may be 0."""
+    seen: np.ndarray
+    """Item indices of the whole history."""
+    history_tokens: int
+    allowed: np.ndarray
+    """(n_items,) bool: items eligible under the rules (and not seen, when asked)."""
+    k: int = 10
+    how: str = "model"
+    user_id: str | None = None
+    cache: str = "off"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UserHistories:
+    """Known users' token histories, read from a prepared dataset's ``tokens.parquet``."""
+
+    def __init__(self, data: Path, columns: list[str]) -> None:
+        path = data / "tokens.parquet"
+        if not path.is_file():
+            raise InputError(str(path), None, None, "a prepared dataset (tokens.parquet)",
+                             "nothing at that path")
+        seqs = pl.read_parquet(path)
+        self.columns = columns
+        extra = ["ts_last"] if "ts_last" in seqs.columns else []
+        self.store = SequenceStore(seqs, columns + extra)
+        self.ids: list[str] = seqs["user_id"].cast(pl.Utf8).to_list()
+        self.row = {u: i for i, u in enumerate(self.ids)}
+        self.lengths = self.store.lengths
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def tokens(self, user_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(L, C) tokens and (L,) last times of a known user, or None."""
+        r = self.row.get(user_id)
+        if r is None:
+            return None
+        a, b = self.store.offsets[r], self.store.offsets[r + 1]
+        mat = np.full((b - a, len(self.columns)), FACET_UNK, dtype=np.int64)
+        for c, col in enumerate(self.columns):
+            if col in self.store.values:
+                mat[:, c] = self.store.values[col][a:b]
+        ts = self.store.values["ts_last"][a:b] if "ts_last" in self.store.values else None
+        return mat, ts
+
+
+class Engine:
+    """A loaded run ready to serve (see module docstring)."""
+
+    def __init__(self, run: str | Path, cfg: ServeConfig | None = None,
+                 data: str | Path | None = None) -> None:
+        t0 = time.perf_counter()
+        self.cfg = cfg or ServeConfig()
+        self.run = Path(run)
+        self.fm = FoundationModel.from_pretrained(self.run)
+        if self.fm.tokenizer is None or self.fm.items is None:
+            raise RecfmError(f"{self.run}: a run directory needs tokenizer.json and "
+                             "items.parquet to be served")
+        self.version = model_version(self.run)
+        self.columns = list(self.fm.input_columns)
+        self.max_len = self.fm.cfg.max_len
+        self.has_time = self.fm.tokenizer.has_time
+        self.n_gap_buckets = self.fm.tokenizer.config.n_gap_buckets
+        with torch.no_grad():
+            self.table = self.fm.item_table().detach().contiguous()  # (N, d) scoring side
+            self.input_table = self.fm.input_item_table()  # (N, d) input side
+            if self.input_table.shape == self.table.shape \
+                    and torch.equal(self.input_table, self.table):  # tied: keep one copy
+                self.input_table = self.table
+        self.n_items = int(self.table.size(0))
+        self.d = int(self.table.size(1))
+        cache_dir = self.run / "serve-index" if self.cfg.index_cache else None
+        self.index = build_index(self.table, self.cfg.retrieval, self.cfg.hnsw_min_items,
+                                 self.cfg.hnsw_m, self.cfg.hnsw_ef_construction,
+                                 self.cfg.hnsw_ef_search, cache_dir)
+        self.exact = self.index if isinstance(self.index, ExactIndex) else ExactIndex(self.table)
+        items = self.fm.items
+        self.rules = ItemRules(items, self.n_items)
+        self.cache = UserStateCache(int(self.cfg.cache_mb * 2**20), len(self.columns),
+                                    self.max_len)
+        self.item_ids = [""] * self.n_items
+        for i, iid in enumerate(self.fm.tokenizer.item_ids):
+            self.item_ids[N_RESERVED_ITEMS + i] = iid
+        self.index_of = {iid: N_RESERVED_ITEMS + i
+                         for i, iid in enumerate(self.fm.tokenizer.item_ids)}
+        self.event_tokenizer = EventTokenizer(self.fm.tokenizer, self.columns, self.index_of)
+        self.fast_tokens = True
+        """Tokenize requests with :class:`EventTokenizer` (False: the reference tokenizer)."""
+        self.titles = self._column(items, "title")
+        self._lower_titles: pl.Series | None = None
+        self.genres = self.rules.item_genres
+        pop_col = next((c for c in ("n_tokens", "n_events") if c in items.columns), None)
+        pop = np.zeros(self.n_items)
+        if pop_col is not None:
+            pop[items["idx"].to_numpy()] = items[pop_col].fill_null(0).to_numpy()
+        pop[:N_RESERVED_ITEMS] = -1
+        self.popularity = pop
+        self.popular = np.argsort(-pop, kind="stable")
+        self.unit_table = torch.nn.functional.normalize(self.table, dim=1)
+        self.surface_filters = {name: Filters.of_surface(s)
+                                for name, s in self.cfg.surfaces.items()}
+        self.data = Path(data) if data is not None else self._default_data()
+        self.histories = None
+        if self.data is not None:
+            self.histories = UserHistories(self.data, self.columns)
+        self.load_s = time.perf_counter() - t0
+        log.info("engine %s: %d items, %s retrieval, %s known users, loaded in %.1f s",
+                 self.version, self.n_items - N_RESERVED_ITEMS, self.index.kind,
+                 len(self.histories) if self.histories else "no", self.load_s)
+
+    def _default_data(self) -> Path | None:
+        try:
+            path = Path(json.loads((self.run / "config.json").read_text())["data"]["path"])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            return None
+        if (path / "tokens.parquet").is_file():
+            return path
+        log.warning("%s: the run's dataset %s is not there; serving without known users",
+                    self.run, path)
+        return None
+
+    def lowercase_titles(self) -> pl.Series | None:
+        """Titles in lower case, by item index (built on first use), for title search."""
+        if self.titles is None:
+            return None
+        if self._lower_titles is None:
+            self._lower_titles = pl.Series(self.titles, dtype=pl.Utf8).str.to_lowercase()
+        return self._lower_titles
+
+    def _column(self, items: pl.DataFrame, col: str) -> list[str | None] | None:
+        if col not in items.columns:
+            return None
+        out: list[str | None] = [None] * self.n_items
+        for i, v in zip(items["idx"].to_list(), items[col].cast(pl.Utf8).to_list()):
+            out[i] = v
+        return out
+
+    # ------------------------------------------------------------------ requests → queries
+
+    def describe_item(self, idx: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"item_id": self.item_ids[idx]}
+        if self.titles is not None:
+            out["title"] = self.titles[idx]
+        if self.rules.genre:
+            out["genres"] = list(self.genres[idx])
+        return out
+
+    def item_index(self, item_id: str) -> int:
+        idx = self.index_of.get(str(item_id))
+        if idx is None:
+            raise NotFound(f"item {item_id!r} is not in the catalog of model {self.version}")
+        return idx
+
+    def _event_tokens(self, events: list[dict[str, Any]], ignore_unknown: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
+        unknown = [e["item_id"] for e in events if str(e["item_id"]) not in self.index_of]
+        if unknown and not ignore_unknown:
+            shown = ", ".join(repr(str(u)) for u in unknown[:5])
+            raise Unprocessable(f"events: {len(unknown)} item id(s) not in the catalog of model "
+                                f"{self.version}: {shown} (set ignore_unknown_items to drop "
+                                "them)")
+        events = [e for e in events if str(e["item_id"]) in self.index_of]
+        if not events:
+            return np.zeros((0, len(self.columns)), np.int64), None
+        if self.fast_tokens and EventTokenizer.supports(events):
+            return self.event_tokenizer(events)
+        cols: dict[str, list] = {"user_id": ["request"] * len(events)}
+        present = [f for f in EVENT_FIELDS if any(e.get(f) is not None for e in events)]
+        for f in present:
+            cols[f] = [e.get(f) for e in events]
+        cols["item_id"] = [str(e["item_id"]) for e in events]
+        if "timestamp" not in present:  # order only: positions as times
+            cols["timestamp"] = list(range(len(events)))
+        else:
+            ts = cols["timestamp"]
+            if any(t is None for t in ts):
+                raise Unprocessable("events: give a timestamp on every event or on none")
+            cols["timestamp"] = [str(t) for t in ts] if any(isinstance(t, str) for t in ts) \
+                else ts
+        for f in ("action", "device", "country", "surface"):
+            if f in cols:
+                cols[f] = [None if v is None else str(v) for v in cols[f]]
+        try:
+            seqs = self.fm.tokenize_events(pl.DataFrame(cols, strict=False))
+        except InputError as e:
+            raise Unprocessable(str(e)) from None
+        if seqs.height == 0:  # every event filtered out (e.g. impressions only)
+            return np.zeros((0, len(self.columns)), np.int64), None
+        mat = np.full((int(seqs["length"][0]), len(self.columns)), FACET_UNK, dtype=np.int64)
+        for c, col in enumerate(self.columns):
+            if col in seqs.columns:
+                mat[:, c] = np.asarray(seqs[col][0].to_numpy(), dtype=np.int64)
+        first_ts = seqs["ts"][0].to_numpy() if "ts" in seqs.columns else None
+        return mat, first_ts
+
+    def query(self, user_id: str | None = None, events: list[dict[str, Any]] | None = None,
+              k: int = 10, exclude_seen: bool = True, filters: Filters | None = None,
+              surface: str = "home", ignore_unknown: bool = False) -> Query:
+        """Resolve a request: the history (stored, sent, or both: sent events are appended to
+        the stored ones), its context window, and the eligible items."""
+        surface_filters = self.surface_filters.get(surface)
+        if surface_filters is None:
+            raise Unprocessable(f"surface: unknown surface {surface!r}; this service has "
+                                f"{', '.join(sorted(self.surface_filters))}")
+        tokens = np.zeros((0, len(self.columns)), np.int64)
+        ts_last = None
+        how = "model"
+        if user_id is not None:
+            stored = self.histories.tokens(str(user_id)) if self.histories else None
+            if stored is not None:
+                tokens, ts_last = stored
+        if events:
+            new, new_ts = self._event_tokens(events, ignore_unknown)
+            if len(tokens) and len(new) and self.has_time and "gap_bucket" in self.columns \
+                    and ts_last is not None and new_ts is not None:
+                # the first sent token follows the stored history: its gap is from there
+                gap = int(new_ts[0]) - int(ts_last[-1])
+                new = new.copy()
+                new[0, self.columns.index("gap_bucket")] = pl.select(
+                    gap_bucket(pl.lit(gap, dtype=pl.Int64), self.n_gap_buckets)).item()
+            tokens = np.concatenate([tokens, new]) if len(tokens) else new
+        if len(tokens) == 0:
+            how = "fallback:popular (no history: unknown user and no events)"
+        start = window_start(len(tokens), self.max_len, self.cfg.window_hop)
+        seen = np.unique(tokens[:, 0]) if len(tokens) else np.zeros(0, np.int64)
+        allowed = self.rules.mask(filters or Filters()) & self.rules.mask(surface_filters)
+        if exclude_seen and len(seen):
+            allowed = allowed.copy()
+            allowed[seen[seen < self.n_items]] = False
+        return Query(np.ascontiguousarray(tokens[start:]), seen, len(tokens), allowed, k, how,
+                     None if user_id is None else str(user_id))
+
+    # ------------------------------------------------------------------ batched work
+
+    def _batch(self, windows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        T = max(len(w) for w in windows)
+        arr = np.zeros((len(windows), T, len(self.columns)), dtype=np.int64)  # (B, T, C)
+        for b, w in enumerate(windows):
+            arr[b, :len(w)] = w
+        return {col: torch.from_numpy(np.ascontiguousarray(arr[:, :, c]))
+                for c, col in enumerate(self.columns)}
+
+    @torch.inference_mode()  # cheaper per op than no_grad; cached states stay inference-only
+    def encode(self, queries: list[Query]) -> torch.Tensor:
+        """(B, d) user vectors of queries with a history; sets each ``query.cache``."""
+        users: list[torch.Tensor | None] = [None] * len(queries)
+        cold = []
+        for i, q in enumerate(queries):
+            n, state = self.cache.lookup(q.window)
+            if state is None:
+                cold.append(i)
+                q.cache = "miss" if self.cache.enabled else "off"
+            elif n == len(q.window):
+                users[i] = state.user
+                q.cache = "hit"
+            else:
+                past = state.kv if n == len(state.tokens) else state.kv.prefix(n)
+                u, kv = self.fm.encode_incremental(self._batch([q.window]), past,
+                                                   self.input_table)
+                users[i] = u[0]
+                q.cache = f"extend:{len(q.window) - n}"
+                self.cache.put(CachedState(q.window, kv, u[0]))
+        if cold:
+            cold.sort(key=lambda i: len(queries[i].window))
+            u, kv = self.fm.encode_incremental(self._batch([queries[i].window for i in cold]),
+                                               None, self.input_table)
+            for j, i in enumerate(cold):
+                users[i] = u[j]
+                if self.cache.enabled:
+                    w = queries[i].window
+                    self.cache.put(CachedState(w, kv.row(j, len(w)), u[j].clone()))
+        return torch.stack(users) if users else torch.zeros(0, self.d)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def recommend(self, queries: list[Query]) -> list[dict[str, Any]]:
+        """Top-k eligible items per query (the popularity fallback for empty histories)."""
+        out: list[dict[str, Any] | None] = [None] * len(queries)
+        with_history = [i for i, q in enumerate(queries) if len(q.window)]
+        if with_history:
+            qs = [queries[i] for i in with_history]
+            users = self.encode(qs)
+            k = max(q.k for q in qs)
+            found = self.index.search(users, k, [q.allowed for q in qs])
+            for i, q, (idx, scores) in zip(with_history, qs, found):
+                out[i] = self._answer(q, idx[:q.k], scores[:q.k])
+        for i, q in enumerate(queries):
+            if out[i] is None:
+                idx = self.popular[q.allowed[self.popular]][:q.k]
+                out[i] = self._answer(q, idx, self.popularity[idx])
+        return out  # type: ignore[return-value]
+
+    def _answer(self, q: Query, idx: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        items = []
+        for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist()), start=1):
+            row = self.describe_item(i)
+            row["rank"] = rank
+            row["score"] = float(s)
+            items.append(row)
+        return {"items": items, "model_version": self.version, "how": q.how,
+                "retrieval": self.index.kind if len(q.window) else "popularity",
+                "history_tokens": q.history_tokens, "window_tokens": int(len(q.window)),
+                "cache": q.cache}
+
+    @torch.inference_mode()
+    def embed(self, queries: list[Query]) -> list[list[float] | None]:
+        with_history = [i for i, q in enumerate(queries) if len(q.window)]
+        out: list[list[float] | None] = [None] * len(queries)
+        if with_history:
+            users = self.encode([queries[i] for i in with_history])
+            for j, i in enumerate(with_history):
+                out[i] = users[j].tolist()
+        return out
+
+    @torch.inference_mode()
+    def similar(self, item_id: str, k: int, filters: Filters | None = None,
+                surface: str = "home") -> dict[str, Any]:
+        """Items nearest to ``item_id`` by cosine of the model's item vectors (exact)."""
+        idx = self.item_index(item_id)
+        surface_filters = self.surface_filters.get(surface)
+        if surface_filters is None:
+            raise Unprocessable(f"surface: unknown surface {surface!r}")
+        allowed = (self.rules.mask(filters or Filters()) & self.rules.mask(surface_filters)).copy()
+        allowed[idx] = False
+        scores = self.unit_table @ self.unit_table[idx]  # (N,)
+        scores = scores.masked_fill(~torch.from_numpy(allowed), float("-inf"))
+        top = torch.topk(scores, min(k, int(allowed.sum())))
+        items = []
+        for rank, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
+            row = self.describe_item(i)
+            row.update(rank=rank, score=float(s))
+            items.append(row)
+        return {"item": self.describe_item(idx), "items": items, "model_version": self.version,
+                "how": "cosine of item vectors"}

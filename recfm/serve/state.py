@@ -1,0 +1,130 @@
+"""A content-addressed cache of encoded user states (the "prefix cache").
+
+An entry is keyed by the tokens of an encoded context window and holds what encoding it
+produced: every layer's keys/values and the user vector. A request whose window *starts
+with* a cached window — the same history grown by an event, or whose last token changed
+because a repeat merged into it — reuses the keys/values of the common prefix and runs only
+the new tokens through the model (:meth:`FoundationModel.encode_incremental`). Keys are
+prefix hashes, so no user id is needed and anonymous histories benefit too; a hit is
+confirmed by comparing the tokens, so a hash collision can never serve a wrong state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recfm.model.backbone import KVCache
+
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass
+class CachedState:
+    tokens: np.ndarray  # (T, C) int64, the encoded window
+    kv: KVCache  # B = 1, length T
+    user: torch.Tensor  # (d,)
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens.nbytes + self.kv.nbytes + self.user.numel() * 4
+
+
+class PrefixHasher:
+    """Hashes of every prefix of a token window in one vectorised pass.
+
+    ``h[n-1] = Σ_{i<n} mix(row_i) · w_i`` (mod 2⁶⁴) with random odd per-column and
+    per-position weights: a prefix hash that costs a cumsum, not a loop.
+    """
+
+    def __init__(self, n_columns: int, max_len: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.col = rng.integers(1, 2**63, size=n_columns, dtype=np.uint64) | np.uint64(1)
+        self.pos = rng.integers(1, 2**63, size=max_len, dtype=np.uint64) | np.uint64(1)
+
+    def prefixes(self, tokens: np.ndarray) -> np.ndarray:
+        """(T,) uint64: hash of tokens[:n] at index n - 1."""
+        with np.errstate(over="ignore"):
+            rows = (tokens.astype(np.uint64) * self.col[None, :]).sum(1, dtype=np.uint64)
+            rows ^= rows >> np.uint64(29)
+            return np.cumsum(rows * self.pos[:len(rows)], dtype=np.uint64)
+
+
+class UserStateCache:
+    """LRU of :class:`CachedState` bounded in bytes. Thread-safe.
+
+    Each entry is found by the hash of its window and by the hash of its window less the
+    last token, so a request whose last token changed (a repeat merged into it) reuses
+    everything before it.
+    """
+
+    def __init__(self, max_bytes: int, n_columns: int, max_len: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.hasher = PrefixHasher(n_columns, max_len)
+        self._entries: OrderedDict[int, CachedState] = OrderedDict()
+        self._short: dict[int, int] = {}  # hash of window[:-1] → key of the entry
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.stats = {"hit": 0, "extend": 0, "miss": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, tokens: np.ndarray) -> tuple[int, CachedState | None]:
+        """(P, state): a cached state whose first P tokens are the first P of ``tokens``, P
+        as large as possible. P == len(tokens) is an exact hit; (0, None) a miss. Use
+        ``state.kv.prefix(P)`` when P < len(state.tokens).
+        """
+        if not self.enabled or len(tokens) == 0:
+            return 0, None
+        hashes = self.hasher.prefixes(tokens)
+        with self._lock:
+            for n in range(len(tokens), 0, -1):
+                h = int(hashes[n - 1])
+                for key in (h, self._short.get(h)):
+                    state = self._entries.get(key) if key is not None else None
+                    if state is not None and len(state.tokens) >= n \
+                            and np.array_equal(state.tokens[:n], tokens[:n]):
+                        self._entries.move_to_end(key)
+                        self.stats["hit" if n == len(tokens) else "extend"] += 1
+                        return n, state
+            self.stats["miss"] += 1
+        return 0, None
+
+    def put(self, state: CachedState) -> None:
+        if not self.enabled or state.nbytes > self.max_bytes:
+            return
+        hashes = self.hasher.prefixes(state.tokens)
+        key = int(hashes[-1])
+        with self._lock:
+            self._drop(key)
+            self._entries[key] = state
+            if len(hashes) > 1:
+                self._short[int(hashes[-2])] = key
+            self.bytes += state.nbytes
+            while self.bytes > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: int) -> None:
+        old = self._entries.pop(key, None)
+        if old is None:
+            return
+        self.bytes -= old.nbytes
+        if len(old.tokens) > 1:
+            short = int(self.hasher.prefixes(old.tokens[:-1])[-1])
+            if self._short.get(short) == key:
+                del self._short[short]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._short.clear()
+            self.bytes = 0
