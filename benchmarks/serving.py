@@ -355,6 +355,41 @@ def measure_cache(run: Path, prepared: Path, port: int, work: Path) -> dict[str,
     return out
 
 
+def measure_cache_scaling(prepared: Path) -> dict[str, Any]:
+    """Encode time of a 151-token window, cold against one token on a cached 150, for
+    model sizes (random weights: speed does not depend on training)."""
+    from recfm.model.foundation import FoundationModel, build_config
+    from recfm.prepare import PreparedDataset
+
+    torch.set_num_threads(1)
+    ds = PreparedDataset.load(prepared)
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for d, layers in ((128, 2), (256, 4), (512, 4)):
+        cfg, (offsets, values) = build_config(
+            ModelConfig(d_model=d, n_layers=layers, n_heads=max(2, d // 64), max_len=200),
+            ds.tokenizer, ds.items, ds.sequences)
+        fm = FoundationModel(cfg, ds.tokenizer, ds.items)
+        fm.item_encoder.set_attributes(offsets, values)
+        fm.eval()
+        table = fm.input_item_table()
+        cold_t, warm_t = [], []
+        with torch.inference_mode():
+            for _ in range(60):
+                items = torch.randint(3, cfg.n_items, (1, 151), generator=gen)
+                _, past = fm.encode_incremental({"item": items[:, :150]}, None, table)
+                t0 = time.perf_counter()
+                fm.encode_incremental({"item": items}, past, table)
+                warm_t.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                fm.encode_incremental({"item": items}, None, table)
+                cold_t.append(time.perf_counter() - t0)
+        cold, warm = float(np.median(cold_t)) * 1000, float(np.median(warm_t)) * 1000
+        out[f"d{d}_layers{layers}"] = {"cold_ms": round(cold, 3), "cached_ms": round(warm, 3),
+                                       "speedup": round(cold / warm, 2)}
+    return out
+
+
 def measure_reload(run_a: Path, run_b: Path, prepared: Path, port: int, seconds: float,
                    work: Path, min_requests: int = 5000) -> dict[str, Any]:
     bodies = [body(h, k=10) for h in histories(prepared, 1000, 50, seed=3)]
@@ -589,14 +624,16 @@ def main() -> None:
     ap.add_argument("--hnsw-efc", type=int, default=200)
     ap.add_argument("--hnsw-ef", type=int, default=1024, help="efSearch the server uses.")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="Run only these parts (recommend cache onnx hnsw reload collections) and "
+                    help="Run only these parts (recommend cache cache_scaling onnx hnsw reload "
+                         "collections) and "
                          "keep the others from the previous result file.")
     ap.add_argument("--note", default="", help="Recorded in extra.note (e.g. contention).")
     args = ap.parse_args()
     t0 = time.time()
     load_before = os.getloadavg()
     args.work.mkdir(parents=True, exist_ok=True)
-    parts = set(args.only or ["recommend", "cache", "onnx", "hnsw", "reload", "collections"])
+    parts = set(args.only or ["recommend", "cache", "cache_scaling", "onnx", "hnsw", "reload",
+                              "collections"])
     if args.skip_1m:
         parts.discard("hnsw")
     previous = {}
@@ -612,6 +649,9 @@ def main() -> None:
     if "cache" in parts:
         detail["cache"] = measure_cache(run_a, prepared, args.port, args.work)
         print("cache", json.dumps(detail["cache"]), flush=True)
+    if "cache_scaling" in parts:
+        detail["cache_scaling"] = measure_cache_scaling(prepared)
+        print("cache_scaling", json.dumps(detail["cache_scaling"]), flush=True)
     if "onnx" in parts:
         detail["onnx"] = measure_onnx(run_a, args.work)
         print("onnx", json.dumps(detail["onnx"]), flush=True)

@@ -182,7 +182,7 @@ def train_cmd(
                                           "only, tokenized with the --init-from run's "
                                           "tokenizer; DATA_DIR's histories are context."),
     incremental: bool = typer.Option(False, help="Incremental update: fine-tuning schedule "
-                                     "(lr 5e-4, 20 epochs, patience 3) and, without DATA_DIR, "
+                                     "(lr 1e-3, 20 epochs, patience 3) and, without DATA_DIR, "
                                      "the run's own training data as context."),
 ) -> None:
     """Train the foundation model (leave-one-out validation, early stopping).

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FRESH = "fresh"
 
-INCREMENTAL_TRAIN: dict[str, Any] = {"lr": 5e-4, "warmup_steps": 10, "epochs": 20,
+INCREMENTAL_TRAIN: dict[str, Any] = {"lr": 1e-3, "warmup_steps": 10, "epochs": 20,
                                      "patience": 3}
 """Fine-tuning schedule used by ``recfm train --incremental`` unless a config overrides it."""
 

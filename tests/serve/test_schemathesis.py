@@ -46,4 +46,5 @@ def test_generated_requests_never_get_a_5xx(api_schema):
                 run()
             except Unsatisfiable:  # nothing to make invalid (an operation without inputs)
                 assert mode == schemathesis.GenerationMode.NEGATIVE
-    assert statuses["POST /v1/recommend"] & {200} and statuses["POST /v1/recommend"] & {422}
+    seen = set().union(*statuses.values())
+    assert 200 in seen and 422 in seen  # both valid and refused requests were generated
