@@ -546,9 +546,11 @@ def measure_onnx(run: Path, work: Path) -> dict[str, Any]:
     from recfm.model.foundation import FoundationModel
 
     try:
+        import onnx  # noqa: F401 - the exporter needs it
         import onnxruntime as ort
     except ImportError:
-        return {"skipped": "onnxruntime is not installed"}
+        return {"skipped": "onnx / onnxruntime are not installed (measurement only: "
+                           "pip install onnx onnxruntime)"}
     torch.set_num_threads(1)  # as the server (ServeConfig.threads)
     fm = FoundationModel.from_pretrained(run)
     table = fm.input_item_table()
@@ -688,10 +690,10 @@ def main() -> None:
                                   "plain_topn_genre_diversity":
                                       coll["plain_topn_genre_diversity"]}
     metrics["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    busy = subprocess.run(["pgrep", "-f", "benchmarks.sequential"], capture_output=True,
-                          text=True).stdout.split()
+    busy = subprocess.run(["pgrep", "-f", r"benchmarks\.(sequential|objectives|cold_start)"],
+                          capture_output=True, text=True).stdout.split()
     extra = {"detail": detail, "note": args.note,
-             "other_benchmarks_running_at_end": len(busy),
+             "other_benchmarks_running_at_end": len(busy),  # sequential, objectives, cold_start
              "load_average_1_5_15_at_start": [round(x, 2) for x in load_before],
              "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
              "load_generator": "raw HTTP/1.1 keep-alive over asyncio in the benchmark "
