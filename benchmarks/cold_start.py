@@ -14,7 +14,7 @@ Protocol, per dataset:
    default), and ``content-gate`` (the same, combined by a learned gate).
 3. ``add-items`` the held-out items into each run (id init: random / zero / ridge from
    content / nearest content neighbours). Method names: ``content`` is the content run
-   with add-items' default (``auto`` = neighbours); ``id-only`` gets random new ids (what
+   with add-items' default (``zero``: content alone); ``id-only`` gets random new ids (what
    an id model does without content); ``id+attributes`` zero ids (attribute bag alone);
    ``<model>/<init>-init`` are the other combinations.
 4. Evaluate on the **full** data's leave-one-out test events (tokenized with the new
@@ -79,6 +79,7 @@ MODEL = {
 TRAIN = dict(epochs=200, batch_size=128, lr=1e-3, warmup_steps=50, patience=10,
              tensorboard=False)
 HOLDOUT = 0.10
+DEFAULT_CONTENT_INIT = "zero"  # `recfm add-items` default
 RECENT_TAIL = 0.10
 K = 10
 
@@ -222,6 +223,13 @@ def train_run(prepared: Path, run: Path, model_kw: dict, minutes: float, seed: i
                   "valid_ndcg@10": res.best_valid["ndcg@10"]}
 
 
+def method_label(model: str, init: str) -> str:
+    """``content`` = the content model with add-items' default init (content alone)."""
+    default = DEFAULT_CONTENT_INIT
+    return {("id-only", "random"): "id-only", ("id+attributes", "zero"): "id+attributes",
+            ("content", default): "content"}.get((model, init), f"{model}/{init}-init")
+
+
 def reusable(run: Path, model_kw: dict) -> dict | None:
     """With --reuse: the training info of an earlier run of the same config, if finished."""
     summary, config = run / "summary.json", run / "config.json"
@@ -342,9 +350,7 @@ def run_dataset(name: str, args, work: Path) -> dict:
                         **({"note": note} if note else {})})
     for (method, init), run2 in runs2.items():
         m = evaluate_model(run2, test, cold_mask, new_idx, args.seed)
-        label = {("id-only", "random"): "id-only", ("id+attributes", "zero"): "id+attributes",
-                 ("content", "neighbours"): "content"}.get((method, init),
-                                                           f"{method}/{init}-init")
+        label = method_label(method, init)
         results.append({"dataset": name, "method": label, "seed": args.seed, "metrics": m,
                         "train": trains[method], "add_items": adds[f"{method}/{init}"],
                         "model": method, "init": init})
@@ -353,7 +359,7 @@ def run_dataset(name: str, args, work: Path) -> dict:
 
     # sanity: the per-event ranks agree with recfm's evaluator on the warm events
     from recfm.evaluate.evaluator import evaluate_scorer, model_scorer
-    fm_c = FoundationModel.from_pretrained(runs2[("content", "neighbours")])
+    fm_c = FoundationModel.from_pretrained(runs2[("content", DEFAULT_CONTENT_INIT)])
     ref = evaluate_scorer(model_scorer(fm_c), test.filter(pl.Series(~cold_mask)), n_items,
                           fm_c.cfg.max_len, fm_c.input_columns)
     ours = next(r for r in results if r["method"] == "content")["metrics"]["warm_ndcg@10"]
@@ -382,8 +388,11 @@ def incremental(name, args, work, raw, seqs, split, run2, full_dir, model_kw, co
 
     # full retrain from scratch on every training token (held-out items included)
     full_run = work / "run-full-retrain"
-    full_wall, full_info = train_run(full_dir, full_run, {**model_kw}, args.minutes, args.seed,
-                                     args.threads)
+    full_info = reusable(full_run, {**model_kw}) if args.reuse else None
+    if full_info is None:
+        full_wall, full_info = train_run(full_dir, full_run, {**model_kw}, args.minutes,
+                                         args.seed, args.threads)
+    full_wall = full_info["wall_s"]
     full_ds = PreparedDataset.load(full_dir)
     full_split = leave_one_out(full_ds.sequences)
     held_ids = set(pl.read_parquet(work / "new_items.parquet")["item_id"].to_list())
@@ -512,7 +521,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--incremental-fraction", type=float, default=0.10)
-    ap.add_argument("--incremental-init", default="neighbours")
+    ap.add_argument("--incremental-init", default=DEFAULT_CONTENT_INIT)
     ap.add_argument("--incremental-lr", default="1e-3",
                     help="fine-tuning learning rate; a comma list runs variants (first: headline)")
     ap.add_argument("--no-incremental", action="store_true")
@@ -544,6 +553,9 @@ def main() -> None:
     old_per = old.get("extra", {}).get("per_dataset", {})
     per_all = {**{k: v for k, v in old_per.items() if k not in per}, **per}
     runs = [r for d in per_all.values() for r in d["runs"]]
+    for r in runs:  # labels follow the current add-items default (results of earlier runs too)
+        if "model" in r:
+            r["method"] = method_label(r["model"], r["init"])
     incs = [d["incremental"] for d in per_all.values() if "incremental" in d]
     if speed is None:
         speed = old.get("extra", {}).get("add_items_speed")

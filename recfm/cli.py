@@ -362,10 +362,9 @@ def add_items_cmd(
     run: Path = typer.Argument(..., help="A run directory."),
     items: Path = typer.Option(..., help="Catalog file of the new items (Parquet, CSV, JSONL)."),
     out: Path = typer.Option(..., help="New run directory to write."),
-    init: str = typer.Option("auto", help="Id embeddings of new items: neighbours (mean of the "
-                             "nearest items in content space), content (ridge map from "
-                             "content), zero (content alone), random; auto: neighbours for "
-                             "a run with content, else zero."),
+    init: str = typer.Option("zero", help="Id embeddings of new items: zero (content alone), "
+                             "neighbours (mean of the nearest items in content space), "
+                             "content (ridge map from content) or random."),
     k: int = typer.Option(10, help="Neighbours averaged by --init neighbours."),
     embedder: Optional[str] = typer.Option(None, help="For a run without content: the "
                                            "embedder used by --init content / neighbours."),

@@ -11,15 +11,15 @@ and every other weight bit for bit). Each new item gets
   vocabulary (values the run has never seen are dropped and counted);
 * an id embedding initialised by ``init``:
 
-  ``zero``        content alone (what id dropout trained the model for);
+  ``zero``        content alone (what id dropout trained the model for): the default,
+                  and the best of the four on a well-trained model (cold_start benchmark);
   ``random``      N(0, 0.02), as a fresh id embedding would start (the id-only baseline);
   ``content``     projected content: a ridge regression from content vectors to id
                   embeddings, fitted on the trained items (norms recalibrated: ridge
                   predictions shrink toward the mean);
   ``neighbours``  the similarity-weighted mean id embedding of the ``k`` trained items
                   nearest in content space (cosine), rescaled to their mean norm
-                  (averaging directions shrinks a vector, and scores are dot products);
-  ``auto``        ``neighbours`` for a run trained with content, ``zero`` otherwise.
+                  (averaging directions shrinks a vector, and scores are dot products).
 
 ``RUN2`` serves the new items immediately (``recommend``, ``serve``) and is the starting
 point of incremental training (:mod:`recfm.adapt.incremental`).
@@ -46,8 +46,8 @@ from recfm.tokenizer import N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
 
-InitMode = Literal["auto", "zero", "random", "content", "neighbours"]
-INIT_MODES = ("auto", "zero", "random", "content", "neighbours")
+InitMode = Literal["zero", "random", "content", "neighbours"]
+INIT_MODES = ("zero", "random", "content", "neighbours")
 ITEM_ATTRIBUTE_COLUMNS = ("genres", "attributes", "entity_type", "language")
 
 
@@ -173,7 +173,7 @@ def _align(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
 
 
 def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path,
-              init: str = "auto", k: int = 10, embedder: str | None = None,
+              init: str = "zero", k: int = 10, embedder: str | None = None,
               vectors: str | Path | None = None, cache_dir: str | Path | None = None,
               on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Append the items of ``items`` (a catalog file or frame) to ``run``; write ``out``.
@@ -202,8 +202,6 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     cfg, tok, old_items = fm.cfg, fm.tokenizer, fm.items
     if tok is None or old_items is None:
         raise RecfmError(f"{run}: the run has no tokenizer.json / items.parquet")
-    if init == "auto":
-        init = "neighbours" if cfg.content_dim > 0 else "zero"
     known = set(tok.item_ids)
     is_new = ~new["item_id"].is_in(list(known))
     skipped = int((~is_new).sum())
