@@ -1,0 +1,269 @@
+"""Consumption of the foundation model: embeddings, fine-tuning, distillation, prompt tuning.
+
+    python -m benchmarks.consumption [--parts embed,finetune,distill,prompt] [--threads 2]
+                                     [--work benchmarks/.work/consumption]
+
+One base run on the synthetic world (default size, seed 0) is trained once, with a 3-minute
+budget, and shared by every part through the work folder (:func:`base_run`). Each part
+writes its own top-level key of ``benchmarks/results/consumption.json``; a part run later,
+in another invocation, replaces its key and keeps the others (so long benchmarks can be
+split into invocations of at most 15 minutes each):
+
+* ``embed``    — :func:`benchmarks.consumption_embed.run_embed` (the embedding store).
+* ``finetune`` — per task (kids surface, will-complete binary head): the task model
+  fine-tuned from the base run vs the same task model trained from random init, for the
+  same number of steps; test metrics of each (``recfm.consume.finetune``).
+* ``distill``, ``prompt`` — :mod:`benchmarks.consumption_distill_prompt`.
+
+A part whose module is not there is skipped with a logged message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, ROOT, write_result
+
+log = logging.getLogger("benchmarks.consumption")
+
+NAME = "consumption"
+PARTS = ("embed", "finetune", "distill", "prompt")
+DEFAULT_WORK = ROOT / ".work" / "consumption"
+SEED = 0
+BASE_MINUTES = 3.0
+
+
+def prepared_dir(work_dir: Path) -> Path:
+    """The prepared synthetic world every part uses (made by :func:`base_run`)."""
+    return Path(work_dir) / "prepared"
+
+
+def base_run(work_dir: Path, threads: int) -> Path:
+    """The shared base run (``work_dir/base-run``), trained once and then reused.
+
+    Layout under ``work_dir``: ``world/`` (the synthetic world, seed 0), ``prepared/`` (its
+    tokens; :func:`prepared_dir`), ``base-run/`` (a normal run directory: load it with
+    ``FoundationModel.from_pretrained``). A complete base run has ``summary.json``; it is
+    trained into ``.base-run.partial`` and renamed, so a killed benchmark never leaves a
+    half-trained base run behind.
+    """
+    from recfm.data import synthetic
+    from recfm.demo import DEMO_MODEL
+    from recfm.prepare import prepare
+    from recfm.train.loop import TrainConfig, train
+
+    work_dir = Path(work_dir)
+    run = work_dir / "base-run"
+    if (run / "summary.json").is_file():
+        return run
+    torch.set_num_threads(threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepared_dir(work_dir)
+    if not (prepared / "tokens.parquet").is_file():
+        cfg = synthetic.SynthConfig(seed=SEED)
+        t = time.perf_counter()
+        synthetic.write_world(synthetic.generate(cfg), work_dir / "world", cfg)
+        prepare(synthetic.load_world(work_dir / "world"), prepared)
+        log.info("synthetic world prepared in %.1f s", time.perf_counter() - t)
+    partial = work_dir / ".base-run.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    tcfg = TrainConfig(epochs=30, batch_size=128, lr=2e-3, warmup_steps=50, patience=4,
+                       max_minutes=BASE_MINUTES, seed=SEED, threads=threads, tensorboard=False)
+    t = time.perf_counter()
+    train(prepared, partial, DEMO_MODEL, tcfg, command="benchmarks.consumption base_run")
+    log.info("base run trained in %.1f s", time.perf_counter() - t)
+    shutil.rmtree(run, ignore_errors=True)
+    os.replace(partial, run)
+    return run
+
+
+# ----------------------------------------------------------------------------- finetune
+
+FINETUNE_STEPS = 300
+
+
+def finetune_tasks() -> dict[str, dict[str, Any]]:
+    """Task name → TaskConfig fields (the same task.toml keys ``recfm finetune`` reads)."""
+    train = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 20, "patience": 3, "seed": SEED,
+             "weight_decay": 0.01, "tensorboard": False}
+    return {
+        "kids-surface": {"kind": "surface", "name": "kids", "items": {"kids": "true"},
+                         "max_steps": FINETUNE_STEPS, "eval_every": 50, "train": train},
+        "will-complete": {"kind": "binary", "name": "will-complete",
+                          "label_action": "complete", "max_steps": FINETUNE_STEPS,
+                          "eval_every": 50, "train": train},
+    }
+
+
+def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
+    """Per task: fine-tuned from the base run vs from scratch, same steps, test metrics."""
+    from recfm.consume.finetune import TaskConfig, finetune
+
+    torch.set_num_threads(threads)
+    base = base_run(work_dir, threads)
+    out = []
+    for name, fields in finetune_tasks().items():
+        task = TaskConfig.from_dict(fields)
+        row: dict[str, Any] = {"task": name, "steps": task.max_steps}
+        for variant, scratch in (("finetuned", False), ("from_scratch", True)):
+            dest = Path(work_dir) / f"finetune-{name}-{variant}"
+            shutil.rmtree(dest, ignore_errors=True)
+            t = time.perf_counter()
+            res = finetune(base, task, dest, data_dir=prepared_dir(work_dir),
+                           from_scratch=scratch)
+            row[variant] = {**res.test, "best_step": res.best_step, "steps_run": res.steps,
+                            "wall_s": round(time.perf_counter() - t, 1)}
+            log.info("%s %s: %s", name, variant, res.test)
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def _guarded(module: str, function: str) -> Callable[[Path, int], Any] | None:
+    """``module.function``, or None (logged) when the module is not there."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        log.warning("%s is not there: skipping its part", module)
+        return None
+    return getattr(mod, function)
+
+
+def part_runner(part: str) -> Callable[[Path, int], Any] | None:
+    if part == "finetune":
+        return run_finetune
+    if part == "embed":
+        return _guarded("benchmarks.consumption_embed", "run_embed")
+    return _guarded("benchmarks.consumption_distill_prompt", f"run_{part}")
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """Flat headline metrics from whichever parts the result holds."""
+    m: dict[str, Any] = {}
+    if isinstance(result.get("embed"), dict) and "users_per_s" in result["embed"]:
+        m["embed_users_per_s"] = result["embed"]["users_per_s"]
+    for row in result.get("finetune") or []:
+        key = "auc" if "auc" in row.get("finetuned", {}) else "ndcg@10"
+        for variant in ("finetuned", "from_scratch"):
+            if key in row.get(variant, {}):
+                m[f"{row['task']}_{variant}_{key}"] = row[variant][key]
+    distill = result.get("distill") or {}
+    for who in ("teacher", "student_distilled", "student_alone"):
+        if isinstance(distill.get(who), dict) and "ndcg@10" in distill[who]:
+            m[f"distill_{who}_ndcg@10"] = distill[who]["ndcg@10"]
+    prompt = result.get("prompt") or {}
+    if "kids_share@10" in prompt:
+        m["prompt_kids_share@10"] = prompt["kids_share@10"]
+    return m
+
+
+def _f(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    return "–" if v is None else str(v)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The RESULTS.md section: one table per part present."""
+    parts = []
+    embed = result.get("embed")
+    if isinstance(embed, dict):
+        parts.append("**Embedding store**\n\n| key | value |\n|---|---:|\n" + "\n".join(
+            f"| {k} | {_f(v)} |" for k, v in embed.items() if not isinstance(v, (dict, list))))
+    rows = result.get("finetune")
+    if rows:
+        lines = ["**Fine-tuning vs from scratch (same steps, test split)**", "",
+                 "| task | metric | fine-tuned | from scratch | steps | best step (ft / scratch) |",
+                 "|---|---|---:|---:|---:|---|"]
+        for r in rows:
+            keys = ("auc", "logloss") if "auc" in r["finetuned"] else ("ndcg@10", "hr@10")
+            for k in keys:
+                lines.append(f"| {r['task']} | {k} | {_f(r['finetuned'].get(k))} | "
+                             f"{_f(r['from_scratch'].get(k))} | {r['steps']} | "
+                             f"{r['finetuned'].get('best_step')} / "
+                             f"{r['from_scratch'].get('best_step')} |")
+        parts.append("\n".join(lines))
+    distill = result.get("distill")
+    if isinstance(distill, dict):
+        lines = ["**Distillation**", "", "| model | params | p50 ms | NDCG@10 |",
+                 "|---|---:|---:|---:|"]
+        for who in ("teacher", "student_distilled", "student_alone"):
+            d = distill.get(who) or {}
+            lines.append(f"| {who} | {_f(d.get('params'))} | {_f(d.get('p50_ms'))} | "
+                         f"{_f(d.get('ndcg@10'))} |")
+        parts.append("\n".join(lines))
+    prompt = result.get("prompt")
+    if isinstance(prompt, dict):
+        parts.append("**Prompt tuning**\n\n| key | value |\n|---|---:|\n" + "\n".join(
+            f"| {k} | {_f(v)} |" for k, v in prompt.items() if not isinstance(v, (dict, list))))
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="comma-separated subset of " + ",".join(PARTS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        ap.error(f"--parts: unknown part {bad[0]!r} (choose from {', '.join(PARTS)})")
+    torch.set_num_threads(args.threads)
+
+    path = RESULTS / f"{NAME}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    result = {p: previous[p] for p in PARTS if p in previous}
+    walls = dict(previous.get("extra", {}).get("parts_wall_s", {}))
+    commands = dict(previous.get("extra", {}).get("parts_command", {}))
+    t_all = time.perf_counter()
+    t_base = time.perf_counter()
+    base_run(args.work, args.threads)
+    base_s = time.perf_counter() - t_base
+    ran = []
+    for part in parts:
+        runner = part_runner(part)
+        if runner is None:
+            continue
+        t = time.perf_counter()
+        result[part] = runner(args.work, args.threads)
+        walls[part] = round(time.perf_counter() - t, 1)
+        commands[part] = f"python -m benchmarks.consumption --parts {part} --threads {args.threads}"
+        ran.append(part)
+        log.info("part %s done in %.1f s", part, walls[part])
+    if not ran:
+        log.warning("no part ran; nothing written")
+        return
+    summary = json.loads((args.work / "base-run" / "summary.json").read_text())
+    extra = {"parts_wall_s": walls, "parts_command": commands, "parts_this_invocation": ran,
+             "base_run": {"test_ndcg@10": (summary.get("test") or {}).get("ndcg@10"),
+                          "epochs_run": summary.get("epochs_run"),
+                          "steps": summary.get("steps"), "budget_minutes": BASE_MINUTES,
+                          "prepared_s_this_invocation": round(base_s, 1)},
+             "threads": args.threads}
+    wall = sum(walls.values())
+    write_result(NAME, "synthetic world (seed 0, 5000 users, 2000 items)", SEED, wall,
+                 headline(result), extra=extra, top=result, table_md=table(result))
+    log.info("wrote %s (this invocation %.1f s)", path, time.perf_counter() - t_all)
+
+
+if __name__ == "__main__":
+    main()
