@@ -460,6 +460,8 @@ def demo_cmd(
         console.print(t)
     console.print(f"report: {out / 'report.json'}  ({report['wall_s']:.0f} s in all)")
 
+from recfm.store.cli import register as _reg_store; _reg_store(app)  # noqa: E402,E702
+
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
