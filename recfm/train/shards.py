@@ -1,0 +1,197 @@
+"""Training batches streamed lazily from the token Parquet (datasets larger than memory).
+
+The token file (``tokens.parquet``, written in row groups of 2,048 users by ``recfm
+prepare``) is read through :class:`ParquetTokens`, one row group at a time. With ``w``
+processes, rank ``r`` owns row groups ``g ≡ r (mod w)`` and never opens the others
+(:class:`StreamingBatches`). An epoch visits the rank's groups in a (seed, epoch, rank)-
+permuted order, ``window_groups`` at a time; inside a window the leave-one-out training
+spans are shuffled and cut into local batches of ``batch_size / w`` (the global batch is
+the union over ranks). Memory is one window of groups, not the dataset. Ranks with fewer
+batches than the busiest one start their plan over, so every rank runs the same number of
+steps (as ``DistributedSampler`` pads). Deterministic given (seed, epoch): a resumed run
+replays the same batches.
+
+In memory (the default), the loop keeps the single-process plan and each rank takes rows
+``r::w`` of every global batch (:meth:`recfm.train.distributed.DDPTrainer.rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import torch
+
+from recfm.batching import SequenceStore
+from recfm.data.splits import leave_one_out
+from recfm.tokenizer import context_windows
+
+log = logging.getLogger(__name__)
+
+LOO_MIN_LENGTH = 3
+"""Users this long or longer give their last two tokens to validation and test."""
+
+
+class ParquetTokens:
+    """Lazy view of a ``tokens.parquet``: row groups are read only when asked for.
+
+    Example:
+        >>> src = ParquetTokens("prepared/tokens.parquet")          # doctest: +SKIP
+        >>> src.read([0, 3], ["item", "action"]).height              # doctest: +SKIP
+        4096
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.file = pq.ParquetFile(self.path)
+        meta = self.file.metadata
+        self.n_groups = meta.num_row_groups
+        self.group_rows = np.array([meta.row_group(g).num_rows for g in range(self.n_groups)],
+                                   dtype=np.int64)
+        self.columns = self.file.schema_arrow.names
+
+    def read(self, groups: Sequence[int], columns: Sequence[str] | None = None
+             ) -> pl.DataFrame:
+        """The rows of ``groups`` (in that order), only ``columns`` (+ user_idx, length)."""
+        cols = None
+        if columns is not None:
+            keep = ["user_idx", "user_id", "length", *columns]
+            cols = [c for c in dict.fromkeys(keep) if c in self.columns]
+        table = self.file.read_row_groups(list(groups), columns=cols)
+        return pl.from_arrow(table)
+
+    def lengths(self, groups: Sequence[int]) -> list[np.ndarray]:
+        """Sequence lengths of each group (reads the small ``length`` column only)."""
+        out = []
+        for g in groups:
+            t = self.file.read_row_group(g, columns=["length"])
+            out.append(t.column("length").to_numpy().astype(np.int64))
+        return out
+
+    def empty(self) -> pl.DataFrame:
+        """A zero-row frame with the file's schema."""
+        return pl.from_arrow(self.file.schema_arrow.empty_table())
+
+    def rank_groups(self, rank: int, world: int) -> list[int]:
+        """Row groups owned by ``rank``: ``g ≡ rank (mod world)``."""
+        return list(range(rank, self.n_groups, world))
+
+
+def train_part(frame: pl.DataFrame) -> pl.DataFrame:
+    """The leave-one-out training part of a chunk of users (see :func:`leave_one_out`)."""
+    return leave_one_out(frame, LOO_MIN_LENGTH).train
+
+
+def _train_length(n: np.ndarray) -> np.ndarray:
+    return np.where(n >= LOO_MIN_LENGTH, n - 2, n)
+
+
+class StreamingBatches:
+    """Rank ``rank``'s batches, streamed from its own row groups of the token Parquet."""
+
+    def __init__(self, src: ParquetTokens, columns: Sequence[str], max_len: int,
+                 batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 window: str = "truncate", window_groups: int = 4,
+                 agree: Callable[[int], int] | None = None) -> None:
+        self.src, self.columns = src, list(columns)
+        self.max_len, self.seed, self.rank, self.world = max_len, seed, rank, world
+        self.local_bs = max(1, batch_size // world)
+        self.window, self.window_groups = window, max(1, window_groups)
+        self.groups = src.rank_groups(rank, world)
+        # spans per group from the length column alone (no token is read here)
+        self._spans_per_group = {
+            g: sum(len(context_windows(int(n), max_len + 1, window))
+                   for n in _train_length(lens) if n >= 2)
+            for g, lens in zip(self.groups, src.lengths(self.groups))}
+        self._agree = agree  # every rank's step count: the maximum over ranks
+        self._n_epoch: tuple[int, int] | None = None
+        self._cache: tuple[int, int, list[np.ndarray], SequenceStore, np.ndarray] | None = None
+
+    def _windows(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        order = [self.groups[i] for i in rng.permutation(len(self.groups))]
+        k = self.window_groups
+        return [order[i:i + k] for i in range(0, len(order), k)]
+
+    def _window_batches(self, epoch: int) -> list[int]:
+        return [-(-sum(self._spans_per_group[g] for g in w) // self.local_bs)
+                for w in self._windows(epoch)]
+
+    def own_batches(self, epoch: int) -> int:
+        """Batches this rank's groups give (before padding to the busiest rank)."""
+        return sum(self._window_batches(epoch))
+
+    def n_batches(self, epoch: int) -> int:
+        """Steps of ``epoch`` (the same on every rank: a collective call when distributed)."""
+        if self._n_epoch is None or self._n_epoch[0] != epoch:
+            own = self.own_batches(epoch)
+            self._n_epoch = (epoch, self._agree(own) if self._agree else own)
+        return self._n_epoch[1]
+
+    def batch(self, epoch: int, i: int) -> dict[str, torch.Tensor]:
+        from recfm.train.loop import make_batch
+
+        per_window = self._window_batches(epoch)
+        i = i % max(sum(per_window), 1)  # ranks with fewer batches start over
+        w = 0
+        while i >= per_window[w]:
+            i -= per_window[w]
+            w += 1
+        if self._cache is None or self._cache[:2] != (epoch, w):
+            groups = self._windows(epoch)[w]
+            frame = train_part(self.src.read(groups, self.columns))
+            store = SequenceStore(frame, self.columns)
+            spans = store.spans(self.max_len + 1, self.window, min_len=2)
+            rng = np.random.default_rng([self.seed, epoch, self.rank, w])
+            order = rng.permutation(len(spans))
+            plan = [order[j:j + self.local_bs] for j in range(0, len(order), self.local_bs)]
+            self._cache = (epoch, w, plan, store, spans)
+        _, _, plan, store, spans = self._cache
+        return make_batch(store, spans[plan[i]])
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        for i in range(self.own_batches(epoch)):
+            yield self.batch(epoch, i)
+
+
+def load_sample(path: str | Path, n_groups: int):
+    """A :class:`recfm.prepare.PreparedDataset` whose sequences are only the first
+    ``n_groups`` row groups of ``tokens.parquet`` (streamed training: the validation and
+    test sample, facet sizes and item frequencies come from these users)."""
+    import json
+
+    from recfm.errors import InputError
+    from recfm.prepare import PreparedDataset
+    from recfm.tokenizer import Tokenizer
+
+    path = Path(path)
+    for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise InputError(str(path / name), None, None,
+                             "a prepared dataset file (run `recfm prepare` first)",
+                             "nothing at that path")
+    src = ParquetTokens(path / "tokens.parquet")
+    seqs = src.read(range(min(max(n_groups, 1), src.n_groups)))
+    items = pl.read_parquet(path / "items.parquet")
+    tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
+    report_path = path / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return PreparedDataset(path, seqs, items, tok, report)
+
+
+def streamer(data_dir: str | Path, columns: Sequence[str], max_len: int, tcfg, ddp=None
+             ) -> StreamingBatches:
+    """The streamed batches of this rank for a :class:`recfm.train.loop.TrainConfig`."""
+    rank, world = (ddp.ctx.rank, ddp.ctx.world) if ddp is not None else (0, 1)
+    src = ParquetTokens(Path(data_dir) / "tokens.parquet")
+    if src.n_groups < world:
+        from recfm.errors import RecfmError
+        raise RecfmError(f"{src.path}: {src.n_groups} row group(s) cannot be shared by "
+                         f"{world} processes; stream a larger dataset or use fewer processes")
+    return StreamingBatches(src, columns, max_len, tcfg.batch_size, tcfg.seed, rank, world,
+                            tcfg.window, tcfg.stream_window_groups,
+                            ddp.all_max if ddp is not None else None)
