@@ -9,19 +9,33 @@ import polars as pl
 import torch
 
 from recfm.batching import SequenceStore, history_batches
-from recfm.evaluate.metrics import KS, RankingAccumulator
+from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
+from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
 from recfm.tokenizer import N_RESERVED_ITEMS
 
 Scorer = Callable[[np.ndarray, dict[str, torch.Tensor]], torch.Tensor]
 
 
+# Catalogs larger than this are scored in chunks of this many items (when the scorer can).
+AUTO_ITEM_CHUNK = 131072
+
+
 def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: int,
                     columns: list[str], exclude_seen: bool = True, batch_size: int = 256,
-                    ks: tuple[int, ...] = KS, sampled_negatives: int = 0) -> dict[str, float]:
+                    ks: tuple[int, ...] = KS, sampled_negatives: int = 0,
+                    item_chunk: int | None = None) -> dict[str, float]:
     """Full-ranking metrics of ``scorer`` on ``frame`` (history list columns + ``target``).
 
     ``scorer(rows, batch)`` returns (B, n_items) scores for the batch's histories.
+    ``item_chunk``: stream the catalog this many items at a time, never building the
+    (B, n_items) matrix — for scorers with a ``chunked`` method (the model, popularity,
+    recency); the metrics are the same. None: chunk catalogs over ``AUTO_ITEM_CHUNK``.
     """
+    if item_chunk is None:
+        item_chunk = AUTO_ITEM_CHUNK if n_items > AUTO_ITEM_CHUNK else 0
+    if item_chunk and hasattr(scorer, "chunked"):
+        return _evaluate_chunked(scorer, frame, n_items, max_len, columns, exclude_seen,
+                                 batch_size, ks, sampled_negatives, item_chunk)
     store = SequenceStore(frame, columns)
     targets = torch.from_numpy(frame["target"].fill_null(-1).to_numpy().astype(np.int64))
     acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
@@ -41,20 +55,95 @@ def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: 
     return out
 
 
+def _evaluate_chunked(scorer, frame: pl.DataFrame, n_items: int, max_len: int,
+                      columns: list[str], exclude_seen: bool, batch_size: int,
+                      ks: tuple[int, ...], sampled_negatives: int, chunk: int
+                      ) -> dict[str, float]:
+    """:func:`evaluate_scorer` streaming over item chunks (memory O(B × chunk))."""
+    store = SequenceStore(frame, columns)
+    targets = torch.from_numpy(frame["target"].fill_null(-1).to_numpy().astype(np.int64))
+    acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
+    repeats = 0
+    with torch.no_grad():
+        for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
+            t = targets[rows]
+            has = t >= 0
+            acc.skipped += int((~has).sum())
+            if not has.any():
+                continue
+            keep = has.nonzero().squeeze(1).numpy()
+            sub = {k: v[keep] for k, v in batch.items()}
+            fn = without_reserved(scorer.chunked(rows[keep], sub), N_RESERVED_ITEMS)
+            t = t[keep]
+            seen = None
+            if exclude_seen:
+                b, items = store.history_items(rows[keep])
+                repeats += int((items == t.numpy()[b]).sum())
+                seen = (b, items)
+            negs = acc.draw_negatives(len(t), n_items) if sampled_negatives else None
+            rank, top, neg_s, t_s = chunked_ranks(fn, n_items, t, chunk, seen, k=max(ks),
+                                                  extra=negs)
+            acc.add_ranked(rank, top)
+            if negs is not None:
+                acc.add_sampled_ranks(sampled_rank(neg_s, negs, t_s[:, None], t))
+    out = acc.result()
+    out["targets_seen_before"] = repeats
+    return out
+
+
+class ModelScorer:
+    """The model's scores for a batch of histories; also by item chunk (large catalogs).
+
+    The item table of the chunked path is computed once per scorer: make a new scorer
+    after the weights change.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self._table: torch.Tensor | None = None
+
+    def __call__(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.score(self.model.last_hidden(batch))  # (B, n_items)
+
+    def chunked(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> ChunkFn:
+        if self._table is None:
+            self._table = self.model.item_table().detach()
+        users, table, model = self.model.last_hidden(batch), self._table, self.model
+
+        def score_chunk(start: int, end: int) -> torch.Tensor:
+            return model.score_items(users, start, end, table)  # (B, C)
+
+        score_chunk.rows = lambda r, start, end: model.score_items(users[r], start, end, table)
+        return score_chunk
+
+
 def model_scorer(model) -> Scorer:
-    def score(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model.score(model.last_hidden(batch))
-    return score
+    return ModelScorer(model)
+
+
+class VectorScorer:
+    """The same (n_items,) scores for every user (popularity, recency baselines)."""
+
+    def __init__(self, vec: torch.Tensor) -> None:
+        self.vec = vec
+
+    def __call__(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.vec.expand(len(rows), -1)
+
+    def chunked(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> ChunkFn:
+        n, vec = len(rows), self.vec
+
+        def score_chunk(start: int, end: int) -> torch.Tensor:
+            return vec[start:end].expand(n, -1).clone()  # (B, C)
+
+        score_chunk.rows = lambda r, start, end: vec[start:end].expand(len(r), -1).clone()
+        return score_chunk
 
 
 def popularity_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
     """Items by how often they occur in the training sequences."""
     counts = np.bincount(train["item"].explode().drop_nulls().to_numpy(), minlength=n_items)
-    pop = torch.from_numpy(counts[:n_items].astype(np.float32))
-
-    def score(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return pop.expand(len(rows), -1)
-    return score
+    return VectorScorer(torch.from_numpy(counts[:n_items].astype(np.float32)))
 
 
 def recent_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
@@ -76,11 +165,7 @@ def recent_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
     score_vec = np.empty(n_items, dtype=np.float32)
     score_vec[order] = np.arange(n_items, dtype=np.float32)
     score_vec[~np.isfinite(last)] = -1.0
-    vec = torch.from_numpy(score_vec)
-
-    def score(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return vec.expand(len(rows), -1)
-    return score
+    return VectorScorer(torch.from_numpy(score_vec))
 
 
 def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
@@ -102,7 +187,7 @@ def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
                          "evaluate on the dataset the model was trained on")
     s = leave_one_out(ds.sequences)
     frame = s.test if split == "test" else s.valid
-    n_items, max_len, cols = model.cfg.n_items, model.cfg.max_len, model.input_columns
+    n_items, max_len, cols = model.cfg.n_items, model.context_len, model.input_columns
     kw = dict(batch_size=batch_size, sampled_negatives=sampled_negatives)
     out = {"model": evaluate_scorer(model_scorer(model), frame, n_items, max_len, cols, **kw)}
     if baselines:

@@ -26,6 +26,13 @@ def ranks_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(t[:, 0]), rank, torch.full_like(rank, scores.size(1)))
 
 
+def sampled_rank(neg_scores: torch.Tensor, negs: torch.Tensor, t: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Pessimistic rank of the target among sampled items. neg_scores, negs: (B, N);
+    t: (B, 1) target scores; targets: (B,)."""
+    return ((neg_scores > t) | ((neg_scores == t) & (negs != targets[:, None]))).sum(1)
+
+
 class RankingAccumulator:
     """HR@K, NDCG@K, MRR and catalog coverage@K over a stream of batches.
 
@@ -60,24 +67,31 @@ class RankingAccumulator:
             return
         scores, targets = scores[has], targets[has]
         rank = ranks_of(scores, targets).double()  # (B,)
+        top = torch.topk(scores, min(max(self.ks), scores.size(1)), dim=1).indices  # (B, K)
+        self.add_ranked(rank, top)
+        if self.sampled:
+            negs = self.draw_negatives(len(targets), scores.size(1))
+            self.add_sampled_ranks(sampled_rank(scores.gather(1, negs), negs,
+                                                scores.gather(1, targets[:, None]), targets))
+
+    def add_ranked(self, rank: torch.Tensor, top: torch.Tensor) -> None:
+        """Accumulate targets' 0-based ranks (B,) and each row's top items (B, ≥ max K) —
+        what :meth:`add` computes from a score matrix, or a chunked scorer streams."""
+        rank = rank.double()
         self.n += len(rank)
         self.mrr += float((1.0 / (rank + 1)).sum())
-        top = torch.topk(scores, min(max(self.ks), scores.size(1)), dim=1).indices  # (B, K)
         for k in self.ks:
             hit = rank < k
             self.hr[k] += float(hit.sum())
             self.ndcg[k] += float((hit / torch.log2(rank + 2)).sum())
             self.covered[k][top[:, :k].reshape(-1)] = True
-        if self.sampled:
-            self._add_sampled(scores, targets)
 
-    def _add_sampled(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+    def draw_negatives(self, n_rows: int, n_items: int) -> torch.Tensor:
+        """(n_rows, sampled) random items for the sampled metrics (the accumulator's RNG)."""
+        return torch.randint(self.n_reserved, n_items, (n_rows, self.sampled), generator=self.gen)
+
+    def add_sampled_ranks(self, rank: torch.Tensor) -> None:
         """Extra, labelled 'sampled': rank among the target and N random unseen items."""
-        B, V = scores.shape
-        negs = torch.randint(self.n_reserved, V, (B, self.sampled), generator=self.gen)
-        neg_scores = scores.gather(1, negs)
-        t = scores.gather(1, targets[:, None])
-        rank = ((neg_scores > t) | ((neg_scores == t) & (negs != targets[:, None]))).sum(1)
         rank = rank.double()
         for k in self.ks:
             hit = rank < k

@@ -9,6 +9,7 @@ Positions are learned (SASRec) or rotary (RoFormer, Su et al. 2021).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recfm.model.config import ModelConfig
+from recfm.model.sparse import LocalMask, local_attention_mask, local_extension_mask
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,9 @@ class CausalSelfAttention(nn.Module):
         if self.rope:
             q, k = rotary(q), rotary(k)
         p = self.dropout if self.training else 0.0
-        if self.impl == "sdpa":
+        if isinstance(mask, LocalMask):  # local + global pattern, linear memory
+            y = mask.attend(q, k, v, p, self.impl)
+        elif self.impl == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             y = reference_attention(q, k, v, mask, p)
@@ -114,11 +118,15 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # (window, n_global) of local attention, or None for dense causal attention
+        self.local = ((cfg.local_window, cfg.n_global) if cfg.attention_pattern == "local"
+                      else None)
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor,
                 all_layers: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        mask = attention_mask(valid)  # (B, 1, T, T)
+        mask = (attention_mask(valid) if self.local is None  # (B, 1, T, T)
+                else LocalMask(valid, *self.local))
         layers = []
         for block in self.blocks:
             x = block(x, mask)
@@ -150,15 +158,37 @@ def rotary_from(x: torch.Tensor, start: int, base: float = 10000.0) -> torch.Ten
     return torch.cat([out, x[..., 2 * half:]], dim=-1) if Dh % 2 else out
 
 
+class _Room:
+    """Buffers (B, H, capacity, Dh) per layer whose first ``filled`` positions hold keys and
+    values. A cache that ends at ``filled`` may append in place; claiming is atomic, so of two
+    extensions of one cached state only the first writes into the shared buffers (the other
+    copies) and every cache viewing them stays valid."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], filled: int) -> None:
+        self.keys, self.values, self.filled = keys, values, filled
+        self.capacity = int(keys[0].size(2))
+        self._lock = threading.Lock()
+
+    def claim(self, length: int, new: int) -> bool:
+        with self._lock:
+            if self.filled != length or length + new > self.capacity:
+                return False
+            self.filled = length + new
+            return True
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer for the first ``length`` tokens of B sequences.
 
-    ``keys[l]``, ``values[l]``: (B, H, length, Dh), rotary already applied to the keys.
+    ``keys[l]``, ``values[l]``: (B, H, length, Dh), rotary already applied to the keys. With
+    ``room`` (see :meth:`row`) they are views of larger buffers and :func:`backbone_extend`
+    appends new tokens in place instead of copying the whole cache.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    room: _Room | None = None
 
     @property
     def length(self) -> int:
@@ -166,16 +196,29 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
+        if self.room is not None:  # the reserved buffers, shared or not
+            return sum(t.numel() * t.element_size() for t in self.room.keys + self.room.values)
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def row(self, b: int, n: int) -> "KVCache":
-        """Sequence ``b``'s first ``n`` positions as a compact B = 1 cache (copies)."""
-        return KVCache([k[b:b + 1, :, :n].clone() for k in self.keys],
-                       [v[b:b + 1, :, :n].clone() for v in self.values])
+    def row(self, b: int, n: int, capacity: int | None = None) -> "KVCache":
+        """Sequence ``b``'s first ``n`` positions as a compact B = 1 cache (copies); with
+        ``capacity`` > n, in buffers of that many positions that later tokens fill in place."""
+        if capacity is None or capacity <= n:
+            return KVCache([k[b:b + 1, :, :n].clone() for k in self.keys],
+                           [v[b:b + 1, :, :n].clone() for v in self.values])
+        bufs = []
+        for t in self.keys + self.values:
+            buf = t.new_empty(1, t.size(1), capacity, t.size(3))  # (1, H, capacity, Dh)
+            buf[:, :, :n] = t[b:b + 1, :, :n]
+            bufs.append(buf)
+        L = len(self.keys)
+        room = _Room(bufs[:L], bufs[L:], n)
+        return KVCache([k[:, :, :n] for k in room.keys], [v[:, :, :n] for v in room.values], room)
 
     def prefix(self, n: int) -> "KVCache":
         """The first ``n`` positions (views, no copy)."""
-        return KVCache([k[:, :, :n] for k in self.keys], [v[:, :, :n] for v in self.values])
+        return KVCache([k[:, :, :n] for k in self.keys], [v[:, :, :n] for v in self.values],
+                       self.room)
 
 
 def extension_mask(past: int, new: int, device: torch.device | None = None) -> torch.Tensor:
@@ -187,13 +230,16 @@ def extension_mask(past: int, new: int, device: torch.device | None = None) -> t
 
 def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tensor | None,
                    past: tuple[torch.Tensor, torch.Tensor] | None, start: int,
-                   only: torch.Tensor | None = None
+                   only: torch.Tensor | None = None,
+                   room: tuple[torch.Tensor, torch.Tensor] | None = None
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``attn`` over new tokens x (B, T, C) at positions start.., keys/values of ``past`` first.
 
     ``only`` (B,): compute the output of just this position of each row (keys and values of
     every position are still returned) — the last layer of an encoder that needs only the
-    last hidden state. ``mask`` None: every query sees every key (one new token).
+    last hidden state. ``mask`` None: every query sees every key (one new token). ``room``:
+    buffers whose first ``start`` positions are ``past``; the new keys/values are written
+    after them (no copy of the past).
     """
     B, T, C = x.shape
     q, k, v = attn.qkv(x).split(C, dim=-1)  # 3 × (B, T, C)
@@ -201,7 +247,11 @@ def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tenso
                for t in (q, k, v))  # (B, H, T, Dh)
     if attn.rope:
         q, k = rotary_from(q, start), rotary_from(k, start)
-    if past is not None:
+    if room is not None:
+        room[0][:, :, start:start + T] = k
+        room[1][:, :, start:start + T] = v
+        k, v = room[0][:, :, :start + T], room[1][:, :, :start + T]  # (B, H, P + T, Dh)
+    elif past is not None:
         k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, Dh)
         v = torch.cat([past[1], v], dim=2)
     if mask is None:  # one new token after a cache: it attends to everything
@@ -249,16 +299,23 @@ def backbone_extend(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor | N
         start = past.length
         mask = extension_mask(start, T, x.device)  # (1, 1, T, P + T)
         last = torch.full((B,), T - 1, dtype=torch.long, device=x.device)
+    if backbone.local is not None:  # local attention: the same pattern as explicit masks
+        window, n_global = backbone.local
+        mask = (local_attention_mask(valid, window, n_global) if past is None
+                else local_extension_mask(start, T, window, n_global, x.device))
     keys, values = [], []
     n = len(backbone.blocks)
+    room = past.room if past is not None and past.room is not None \
+        and past.room.claim(past.length, T) else None
     for i, block in enumerate(backbone.blocks):
         layer_past = (past.keys[i], past.values[i]) if past is not None else None
         only = last if last_only and i == n - 1 else None
-        h, (k, v) = _attend_cached(block.attn, block.ln1(x), mask, layer_past, start, only)
+        bufs = (room.keys[i], room.values[i]) if room is not None else None
+        h, (k, v) = _attend_cached(block.attn, block.ln1(x), mask, layer_past, start, only, bufs)
         if only is not None:
             x = x[torch.arange(B, device=x.device), only].unsqueeze(1)  # (B, 1, C)
         x = x + h
         x = x + block.mlp(block.ln2(x))
         keys.append(k)
         values.append(v)
-    return backbone.ln_f(x), KVCache(keys, values)
+    return backbone.ln_f(x), KVCache(keys, values, room)

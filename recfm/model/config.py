@@ -61,6 +61,15 @@ class ModelConfig:
     max_len: int = 50
     positions: Literal["learned", "rope", "none"] = "learned"
     attention: Literal["sdpa", "reference"] = "sdpa"
+    attention_pattern: Literal["dense", "local"] = "dense"
+    """``local``: each position sees the last ``local_window`` positions and the first
+    ``n_global`` ones (:mod:`recfm.model.sparse`); memory linear in sequence length."""
+    local_window: int = 128
+    n_global: int = 0
+    inference_len: int | None = None
+    """History tokens read at inference (None: ``max_len``). Longer than ``max_len`` needs
+    ``positions`` rope or none (learned positions end at max_len); with local attention
+    the memory stays linear. Otherwise a long history is cut to its last window."""
     tied_embeddings: bool = True
     """Score items against the input item table (True) or a separate output table."""
     use_facets: bool = True
@@ -83,7 +92,9 @@ class ModelConfig:
 
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
-    negatives: Literal["uniform", "in_batch", "mixed"] = "uniform"
+    negatives: Literal["uniform", "in_batch", "mixed", "popularity"] = "uniform"
+    """Where sampled-softmax negatives come from: uniform over the catalog, other targets
+    of the batch, half each, or drawn from the training item frequency (``log_q``)."""
     logq_correction: bool = True
     label_smoothing: float = 0.0
     temperature: float = 1.0

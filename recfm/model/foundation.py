@@ -123,7 +123,17 @@ class FoundationModel(nn.Module):
         # log q(item) for sampled softmax: item frequency in the training data (smoothed).
         self.register_buffer("log_q", torch.full((cfg.n_items,), -float(np.log(max(cfg.n_items, 1)))))
         self.input_columns = ["item"] + sorted(self.embed.facets.keys())
+        self.run_dir: Path | None = None  # set by from_pretrained; soft prompts live there
+        self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.consume.prompt
         self._init_objectives(cfg, tokenizer, items)
+        if self.context_len > cfg.max_len and cfg.positions == "learned":
+            raise ValueError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
+                             "positions = 'rope' or 'none' (learned positions end at max_len)")
+
+    @property
+    def context_len(self) -> int:
+        """History tokens read at inference: ``inference_len``, or ``max_len``."""
+        return self.cfg.inference_len or self.cfg.max_len
 
     def _init_objectives(self, cfg: ModelConfig, tok: Tokenizer | None,
                          items: pl.DataFrame | None) -> None:
@@ -179,6 +189,9 @@ class FoundationModel(nn.Module):
         valid = items > 0
         vecs = self.item_encoder(items)  # (B, T, d)
         x = self.embed(batch, vecs)
+        if "soft_prompt" in batch:  # (k, d) learned tokens before the history
+            from recfm.consume.prompt import prompted_backbone
+            return prompted_backbone(self.backbone, x, valid, batch["soft_prompt"], all_layers)
         return self.backbone(x, valid, all_layers=all_layers)
 
     def positions(self, batch: dict[str, torch.Tensor], mode: str | None = None
@@ -201,7 +214,8 @@ class FoundationModel(nn.Module):
             bias = self._hierarchy_bias(h)
             return full_softmax_loss(h, target, table, cfg.label_smoothing, cfg.temperature,
                                      weights, bias)
-        negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator)
+        negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator,
+                                self.log_q)
         log_q = self._sampler_log_q(target) if cfg.logq_correction else None
         return sampled_softmax_loss(h, target, table, negs, log_q, cfg.label_smoothing,
                                     cfg.temperature, weights)
@@ -294,7 +308,7 @@ class FoundationModel(nn.Module):
         uniform = torch.full_like(self.log_q, -float(np.log(self.cfg.n_items - N_RESERVED_ITEMS)))
         if self.cfg.negatives == "uniform":
             return uniform
-        if self.cfg.negatives == "in_batch":
+        if self.cfg.negatives in ("in_batch", "popularity"):  # both ~ training frequency
             return self.log_q
         return torch.logaddexp(uniform, self.log_q) - float(np.log(2.0))
 
@@ -314,6 +328,21 @@ class FoundationModel(nn.Module):
             return (h * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
         h = self.positions(batch, pooling)  # (B, T, d)
         return h[torch.arange(h.size(0)), lengths - 1]
+
+    def score_items(self, users: torch.Tensor, start: int, end: int,
+                    table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, end - start) scores of items start..end-1 (a chunk of :meth:`score`).
+
+        ``table``: :meth:`item_table`, precomputed (a chunked caller builds it once).
+        """
+        table = self.item_table() if table is None else table
+        scores = users @ table[start:end].T  # (B, C)
+        if self.cfg.objectives.hierarchical:
+            logp = torch.log_softmax(self.heads.facets["entity_type"](users), dim=-1)
+            scores = scores + logp[:, self.item_entity[start:end]]
+        lo = min(max(N_RESERVED_ITEMS - start, 0), end - start)
+        scores[:, :lo] = float("-inf")
+        return scores
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores; reserved ids get -inf."""
@@ -350,30 +379,55 @@ class FoundationModel(nn.Module):
 
     @torch.no_grad()
     def encode_users(self, histories: Any, pooling: str = "last",
-                     batch_size: int = 256) -> torch.Tensor:
-        """(n, d) user vectors for histories (see :meth:`_store` for accepted forms)."""
-        return self.encode_store(self._store(histories), pooling, batch_size)
+                     batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
+        """(n, d) user vectors for histories (see :meth:`_store` for accepted forms).
+
+        ``prompt``: the name of a soft prompt (a surface, e.g. ``"kids"``) to condition on.
+        """
+        return self.encode_store(self._store(histories), pooling, batch_size, prompt)
 
     @torch.no_grad()
     def encode_store(self, store: SequenceStore, pooling: str = "last",
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
         self.eval()
-        out = [self.last_hidden(b, pooling) for _, b in
-               history_batches(store, self.cfg.max_len, batch_size)]
+        extra = {"soft_prompt": self.prompt_vectors(prompt)} if prompt is not None else {}
+        out = [self.last_hidden({**b, **extra}, pooling) for _, b in
+               history_batches(store, self.context_len, batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.cfg.d_model)
 
+    # ------------------------------------------------------------------ soft prompts
+
+    def add_prompt(self, name: str, vectors: torch.Tensor) -> None:
+        """Use (k, d) soft-prompt ``vectors`` for ``prompt=name`` (replaces one so named)."""
+        from recfm.consume.prompt import check_vectors
+        self.prompts[name] = check_vectors(vectors, self.cfg, name)
+
+    def load_prompts(self, path: str | Path | None = None) -> list[str]:
+        """(Re)read every prompt of the run's ``prompts/`` (or ``path``); returns all names."""
+        from recfm.consume.prompt import read_prompts
+        self.prompts.update(read_prompts(self, path))
+        return sorted(self.prompts)
+
+    def prompt_vectors(self, name: str) -> torch.Tensor:
+        """(k, d) vectors of prompt ``name``, read from the run on first use."""
+        if name not in self.prompts:
+            from recfm.consume.prompt import read_prompt
+            self.prompts[name] = read_prompt(self, name)
+        return self.prompts[name]
+
     @torch.no_grad()
-    def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True
-                  ) -> pl.DataFrame:
+    def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
+                  prompt: str | None = None) -> pl.DataFrame:
         """Top-``k`` items for one user: a list of item ids or a frame of raw events.
 
         Returns a frame with ``item_id``, ``score`` and, when the catalog has them, titles.
+        ``prompt``: condition on a soft prompt (e.g. ``"kids"``, :mod:`recfm.consume.prompt`).
         """
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         store = self._store(histories)
         if len(store) != 1:
             raise ValueError(f"recommend takes one user's history; got {len(store)} users")
-        user = self.encode_store(store)
+        user = self.encode_store(store, prompt=prompt)
         scores = self.score(user)[0]
         if exclude_seen:
             _, seen = store.history_items(np.arange(1))
@@ -428,9 +482,12 @@ class FoundationModel(nn.Module):
         if past is not None and (P >= T or (items == 0).any()):
             raise ValueError(f"encode_incremental: a cache of {P} tokens extends only unpadded "
                              f"windows longer than it; got {T} tokens")
-        vecs = self.item_encoder(items, item_vectors)  # (B, T, d)
-        x = self.embed(batch, vecs)[:, P:]  # (B, T - P, d)
-        valid = items[:, P:] > 0
+        if P:  # every embedding is per token: only the new ones are computed
+            batch = {k: v[:, P:] if v.dim() >= 2 else v for k, v in batch.items()}
+            items = batch["item"]  # (B, T - P)
+        vecs = self.item_encoder(items, item_vectors)  # (B, T - P, d)
+        x = self.embed(batch, vecs, start=P)  # (B, T - P, d)
+        valid = items > 0
         # only the last real token's output is needed: the last block skips the others
         h, cache = backbone_extend(self.backbone, x, valid if past is None else None, past,
                                    last_only=True)
@@ -477,4 +534,5 @@ class FoundationModel(nn.Module):
                                           state["item_encoder.attr_values"])
         model.load_state_dict(state)
         model.eval()
+        model.run_dir = path
         return model

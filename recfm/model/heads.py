@@ -30,9 +30,20 @@ def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tenso
 
 
 def sample_negatives(n: int, targets: torch.Tensor, n_items: int, mode: str,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n,) negative item ids: uniform over the catalog, other in-batch targets, or half each."""
+                     generator: torch.Generator | None = None,
+                     log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """(n,) negative item ids: uniform over the catalog, other in-batch targets, half each,
+    or (``popularity``) drawn with replacement from exp(``log_q``) (V,) — O(n log V) by
+    inverse CDF, so a million-item catalog costs no (n, V) tensor."""
     device = targets.device
+    if mode == "popularity":
+        if log_q is None:
+            raise ValueError("popularity negatives need log_q, the sampler's log probabilities")
+        q = torch.exp(log_q.double())
+        q[:N_RESERVED_ITEMS] = 0.0
+        cdf = torch.cumsum(q, 0)  # (V,)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device) * cdf[-1]
+        return torch.searchsorted(cdf, u, right=True).clamp(N_RESERVED_ITEMS, n_items - 1)
     uniform = torch.randint(N_RESERVED_ITEMS, n_items, (n,), device=device, generator=generator)
     if mode == "uniform":
         return uniform

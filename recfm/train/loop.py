@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.prepare import PreparedDataset
+from recfm.train import windows
+from recfm.train.windows import mask_before_first_target
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,21 @@ class TrainConfig:
     cosine schedule is then fitted to the budget: after the first epoch, the number of
     epochs that fit is estimated and the decay ends there (recorded in the checkpoint)."""
     window: str = "truncate"
-    """Long histories: keep the last context window, or train on sliding windows."""
+    """Long histories: keep the last context window (``truncate``), train on fixed sliding
+    windows (``sliding``), or on windows redrawn each epoch that train every target once
+    per epoch (``random``, :mod:`recfm.train.windows`)."""
+    seq_len_schedule: list[list[float]] = field(default_factory=list)
+    """Progressive context length: ``[[0, 128], [0.5, 512]]`` = 128 tokens for the first
+    half of the planned epochs, 512 after (each ≤ the model's max_len). Empty: max_len."""
     threads: int | None = None
     tensorboard: bool = True
+    stream: bool = False
+    """Read training batches lazily from ``tokens.parquet`` row groups (datasets larger than
+    memory; each process its own groups, :mod:`recfm.train.shards`). Validation, test and
+    facet sizes then use the first ``stream_eval_groups`` row groups' users only."""
+    stream_window_groups: int = 4
+    """Row groups held in memory (and shuffled together) at a time when streaming."""
+    stream_eval_groups: int = 2
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<train config>") -> "TrainConfig":
@@ -120,6 +134,7 @@ def make_batch(store: SequenceStore, spans: np.ndarray) -> dict[str, torch.Tenso
     batch = {k: v[:, :-1] for k, v in full.items()}
     batch["target"] = full["item"][:, 1:].clone()
     batch.update({f"future_{k}": v for k, v in full.items()})
+    mask_before_first_target(batch, spans)  # random windows: each target once per epoch
     return batch
 
 
@@ -128,7 +143,9 @@ def data_fingerprint(path: Path) -> str:
     for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
         p = path / name
         if p.is_file():
-            h.update(p.read_bytes())
+            with p.open("rb") as f:  # in blocks: the token file may not fit in memory
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -195,6 +212,17 @@ class TrainResult:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+@dataclass
+class LossHook:
+    """Replaces ``model.loss(batch)`` in :func:`train` (distillation: recfm.consume.distill)."""
+
+    fn: Callable[[FoundationModel, dict[str, torch.Tensor]], torch.Tensor]
+    columns: list[str] = field(default_factory=list)
+    """Token columns ``fn`` reads beyond the model's own (e.g. a teacher's inputs)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Recorded in the run's ``config.json``."""
+
+
 def _init_model(run: Path, ds: PreparedDataset) -> FoundationModel:
     """The model of an existing run, checked against the dataset it will be tuned on."""
     from recfm.errors import RecfmError
@@ -225,6 +253,7 @@ def train(
     command: str | None = None,
     init_from: str | Path | None = None,
     split: Split | None = None,
+    loss_hook: LossHook | None = None,
 ) -> TrainResult:
     """Train a foundation model on a prepared dataset with the leave-one-out protocol.
 
@@ -242,7 +271,11 @@ def train(
     tcfg = train_cfg or TrainConfig()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    ds = PreparedDataset.load(data_dir)
+    if tcfg.stream:  # only a sample of users is loaded; batches stream (recfm.train.shards)
+        from recfm.train.shards import load_sample
+        ds = load_sample(data_dir, tcfg.stream_eval_groups)
+    else:
+        ds = PreparedDataset.load(data_dir)
     fresh = "fresh" in ds.sequences.columns  # incremental data: only fresh tokens are targets
     if fresh:
         from recfm.adapt.incremental import fresh_split
@@ -273,15 +306,38 @@ def train(
         q = (counts[:mcfg.n_items] + 1.0) / (counts.sum() + mcfg.n_items)
         model.log_q.copy_(torch.from_numpy(np.log(q)).float())
     n_params = sum(p.numel() for p in model.parameters())
+    from recfm.train import distributed  # several processes: DDP (recfm.train.distributed)
+    ddp = distributed.trainer(model, tcfg.seed, "incremental training" if fresh else
+                              "a loss hook" if loss_hook is not None else None)
+    main = ddp is None or ddp.is_main  # rank 0 writes the run directory
 
-    store = SequenceStore(split.train, model.train_columns + (["fresh"] if fresh else []))
+    hook_columns = [c for c in loss_hook.columns if c not in model.train_columns] \
+        if loss_hook is not None else []
+    store = SequenceStore(split.train, model.train_columns + hook_columns
+                          + (["fresh"] if fresh else []))
     if fresh:
         from recfm.adapt.incremental import fresh_spans
         spans = fresh_spans(store, mcfg.max_len + 1)
     else:
         spans = store.spans(mcfg.max_len + 1, tcfg.window, min_len=2)
+    per_epoch = not fresh and windows.varies(tcfg.window, tcfg.seq_len_schedule)
+    if per_epoch:  # random windows or a sequence-length schedule: spans drawn per epoch
+        windows.check_schedule(tcfg.seq_len_schedule, mcfg.max_len)
+        spans = windows.epoch_spans(store, tcfg.window, tcfg.seq_len_schedule, mcfg.max_len,
+                                    tcfg.seed, 0, 0.0)
     n_batches = count_batches(len(spans), tcfg.batch_size)
     total_steps = n_batches * tcfg.epochs
+    if per_epoch:
+        total_steps = windows.planned_steps(store, tcfg.window, tcfg.seq_len_schedule,
+                                            mcfg.max_len, tcfg.seed, tcfg.epochs,
+                                            tcfg.batch_size)
+    streamer = None
+    if tcfg.stream:
+        from recfm.train.shards import streamer as make_streamer
+        streamer = make_streamer(data_dir, model.train_columns + hook_columns, mcfg.max_len,
+                                 tcfg, ddp)
+        n_batches = streamer.n_batches(0)
+        total_steps = n_batches * tcfg.epochs
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "ids" not in n
              and "facets" not in n and "positions" not in n and "output_items" not in n]
@@ -292,7 +348,7 @@ def train(
 
     run.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_checkpoint(run)
-    ckpt = Checkpointer(run)
+    ckpt = Checkpointer(run) if ddp is None else ddp.checkpointer(run)
     state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
              "tokens": 0, "train_s": 0.0, "total_steps": total_steps}
     if resume and ckpt.exists():
@@ -313,13 +369,17 @@ def train(
     if init_from is not None:
         meta["init_from"] = str(init_from)
         meta["incremental"] = fresh
-    if not (run / "model.safetensors").exists():
+    if loss_hook is not None:
+        meta.update(loss_hook.meta)
+    if ddp is not None:
+        meta["distributed"] = {"world": ddp.ctx.world, "backend": ddp.ctx.backend}
+    if not (run / "model.safetensors").exists() and main:
         model.save_pretrained(run, meta)
     metrics_path = run / "metrics.csv"
-    if resume:
+    if resume and main:
         _truncate_csv(metrics_path, state["epoch"])
     writer = None
-    if tcfg.tensorboard:
+    if tcfg.tensorboard and main:
         try:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(run / "tb"))
@@ -333,12 +393,18 @@ def train(
     stop = False
     epoch = state["epoch"]
     while epoch < tcfg.epochs and not stop:
-        plan = epoch_plan(spans, tcfg.batch_size, tcfg.seed, epoch)
+        if per_epoch:
+            spans = windows.epoch_spans(store, tcfg.window, tcfg.seq_len_schedule,
+                                        mcfg.max_len, tcfg.seed, epoch,
+                                        epoch / state.get("planned_epochs", tcfg.epochs))
+        plan = epoch_plan(spans, tcfg.batch_size, tcfg.seed, epoch) if streamer is None \
+            else range(streamer.n_batches(epoch))
         model.train()
         t_epoch = time.perf_counter()
         ep_tokens, ep_loss, ep_n = 0, 0.0, 0
         for bi in range(state["batch"], len(plan)):
-            batch = make_batch(store, spans[plan[bi]])
+            batch = streamer.batch(epoch, bi) if streamer is not None else \
+                make_batch(store, spans[plan[bi] if ddp is None else ddp.rows(plan[bi])])
             if fresh:
                 from recfm.adapt.incremental import mask_context_targets
                 mask_context_targets(batch)
@@ -348,13 +414,14 @@ def train(
             lr = lr_at(state["step"], state["total_steps"], tcfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = model.loss(batch)
+            loss = loss_hook.fn(model, batch) if loss_hook is not None else \
+                model.loss(batch) if ddp is None else ddp.loss(batch)  # global batch's mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
-            n_tok = int((batch["target"] > 0).sum())
+            n_tok = int((batch["target"] > 0).sum()) if ddp is None else ddp.last_tokens
             state["step"] += 1
             state["batch"] = bi + 1
             state["tokens"] += n_tok
@@ -375,25 +442,32 @@ def train(
 
         t_eval = time.perf_counter()
         model.eval()
-        valid = evaluate_scorer(model_scorer(model), split.valid, mcfg.n_items, mcfg.max_len,
-                                valid_cols, batch_size=tcfg.eval_batch_size, ks=(10, 20))
+        valid = (evaluate_scorer if ddp is None else ddp.evaluate)(
+            model_scorer(model), split.valid, mcfg.n_items, mcfg.max_len, valid_cols,
+            batch_size=tcfg.eval_batch_size, ks=(10, 20))
         eval_s = time.perf_counter() - t_eval
         state["train_s"] += eval_s  # the budget counts validation too
         if t_budget is not None and epoch == 0:
             fit = max(1, int(t_budget / max(train_s_epoch + eval_s, 1e-9)))
             state["total_steps"] = n_batches * min(tcfg.epochs, fit)
+            state["planned_epochs"] = min(tcfg.epochs, fit)
+            if ddp is not None:  # rank 0's clock decides for every rank
+                state["total_steps"] = int(ddp.broadcast(state["total_steps"]))
+                state["planned_epochs"] = int(ddp.broadcast(state["planned_epochs"]))
             log.info("time budget: the schedule decays over %d epochs", min(tcfg.epochs, fit))
         improved = valid["ndcg@10"] > state["best"]
         if improved:
             state.update(best=valid["ndcg@10"], best_epoch=epoch, bad_epochs=0)
-            model.save_pretrained(run, meta)
+            if main:
+                model.save_pretrained(run, meta)
         else:
             state["bad_epochs"] += 1
         row = {"epoch": epoch, "step": state["step"], "train_loss": ep_loss / max(ep_n, 1),
                "valid_ndcg@10": valid["ndcg@10"], "valid_hr@10": valid["hr@10"],
                "tokens_per_s": round(tokens_per_s, 1), "epoch_train_s": round(train_s_epoch, 2),
                "eval_s": round(eval_s, 2), "lr": lr_at(state["step"], state["total_steps"], tcfg)}
-        _append_csv(metrics_path, row)
+        if main:
+            _append_csv(metrics_path, row)
         if writer is not None:
             for k, v in row.items():
                 if k != "epoch":
@@ -412,10 +486,14 @@ def train(
         if t_budget is not None and state["train_s"] >= t_budget:
             log.info("time budget of %.1f min reached", tcfg.max_minutes)
             stop = True
+        if ddp is not None:
+            stop = bool(ddp.broadcast(stop))
         ckpt.save(model, opt, state)
     if writer is not None:
         writer.close()
 
+    if ddp is not None:
+        ddp.barrier()  # rank 0's last save is complete
     best = FoundationModel.from_pretrained(run)
     best_valid = evaluate_scorer(model_scorer(best), split.valid, mcfg.n_items, mcfg.max_len,
                                  valid_cols, batch_size=tcfg.eval_batch_size)
@@ -431,7 +509,8 @@ def train(
                "valid": best_valid, "test": test, "popularity_test": pop_test,
                "n_params": n_params, "tokens_per_s_last_epoch": round(tokens_per_s, 1),
                "wall_s": round(wall, 2)}
-    atomic_write_json(run / "summary.json", summary)
+    if main:
+        atomic_write_json(run / "summary.json", summary)
     return TrainResult(run, state["best_epoch"], best_valid, test, state["epoch"], wall,
                        tokens_per_s, n_params)
 

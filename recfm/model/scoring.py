@@ -1,0 +1,154 @@
+"""Scoring a large catalog a chunk of items at a time.
+
+``score(users) = users @ table.T`` is a (B, n_items) matrix: 2 GB for 512 users and a
+million items. These functions stream over item chunks and keep only what the caller
+needs (a running top-k, a rank), so memory is O(B × chunk + n_items × d).
+
+Example:
+    >>> users, table = torch.randn(2, 8), torch.randn(1000, 8)
+    >>> vals, idx = chunked_topk(lambda s, e: users @ table[s:e].T, 1000, k=5, chunk=128)
+    >>> bool((idx == torch.topk(users @ table.T, 5).indices).all())
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+ChunkFn = Callable[[int, int], torch.Tensor]
+"""(start, end) → (B, end - start) scores of items start .. end-1."""
+
+
+def seen_in_chunk(b: np.ndarray, items: np.ndarray, start: int, end: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column-in-chunk) of the (row ``b``, item) pairs that fall in [start, end)."""
+    inside = (items >= start) & (items < end)
+    return torch.from_numpy(b[inside]), torch.from_numpy(items[inside] - start)
+
+
+def chunked_topk(score_chunk: ChunkFn, n_items: int, k: int, chunk: int = 65536,
+                 seen: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (values, item indices), each (B, k), over items 0 .. n_items-1.
+
+    ``seen``: (row, item) pairs excluded (scored -inf). Equal to ``torch.topk`` of the full
+    score matrix (up to the order of exact ties).
+    """
+    best_v: torch.Tensor | None = None
+    best_i: torch.Tensor | None = None
+    for start in range(0, n_items, chunk):
+        end = min(start + chunk, n_items)
+        s = score_chunk(start, end).float()  # (B, C)
+        if seen is not None:
+            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
+            s[rows, cols] = float("-inf")
+        kk = min(k, end - start)
+        v, i = torch.topk(s, kk, dim=1)  # (B, kk)
+        i = i + start
+        if best_v is None:
+            best_v, best_i = v, i
+        else:
+            v = torch.cat([best_v, v], dim=1)
+            i = torch.cat([best_i, i], dim=1)
+            top = torch.topk(v, min(k, v.size(1)), dim=1)
+            best_v, best_i = top.values, i.gather(1, top.indices)
+    assert best_v is not None and best_i is not None, "n_items must be positive"
+    return best_v, best_i
+
+
+def chunked_ranks(score_chunk: ChunkFn, n_items: int, targets: torch.Tensor,
+                  chunk: int = 65536, seen: tuple[np.ndarray, np.ndarray] | None = None,
+                  k: int = 0, extra: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                             torch.Tensor]:
+    """Pessimistic 0-based rank of each target among all items, in one pass over chunks.
+
+    targets: (B,) item ids (each ≥ 0). Returns (ranks (B,), top-``k`` item indices (B, k)
+    or None, scores of the ``extra`` (B, m) items or None, the targets' scores (B,), -inf
+    where filtered), as
+    :func:`recfm.evaluate.metrics.ranks_of` and ``torch.topk`` give them from the full
+    matrix: items scoring above the target or tied with it count; a target the ``seen``
+    filter removed ranks last (n_items).
+
+    The target's score is taken first from its own chunk (the same matmul as its
+    neighbours), computed for just the rows whose target lies there — one chunk's width
+    of extra work per batch in total.
+    """
+    B = targets.numel()
+    t_score = torch.empty(B)
+    t_chunk = targets // chunk
+    for c in torch.unique(t_chunk).tolist():
+        rows = (t_chunk == c).nonzero().squeeze(1)  # (r,)
+        start, end = c * chunk, min((c + 1) * chunk, n_items)
+        s = _rows_chunk(score_chunk, rows, start, end)  # (r, C)
+        t_score[rows] = s.gather(1, (targets[rows] - start)[:, None]).squeeze(1)
+    if seen is not None:  # a target among the seen items is filtered: it ranks last
+        b, items = seen
+        hit = items == targets.numpy()[b]
+        t_score[torch.from_numpy(np.unique(b[hit]))] = float("-inf")
+    above = torch.zeros(B, dtype=torch.long)
+    best_v = best_i = None
+    extra_s = torch.full(extra.shape, float("-inf")) if extra is not None else None
+    for start in range(0, n_items, chunk):
+        end = min(start + chunk, n_items)
+        s = score_chunk(start, end).float()  # (B, C)
+        if seen is not None:
+            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
+            s[rows, cols] = float("-inf")
+        own = (targets >= start) & (targets < end)
+        if own.any():  # the target itself is not above itself
+            r = own.nonzero().squeeze(1)
+            s[r, targets[r] - start] = float("nan")
+        above += (s >= t_score[:, None]).sum(1)  # NaN compares False
+        if extra is not None:
+            inside = (extra >= start) & (extra < end)
+            rr, cc = inside.nonzero(as_tuple=True)
+            extra_s[rr, cc] = s[rr, extra[rr, cc] - start]
+        if k:
+            s = torch.nan_to_num(s, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+            if own.any():  # put the target's score back for the top-k
+                s[r, targets[r] - start] = t_score[r]
+            v, i = torch.topk(s, min(k, end - start), dim=1)
+            i = i + start
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+                top = torch.topk(v, min(k, v.size(1)), dim=1)
+                v, i = top.values, i.gather(1, top.indices)
+            best_v, best_i = v, i
+    if extra is not None:  # the target itself may be among the extra items
+        is_t = extra == targets[:, None]
+        extra_s[is_t] = t_score[:, None].expand_as(extra_s)[is_t]
+    ranks = torch.where(torch.isfinite(t_score), above, torch.full_like(above, n_items))
+    return ranks, best_i, extra_s, t_score
+
+
+def without_reserved(fn: ChunkFn, n_reserved: int) -> ChunkFn:
+    """``fn`` with the scores of items 0 .. n_reserved-1 (padding, unknown, …) at -inf."""
+
+    def masked(scores: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        lo = min(max(n_reserved - start, 0), end - start)
+        if lo:
+            scores = scores.float().clone()
+            scores[:, :lo] = float("-inf")
+        return scores
+
+    def score_chunk(start: int, end: int) -> torch.Tensor:
+        return masked(fn(start, end), start, end)
+
+    sub = getattr(fn, "rows", None)
+    score_chunk.rows = (lambda r, start, end: masked(sub(r, start, end), start, end)) \
+        if sub is not None else (lambda r, start, end: masked(fn(start, end)[r], start, end))
+    return score_chunk
+
+
+def _rows_chunk(score_chunk: ChunkFn, rows: torch.Tensor, start: int, end: int
+                ) -> torch.Tensor:
+    """Scores of a chunk for some rows only: the chunk function scores every row, so
+    callers that can score a row subset pass ``score_chunk.rows`` (see ChunkScorer)."""
+    sub = getattr(score_chunk, "rows", None)
+    if sub is not None:
+        return sub(rows, start, end).float()
+    return score_chunk(start, end).float()[rows]
