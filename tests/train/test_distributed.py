@@ -113,3 +113,22 @@ def test_two_gloo_processes_match_one_process(tiny_prepared, tmp_path, monkeypat
     assert len((tmp_path / "ddp" / "metrics.csv").read_text().splitlines()) == 3
     summary = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert summary["distributed"] == {"world": 2, "backend": "gloo"}
+
+
+def test_recfm_train_nproc_2_runs_through_torchrun(tiny_prepared, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[model]\nd_model = 16\nn_layers = 1\nmax_len = 8\n"
+                   "[train]\nepochs = 1\nbatch_size = 16\nthreads = 1\ntensorboard = false\n")
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "recfm", "train", str(tiny_prepared), "--out",
+                          str(run), "--config", str(cfg), "--nproc", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("best epoch 0, 1 epochs") == 1  # rank 0 alone prints
+    config = json.loads((run / "config.json").read_text())
+    assert config["distributed"] == {"world": 2, "backend": "gloo"}
+    assert "--nproc" not in config["command"]
+    assert (run / "checkpoint" / "state.pt").is_file()
