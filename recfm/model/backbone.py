@@ -273,6 +273,47 @@ def _attend_cached(attn: CausalSelfAttention, x: torch.Tensor, mask: torch.Tenso
     return attn.proj(y), (k, v)
 
 
+def _extend_one(backbone: Backbone, x: torch.Tensor, past: KVCache) -> tuple[torch.Tensor,
+                                                                                KVCache]:
+    """:func:`backbone_extend` for one new token per row after ``past``: the serving step.
+
+    The same arithmetic as the blocks' modules, called as functions on (B, C) rows: for one
+    token the cost is per-op overhead, not flops, so this skips module dispatch, masks and
+    reshapes. x: (B, 1, C) → (B, 1, C).
+    """
+    B, _, C = x.shape
+    start = past.length
+    room = past.room if past.room is not None and past.room.claim(start, 1) else None
+    x = x.reshape(B, C)
+    keys, values = [], []
+    for i, block in enumerate(backbone.blocks):
+        attn, ln1, ln2, mlp = block.attn, block.ln1, block.ln2, block.mlp
+        H = attn.n_heads
+        y = F.layer_norm(x, (C,), ln1.weight, ln1.bias, ln1.eps)
+        q, k, v = torch.addmm(attn.qkv.bias, y, attn.qkv.weight.t()).view(B, 3, H, 1, C // H
+                                                                          ).unbind(1)
+        if attn.rope:  # (B, H, 1, Dh)
+            q, k = rotary_from(q, start), rotary_from(k, start)
+        if room is not None:
+            room.keys[i][:, :, start] = k[:, :, 0]
+            room.values[i][:, :, start] = v[:, :, 0]
+            k, v = room.keys[i][:, :, :start + 1], room.values[i][:, :, :start + 1]
+        else:
+            k = torch.cat([past.keys[i], k], dim=2)  # (B, H, P + 1, Dh)
+            v = torch.cat([past.values[i], v], dim=2)
+        if attn.impl == "sdpa":
+            a = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, Dh)
+        else:
+            a = reference_attention(q, k, v, torch.ones(1, 1, 1, start + 1, dtype=torch.bool))
+        x = x + torch.addmm(attn.proj.bias, a.reshape(B, C), attn.proj.weight.t())
+        y = F.layer_norm(x, (C,), ln2.weight, ln2.bias, ln2.eps)
+        y = F.gelu(torch.addmm(mlp.fc.bias, y, mlp.fc.weight.t()))
+        x = x + torch.addmm(mlp.out.bias, y, mlp.out.weight.t())
+        keys.append(k)
+        values.append(v)
+    return backbone.ln_f(x).unsqueeze(1), KVCache(keys, values, room)
+
+
 def backbone_extend(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor | None = None,
                     past: KVCache | None = None, last_only: bool = False
                     ) -> tuple[torch.Tensor, KVCache]:
@@ -286,6 +327,8 @@ def backbone_extend(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor | N
     MLP for one position per row instead of T, with the same keys/values cached.
     """
     B, T, _ = x.shape
+    if past is not None and T == 1 and getattr(backbone, "local", None) is None:
+        return _extend_one(backbone, x, past)
     if past is None:
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=x.device)

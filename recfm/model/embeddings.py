@@ -119,13 +119,15 @@ class EventEmbedding(nn.Module):
         self.drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, batch: dict[str, torch.Tensor], item_vecs: torch.Tensor) -> torch.Tensor:
-        """``item_vecs``: (B, T, d) from the item encoder."""
+    def forward(self, batch: dict[str, torch.Tensor], item_vecs: torch.Tensor,
+                start: int = 0) -> torch.Tensor:
+        """``item_vecs``: (B, T, d) from the item encoder; ``start``: position of the first
+        token (the tokens after a cached prefix)."""
         x = item_vecs * self.scale  # (B, T, d)
         for name, emb in self.facets.items():
             if name in batch:
                 x = x + emb(batch[name])
         if self.positions is not None:
             T = x.size(1)
-            x = x + self.positions(torch.arange(T, device=x.device))[None]
+            x = x + self.positions(torch.arange(start, start + T, device=x.device))[None]
         return self.drop(self.norm(x))

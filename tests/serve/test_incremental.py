@@ -60,6 +60,34 @@ def test_batched_prefill_rows_are_reusable_caches(tiny_prepared):
         torch.testing.assert_close(u, model.last_hidden(grown), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_in_place_growth_matches_and_divergent_extensions_stay_exact(tiny_prepared, positions):
+    model, store = tiny_model(tiny_prepared, positions=positions)
+    spans = store.spans(10)[:2]
+    rows = store.gather(spans)
+    n = int((rows["item"][0] > 0).sum())
+    _, cache = model.encode_incremental({k: v[:1, :n - 3] for k, v in rows.items()})
+    past = cache.row(0, n - 3, capacity=16)  # room for 13 more tokens
+    assert past.room is not None and past.nbytes > cache.row(0, n - 3).nbytes
+    # token by token, in place: the buffers are written, never copied
+    grown = past
+    for t in range(n - 2, n + 1):
+        step = {k: v[:1, :t] for k, v in rows.items()}
+        u, grown = model.encode_incremental(step, grown)
+        assert grown.room is past.room
+        torch.testing.assert_close(u, model.last_hidden(step), atol=1e-5, rtol=1e-5)
+    # the shorter cache is still exact, and a second, different continuation of it copies
+    # instead of overwriting what the first one wrote
+    other = {k: v[:1, :n].clone() for k, v in rows.items()}
+    other["item"][0, n - 3:] = rows["item"][1, :3]
+    u2, branch = model.encode_incremental(other, past)
+    assert branch.room is None
+    torch.testing.assert_close(u2, model.last_hidden(other), atol=1e-5, rtol=1e-5)
+    u, _ = model.encode_incremental({k: v[:1, :n] for k, v in rows.items()}, grown.prefix(n - 1))
+    torch.testing.assert_close(u, model.last_hidden({k: v[:1, :n] for k, v in rows.items()}),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_too_long_or_padded_extension_is_refused(tiny_prepared):
     model, store = tiny_model(tiny_prepared)
     batch = store.gather(store.spans(10)[:2])
