@@ -232,7 +232,8 @@ def widen_catalog(prepared: Path, out: Path, n_catalog: int, seed: int) -> Path:
     dtype = seqs.schema["item"].inner
     flat = seqs["item"].explode().to_numpy()
     new_flat = np.where(flat >= N_RESERVED_ITEMS, mapping[np.maximum(flat, 0)], flat)
-    offsets = np.concatenate([[0], np.cumsum(seqs["item"].list.len().to_numpy())])
+    lens = seqs["item"].list.len().to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
     lists = [new_flat[offsets[i]:offsets[i + 1]] for i in range(seqs.height)]
     seqs = seqs.with_columns(pl.Series("item", lists, dtype=pl.List(dtype)))
     tmp = out.parent / f".{out.name}.tmp"
