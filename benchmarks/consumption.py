@@ -101,7 +101,8 @@ def finetune_tasks() -> dict[str, dict[str, Any]]:
         "kids-surface": {"kind": "surface", "name": "kids", "items": {"kids": "true"},
                          "max_steps": FINETUNE_STEPS, "eval_every": 50, "train": train},
         "will-complete": {"kind": "binary", "name": "will-complete",
-                          "label_action": "complete", "max_steps": FINETUNE_STEPS,
+                          "label_action": "complete", "next_item_weight": 0.5,
+                          "max_steps": FINETUNE_STEPS,
                           "eval_every": 50, "train": train},
     }
 

@@ -461,6 +461,7 @@ def demo_cmd(
     console.print(f"report: {out / 'report.json'}  ({report['wall_s']:.0f} s in all)")
 
 from recfm.store.cli import register as _reg_store; _reg_store(app)  # noqa: E402,E702
+from recfm.consume.cli import register as _reg_finetune; _reg_finetune(app)  # noqa: E402,E702
 
 
 def main() -> None:

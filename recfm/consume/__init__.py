@@ -1,0 +1,1 @@
+"""Using the foundation model downstream: as a subgraph, fine-tuned, distilled, prompted."""

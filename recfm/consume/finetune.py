@@ -1,0 +1,577 @@
+"""Fine-tuning the foundation model for one downstream task (``recfm finetune``).
+
+A task has its own targets and objective, read from a TOML file (:class:`TaskConfig`):
+
+* ``kind = "surface"`` — recommendations on a surface that shows only a subset of the
+  catalog (e.g. kids titles). The subset is an item-catalog filter (``[items]``, e.g.
+  ``kids = "true"``). Only positions whose next item is in the subset are targets, and the
+  softmax runs over the subset only. Metrics: NDCG@10 / HR@10 / MRR ranking the subset, on
+  leave-one-out test events whose target is in it (seen items excluded).
+* ``kind = "binary"`` — a binary head on the user state and the candidate item, e.g.
+  "will the user complete the next title" (``label_action = "complete"``: positive when
+  the next token's strongest action is ``complete``). Trained with binary cross-entropy;
+  metrics: AUC and log-loss on the test events.
+
+The task model starts from a run's backbone and embeddings (or from random init with
+``from_scratch``, the baseline it must beat at the same number of steps), optionally with
+the lower layers frozen (``trainable_layers``), and uses the run's leave-one-out split:
+training tokens, validation events for early stopping and model selection, test events
+for the reported metrics. Batches, the learning-rate schedule and checkpoints are those of
+:mod:`recfm.train.loop`. The output is a run directory: ``FoundationModel.from_pretrained``
+loads its backbone; :meth:`TaskModel.from_pretrained` loads the whole task model.
+
+Example ``task.toml``::
+
+    kind = "surface"
+    name = "kids"
+    max_steps = 300
+    [items]
+    kids = "true"             # catalog column = value (or a list of values; list columns
+                              # such as genres match when any element does)
+    [train]
+    lr = 1e-3
+    warmup_steps = 20
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recfm import __version__
+from recfm.batching import SequenceStore, history_batches
+from recfm.config import from_dict, read_toml
+from recfm.consume.subgraph import freeze
+from recfm.data.splits import leave_one_out
+from recfm.errors import InputError, RecfmError
+from recfm.evaluate.evaluator import evaluate_scorer
+from recfm.io import atomic_write_json
+from recfm.model.foundation import FoundationModel
+from recfm.prepare import PreparedDataset
+from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.train.loop import (Checkpointer, ProgressFn, TrainConfig, _append_csv, data_fingerprint,
+                              epoch_plan, lr_at, machine_info, make_batch)
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "task_head.safetensors"
+N_FACET_RESERVED = 2  # facet codes 0 (padding) and 1 (unknown) come before the values
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(lr=1e-3, warmup_steps=20, patience=3, weight_decay=0.01,
+                       tensorboard=False)
+
+
+@dataclass
+class TaskConfig:
+    """One downstream task (the ``task.toml`` of ``recfm finetune``)."""
+
+    kind: Literal["surface", "binary"]
+    name: str = ""
+    items: dict[str, Any] = field(default_factory=dict)
+    """surface: the item subset, catalog column → value or list of values (all must hold)."""
+    label_action: str = "complete"
+    """binary: an event is positive when the next token's action is this one."""
+    trainable_layers: int = -1
+    """-1: every weight trains. n ≥ 0: embeddings and all but the top n blocks are frozen
+    (the task head always trains)."""
+    from_scratch: bool = False
+    """Train the same task model from random init (the baseline)."""
+    max_steps: int = 300
+    eval_every: int = 50
+    """Validate every this many steps (early stopping counts validations: train.patience)."""
+    head_hidden: int = 64
+    """binary: width of the head's hidden layer."""
+    next_item_weight: float = 0.0
+    """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
+    objective as an auxiliary one (0: the task's objective only)."""
+    train: TrainConfig = field(default_factory=_default_train)
+    """Optimisation (``[train]``: lr, batch_size, warmup_steps, weight_decay, grad_clip,
+    seed, patience, eval_batch_size, threads; epochs is unused: ``max_steps`` rules)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<task config>") -> "TaskConfig":
+        if "kind" not in data:
+            raise InputError(source, None, "kind", 'a task kind ("surface" or "binary")',
+                             "no kind")
+        train = data.get("train", {})
+        if not isinstance(train, dict):
+            raise InputError(source, None, "train", "a [train] table", repr(train))
+        base = {k: v for k, v in asdict(_default_train()).items()}
+        base["betas"] = list(base["betas"])
+        data = {**data, "train": {**base, **train}}
+        cfg = from_dict(cls, data, source)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "<task config>") -> None:
+        checks = [("max_steps", self.max_steps >= 1, "at least 1"),
+                  ("eval_every", self.eval_every >= 1, "at least 1"),
+                  ("trainable_layers", self.trainable_layers >= -1, "-1 or more"),
+                  ("head_hidden", self.head_hidden >= 1, "at least 1"),
+                  ("next_item_weight", self.next_item_weight >= 0, "non-negative")]
+        for key, ok, expected in checks:
+            if not ok:
+                raise InputError(source, None, key, expected, repr(getattr(self, key)))
+        if self.kind == "surface" and not self.items:
+            raise InputError(source, None, "items", "an [items] filter for a surface task "
+                             '(e.g. kids = "true")', "none")
+        if self.kind == "binary" and self.items:
+            raise InputError(source, None, "items", "no [items] filter for a binary task",
+                             "a filter")
+        for col, want in self.items.items():
+            values = want if isinstance(want, list) else [want]
+            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise InputError(source, None, f"items.{col}", "a value or a list of values",
+                                 repr(want))
+
+    @property
+    def trainable(self) -> int | None:
+        return None if self.trainable_layers < 0 else self.trainable_layers
+
+
+def load_task(path: str | Path) -> TaskConfig:
+    """Read and check a ``task.toml``; errors name the file and the key."""
+    return TaskConfig.from_dict(read_toml(path), str(path))
+
+
+def _as_text(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def item_subset(items: pl.DataFrame, n_items: int, filters: dict[str, Any],
+                source: str = "<task config>") -> torch.Tensor:
+    """(n_items,) bool: items passing every ``column = value(s)`` filter of the catalog."""
+    keep = np.ones(items.height, dtype=bool)
+    for col, want in filters.items():
+        if col not in items.columns:
+            cols = ", ".join(c for c in items.columns if c not in ("idx", "n_events",
+                                                                  "n_tokens"))
+            raise InputError(source, None, f"items.{col}", f"a column of the catalog ({cols})",
+                             repr(col))
+        wanted = [_as_text(v) for v in (want if isinstance(want, list) else [want])]
+        s = items[col]
+        if isinstance(s.dtype, pl.List):
+            hit = items.select(pl.col(col).cast(pl.List(pl.Utf8)).list.eval(
+                pl.element().is_in(wanted)).list.any().fill_null(False))[col].to_numpy()
+        else:
+            text = s.cast(pl.Utf8) if s.dtype != pl.Boolean else \
+                s.cast(pl.Utf8).str.to_lowercase()
+            hit = text.is_in(wanted).fill_null(False).to_numpy()
+        keep &= hit
+    mask = torch.zeros(n_items, dtype=torch.bool)
+    mask[torch.from_numpy(items["idx"].to_numpy()[keep].astype(np.int64))] = True
+    if not mask.any():
+        raise RecfmError(f"{source}: the [items] filter {filters} matches no item of the catalog")
+    return mask
+
+
+def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U, tied scores count one half)."""
+    labels = labels.astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # average rank (1-based) of each distinct score, then of each sample
+    ends = np.cumsum(counts)
+    avg_rank = ends - (counts - 1) / 2.0
+    ranks = avg_rank[inverse]
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+class BinaryHead(nn.Module):
+    """(user state h, candidate item vector e, log p(item | h)) → logit.
+
+    An MLP over [h, e, h ⊙ e, log p]: ``log p`` is the model's next-item log-probability
+    of the candidate (a full softmax over the catalog), how expected the choice was —
+    which the MLP could not compute from h and e alone.
+    """
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3 * d + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([h, e, h * e, logp[:, None]], dim=-1)  # (N, 3d + 1)
+        return self.mlp(x)[..., 0]  # (N,)
+
+
+class TaskModel(nn.Module):
+    """The foundation model with a task's targets and objective (see module docstring)."""
+
+    def __init__(self, fm: FoundationModel, task: TaskConfig) -> None:
+        super().__init__()
+        self.fm = fm
+        self.task = task
+        self.head = BinaryHead(fm.cfg.d_model, task.head_hidden) if task.kind == "binary" \
+            else None
+        if task.kind == "surface":
+            if fm.items is None:
+                raise RecfmError("a surface task needs the run's items.parquet")
+            subset = item_subset(fm.items, fm.cfg.n_items, task.items)
+            pos = torch.full((fm.cfg.n_items,), -1, dtype=torch.long)
+            pos[subset] = torch.arange(int(subset.sum()))
+            self.register_buffer("subset", subset, persistent=False)
+            self.register_buffer("subset_idx", subset.nonzero()[:, 0], persistent=False)
+            self.register_buffer("subset_pos", pos, persistent=False)
+        else:
+            actions = fm.tokenizer.facets.get("action", []) if fm.tokenizer else []
+            if task.label_action not in actions:
+                raise RecfmError(f"binary task: no action {task.label_action!r} in this "
+                                 f"run's data (actions: {', '.join(actions) or 'none'})")
+            self.label_code = actions.index(task.label_action) + N_FACET_RESERVED
+
+    @property
+    def columns(self) -> list[str]:
+        """Token columns a training batch needs."""
+        extra = ["action"] if self.task.kind == "binary" else []
+        return self.fm.input_columns + [c for c in extra if c not in self.fm.input_columns]
+
+    def target_mask(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, T) positions that are targets of this task."""
+        keep = target > 0
+        if self.task.kind == "surface":
+            keep &= self.subset[target]
+        return keep
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.fm.positions(batch)  # (B, T, d)
+        target = batch["target"]  # (B, T)
+        keep = self.target_mask(target)
+        if not keep.any():
+            return h.sum() * 0.0
+        table = self.fm.item_table()
+        if self.task.kind == "surface":
+            logits = h[keep] @ table[self.subset_idx].T  # (N, |subset|)
+            loss = F.cross_entropy(logits, self.subset_pos[target[keep]])
+            return loss + self._next_item_loss(h, target)
+        label = (batch["future_action"][:, 1:] == self.label_code)[keep].float()  # (N,)
+        logit = self.binary_logit(h[keep], target[keep])
+        loss = F.binary_cross_entropy_with_logits(logit, label)
+        return loss + self._next_item_loss(h, target)
+
+    def _next_item_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor | float:
+        """The foundation's next-item loss at every position, if kept as an auxiliary."""
+        if self.task.next_item_weight <= 0:
+            return 0.0
+        keep = target > 0
+        return self.task.next_item_weight * self.fm._item_loss(
+            h[keep], target[keep], self.fm.item_table(), None, None)
+
+    def binary_logit(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(N,) logits for user states h (N, d) and candidate items (N,)."""
+        scores = self.fm.score(h)  # (N, n_items), reserved ids -inf
+        logp = torch.log_softmax(scores, dim=-1).gather(1, items[:, None])[:, 0]  # (N,)
+        return self.head(h, self.fm.item_table()[items], logp)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, frame: pl.DataFrame, batch_size: int = 512) -> dict[str, float]:
+        """Metrics on a split frame (one row per user: history, ``target``, ``target_*``)."""
+        self.eval()
+        cols = self.fm.input_columns
+        if self.task.kind == "surface":
+            in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
+            frame = frame.filter(pl.Series(in_subset))
+
+            def scorer(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                scores = self.fm.score(self.fm.last_hidden(batch))
+                return scores.masked_fill(~self.subset, float("-inf"))
+
+            m = evaluate_scorer(scorer, frame, self.fm.cfg.n_items, self.fm.cfg.max_len, cols,
+                                batch_size=batch_size, ks=(10, 20))
+            keys = ("users", "ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr")
+            out = {k: m[k] for k in keys}
+            out["subset_items"] = int(self.subset.sum())
+            return out
+        frame = frame.filter(pl.col("target_action").is_not_null() & pl.col("target").is_not_null())
+        store = SequenceStore(frame, cols)
+        targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
+        labels = frame["target_action"].to_numpy() == self.label_code
+        logits = np.zeros(len(frame), dtype=np.float64)
+        for rows, batch in history_batches(store, self.fm.cfg.max_len, batch_size,
+                                           by_length=True):
+            h = self.fm.last_hidden(batch)
+            logits[rows] = self.binary_logit(h, targets[rows]).double().numpy()
+        y = torch.from_numpy(labels.astype(np.float64))
+        logloss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), y))
+        return {"users": len(frame), "auc": auc_score(logits, labels), "logloss": logloss,
+                "positive_rate": float(labels.mean()) if len(labels) else float("nan")}
+
+    def key_metric(self) -> str:
+        return "auc" if self.task.kind == "binary" else "ndcg@10"
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def recommend(self, history: Any, k: int = 10) -> pl.DataFrame:
+        """surface: top-``k`` items of the subset for one user's history."""
+        if self.task.kind != "surface":
+            raise ValueError("recommend is for surface tasks; use predict for binary ones")
+        self.eval()
+        store = self.fm._store(history if isinstance(history, pl.DataFrame) else [list(history)])
+        scores = self.fm.score(self.fm.encode_store(store))[0]
+        scores = scores.masked_fill(~self.subset, float("-inf"))
+        _, seen = store.history_items(np.arange(1))
+        scores[torch.from_numpy(seen)] = float("-inf")
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+        ids = [self.fm.tokenizer.item_ids[i - N_RESERVED_ITEMS] for i in top.indices.tolist()]
+        return pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "item_id": ids,
+                             "score": top.values.double().numpy()})
+
+    @torch.no_grad()
+    def predict(self, histories: Any, item_ids: list[str]) -> np.ndarray:
+        """binary: (n,) probability of the label for each (history, next item) pair."""
+        if self.task.kind != "binary":
+            raise ValueError("predict is for binary tasks; use recommend for surface ones")
+        self.eval()
+        index = self.fm.tokenizer.item_index()
+        missing = [i for i in item_ids if str(i) not in index]
+        if missing:
+            raise RecfmError(f"unknown item id {missing[0]!r}")
+        h = self.fm.encode_users(histories)  # (n, d)
+        items = torch.tensor([index[str(i)] for i in item_ids], dtype=torch.long)
+        return torch.sigmoid(self.binary_logit(h, items)).numpy()
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, path: str | Path, extra: dict[str, Any]) -> None:
+        """A run directory: the backbone as ``model.safetensors`` (loads as a
+        FoundationModel), the task head as ``task_head.safetensors``."""
+        path = Path(path)
+        self.fm.save_pretrained(path, {**extra, "task": asdict(self.task)})
+        if self.head is not None:
+            tmp = path / f".{HEAD_WEIGHTS}.tmp"
+            save_file({k: v.detach().contiguous().clone()
+                       for k, v in self.head.state_dict().items()}, str(tmp),
+                      metadata={"recfm_version": __version__})
+            tmp.replace(path / HEAD_WEIGHTS)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TaskModel":
+        import json
+
+        path = Path(path)
+        fm = FoundationModel.from_pretrained(path)
+        meta = json.loads((path / "config.json").read_text())
+        if "task" not in meta:
+            raise InputError(str(path / "config.json"), None, "task",
+                             "a fine-tuned run (recfm finetune)", "a run without a task")
+        model = cls(fm, TaskConfig.from_dict(meta["task"], str(path / "config.json")))
+        if model.head is not None:
+            model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
+        model.eval()
+        return model
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class FinetuneResult:
+    run: Path
+    best_step: int
+    steps: int
+    best_valid: dict[str, float]
+    test: dict[str, float]
+    n_params: int
+    n_trainable: int
+    wall_s: float
+
+
+def _scratch_copy(base: FoundationModel, seed: int) -> FoundationModel:
+    """The same model, randomly initialised; data buffers (attributes, content, log q) kept."""
+    torch.manual_seed(seed)
+    fresh = FoundationModel(base.cfg, base.tokenizer, base.items)
+    params = {n for n, _ in fresh.named_parameters()}
+    buffers = {k: v for k, v in base.state_dict().items() if k not in params}
+    fresh.item_encoder.set_attributes(buffers["item_encoder.attr_offsets"],
+                                      buffers["item_encoder.attr_values"])
+    fresh.load_state_dict({**fresh.state_dict(), **buffers})
+    return fresh
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as in :func:`recfm.train.loop.train`: no decay on embeddings and biases."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    skip = ("ids", "facets", "positions", "output_items")
+    decay = [p for n, p in params if p.dim() >= 2 and not any(s in n for s in skip)]
+    no_decay = [p for _, p in params if all(p is not d for d in decay)]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def task_spans(store: SequenceStore, model: TaskModel, max_len: int, window: str) -> np.ndarray:
+    """Training windows with at least one target of the task (the others teach nothing)."""
+    spans = store.spans(max_len + 1, window, min_len=2)
+    if model.task.kind != "surface" or not len(spans):
+        return spans
+    hit = model.subset.numpy()[store.values["item"]].astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(hit)])
+    base = store.offsets[spans[:, 0]]
+    n_targets = cum[base + spans[:, 2]] - cum[base + spans[:, 1] + 1]
+    return spans[n_targets > 0]
+
+
+def finetune(run: str | Path, task: TaskConfig, out: str | Path,
+             data_dir: str | Path | None = None, from_scratch: bool | None = None,
+             resume: bool = False, on_progress: ProgressFn | None = None,
+             command: str | None = None) -> FinetuneResult:
+    """Fine-tune ``run`` for ``task`` (or train the task model from scratch) into ``out``.
+
+    ``data_dir``: the prepared dataset (default: the one ``run`` was trained on); it must
+    use the run's item vocabulary. ``from_scratch`` overrides ``task.from_scratch``.
+    """
+    from recfm.adapt.incremental import run_data_dir
+    from recfm.train.loop import _init_model, _recover_interrupted_checkpoint
+
+    t_start = time.perf_counter()
+    run, out = Path(run), Path(out)
+    scratch = task.from_scratch if from_scratch is None else from_scratch
+    tcfg = task.train
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run)
+    if data_dir is None:
+        raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data DIR")
+    ds = PreparedDataset.load(data_dir)
+    fm = _init_model(run, ds)
+    if scratch:
+        fm = _scratch_copy(fm, tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    model = TaskModel(fm, task)
+    trainable = None if scratch else task.trainable
+    freeze(fm, trainable)
+    if scratch and task.trainable is not None:
+        log.info("from scratch: every layer trains (frozen random layers would be no baseline)")
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_trainable == 0:
+        raise RecfmError(f"task {task.name or task.kind}: nothing to train (trainable_layers = 0 "
+                         "and a surface task has no head)")
+
+    split = leave_one_out(ds.sequences)
+    store = SequenceStore(split.train, model.columns)
+    spans = task_spans(store, model, fm.cfg.max_len, tcfg.window)
+    if not len(spans):
+        raise RecfmError(f"task {task.name or task.kind}: no training event has a target in "
+                         f"the task (filter {task.items})")
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
+                            betas=tuple(tcfg.betas))
+
+    out.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_checkpoint(out)
+    ckpt = Checkpointer(out)
+    state = {"epoch": 0, "batch": 0, "step": 0, "best": -float("inf"), "best_step": 0,
+             "bad_evals": 0}
+    if resume and ckpt.exists():
+        state.update(ckpt.load(model, opt))
+        log.info("resumed at step %d", state["step"])
+    elif ckpt.exists():
+        raise RecfmError(f"{out}: a run already exists here; pass --resume to continue it "
+                         "or choose another --out")
+    meta = {"train": asdict(tcfg), "init_from": None if scratch else str(run),
+            "from_scratch": scratch, "base_run": str(run),
+            "data": {"path": str(data_dir), "fingerprint": data_fingerprint(data_dir),
+                     "dataset": ds.report.get("dataset")},
+            "recfm_version": __version__, "machine": machine_info(), "command": command,
+            "n_params": n_params, "n_trainable": n_trainable}
+    valid_frame = split.valid
+    key = model.key_metric()
+
+    def validate() -> dict[str, float]:
+        m = model.evaluate(valid_frame, tcfg.eval_batch_size)
+        model.train()
+        if trainable is not None:
+            freeze_modes(model, trainable)
+        return m
+
+    if state["step"] == 0 and not (out / "model.safetensors").exists():
+        # step 0 is a candidate: the initial model itself (fine-tuning may only help)
+        m0 = validate()
+        state.update(best=m0[key], best_step=0)
+        model.save_pretrained(out, meta)
+        _append_csv(out / "metrics.csv", {"step": 0, "train_loss": float("nan"),
+                                          f"valid_{key}": m0[key], "lr": 0.0})
+    model.train()
+    if trainable is not None:
+        freeze_modes(model, trainable)
+    loss_sum, loss_n = 0.0, 0
+    while state["step"] < task.max_steps and state["bad_evals"] < tcfg.patience:
+        plan = epoch_plan(spans, tcfg.batch_size, tcfg.seed, state["epoch"])
+        for bi in range(state["batch"], len(plan)):
+            batch = make_batch(store, spans[plan[bi]])
+            lr = lr_at(state["step"], task.max_steps, tcfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], tcfg.grad_clip)
+            opt.step()
+            state["step"] += 1
+            state["batch"] = bi + 1
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            if on_progress:
+                on_progress({"step": state["step"], "steps": task.max_steps,
+                             "loss": float(loss.detach()), "lr": lr})
+            if state["step"] % task.eval_every == 0 or state["step"] == task.max_steps:
+                m = validate()
+                if m[key] > state["best"]:
+                    state.update(best=m[key], best_step=state["step"], bad_evals=0)
+                    model.save_pretrained(out, meta)
+                else:
+                    state["bad_evals"] += 1
+                row = {"step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
+                       f"valid_{key}": m[key], "lr": lr}
+                _append_csv(out / "metrics.csv", row)
+                if on_progress:
+                    on_progress({"eval": True, **row, "best": state["best"],
+                                 "best_step": state["best_step"]})
+                log.info("step %d loss %.4f valid %s %.4f (best %.4f @ %d)", state["step"],
+                         row["train_loss"], key, m[key], state["best"], state["best_step"])
+                loss_sum, loss_n = 0.0, 0
+                ckpt.save(model, opt, state)
+                if state["bad_evals"] >= tcfg.patience:
+                    log.info("early stop: %d validations without improvement", tcfg.patience)
+                    break
+            if state["step"] >= task.max_steps:
+                break
+        else:
+            state.update(epoch=state["epoch"] + 1, batch=0)
+
+    best = TaskModel.from_pretrained(out)
+    best_valid = best.evaluate(valid_frame, tcfg.eval_batch_size)
+    test = best.evaluate(split.test, tcfg.eval_batch_size)
+    wall = time.perf_counter() - t_start
+    atomic_write_json(out / "summary.json", {
+        "task": asdict(task), "from_scratch": scratch, "best_step": state["best_step"],
+        "steps": state["step"], "valid": best_valid, "test": test, "n_params": n_params,
+        "n_trainable": n_trainable, "wall_s": round(wall, 2)})
+    return FinetuneResult(out, state["best_step"], state["step"], best_valid, test, n_params,
+                          n_trainable, wall)
+
+
+def freeze_modes(model: TaskModel, trainable_layers: int) -> None:
+    """Frozen parts of the backbone in eval mode (no dropout), trainable parts training."""
+    from recfm.consume.subgraph import trainable_modules
+
+    model.fm.train(False)
+    for m in trainable_modules(model.fm, trainable_layers):
+        m.train(True)

@@ -1,0 +1,162 @@
+"""Fine-tuning: surface and binary tasks train, save a loadable run, and refuse bad tasks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recfm.consume.finetune import TaskConfig, TaskModel, auc_score, finetune, load_task
+from recfm.errors import InputError, RecfmError
+from recfm.model.config import ModelConfig
+from recfm.model.foundation import FoundationModel
+from recfm.train.loop import TrainConfig, train
+from tests.conftest import chain_events
+
+MODEL = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=8, dropout=0.0)
+TRAIN = {"batch_size": 16, "lr": 5e-3, "warmup_steps": 2, "patience": 10, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The tiny ring world, where titles i % 3 == 0 are always completed, others never."""
+    from recfm.data.readers import RawDataset
+    from recfm.data.schema import normalize_events, normalize_items
+    from recfm.prepare import prepare
+
+    root = tmp_path_factory.mktemp("finetune")
+    ev = chain_events(n_users=80).with_columns(
+        pl.when(pl.col("item_id").str.slice(1).cast(pl.Int64) % 3 == 0)
+        .then(pl.lit("complete")).otherwise(pl.lit("play")).alias("action"))
+    items = normalize_items(pl.DataFrame({
+        "item_id": [f"i{i}" for i in range(40)],
+        "genres": [["comedy", "kids"] if i % 2 == 0 else ["drama"] for i in range(40)],
+        "kids": ["true" if i % 2 == 0 else "false" for i in range(40)],
+    }), "items")
+    raw = RawDataset(normalize_events(ev, "events"), items, "events", "items",
+                     {"name": "tiny-complete", "has_time": True})
+    prepare(raw, root / "prepared")
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def base(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finetune-base") / "run"
+    train(data, run, MODEL, TrainConfig(epochs=6, tensorboard=False, **TRAIN),
+          evaluate_test=False)
+    return run
+
+
+def task(kind: str, **kw) -> TaskConfig:
+    fields = {"kind": kind, "max_steps": 40, "eval_every": 10, "train": TRAIN}
+    if kind == "surface":
+        fields["items"] = {"kids": True}
+    return TaskConfig.from_dict({**fields, **kw})
+
+
+def losses(run) -> list[float]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [float(r["train_loss"]) for r in rows if int(r["step"]) > 0]
+
+
+def test_surface_task_trains_and_ranks_only_the_subset(base, tmp_path):
+    res = finetune(base, task("surface"), tmp_path / "kids")
+    loss = losses(tmp_path / "kids")
+    assert loss[-1] < loss[0]
+    assert res.steps == 40 and 0 < res.test["users"] and 0 <= res.test["ndcg@10"] <= 1
+    assert res.test["subset_items"] == 20
+    FoundationModel.from_pretrained(tmp_path / "kids")  # a normal run directory
+    tm = TaskModel.from_pretrained(tmp_path / "kids")
+    recs = tm.recommend(["i1", "i2", "i3"], k=10)
+    assert recs.height == 10
+    assert all(int(i[1:]) % 2 == 0 for i in recs["item_id"])  # kids titles only
+    meta = json.loads((tmp_path / "kids" / "config.json").read_text())
+    assert meta["task"]["kind"] == "surface" and meta["init_from"] == str(base)
+
+
+def test_binary_task_learns_completion(base, tmp_path):
+    res = finetune(base, task("binary", max_steps=120, eval_every=20), tmp_path / "complete")
+    loss = losses(tmp_path / "complete")
+    assert loss[-1] < loss[0]
+    assert res.test["auc"] > 0.75  # completion is a function of the title here
+    assert 0 < res.test["logloss"] < 0.69
+    tm = TaskModel.from_pretrained(tmp_path / "complete")
+    p = tm.predict([["i1", "i2"], ["i1", "i2"]], ["i3", "i4"])
+    assert p[0] > p[1]
+    FoundationModel.from_pretrained(tmp_path / "complete")
+
+
+def test_frozen_layers_stay_bit_identical(base, tmp_path):
+    finetune(base, task("binary", trainable_layers=1, max_steps=20), tmp_path / "top1")
+    before = load_file(str(base / "model.safetensors"))
+    after = load_file(str(tmp_path / "top1" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.blocks.1.", "backbone.ln_f.", "heads."))
+                           for k in changed)
+    assert "backbone.blocks.0.attn.qkv.weight" not in changed
+
+
+def test_from_scratch_starts_from_random_weights(base, tmp_path):
+    res = finetune(base, task("binary", max_steps=10, eval_every=5, next_item_weight=0.5),
+                   tmp_path / "scratch", from_scratch=True)
+    meta = json.loads((tmp_path / "scratch" / "config.json").read_text())
+    assert meta["from_scratch"] is True and meta["init_from"] is None
+    assert res.n_trainable == res.n_params  # every weight trains, the head's too
+    before = load_file(str(base / "model.safetensors"))["backbone.blocks.0.attn.qkv.weight"]
+    after = load_file(str(tmp_path / "scratch" / "model.safetensors"))
+    assert not torch.allclose(before, after["backbone.blocks.0.attn.qkv.weight"], atol=1e-3)
+
+
+def test_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.4
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in s[y] for b in s[~y]]
+    assert auc_score(s, y) == pytest.approx(np.mean(pairs))
+
+
+@pytest.mark.parametrize("text, key", [
+    ('kind = "ranking"\n', "kind"),
+    ('name = "x"\n', "kind"),
+    ('kind = "binary"\nmax_stepz = 3\n', "max_stepz"),
+    ('kind = "surface"\n', "items"),
+    ('kind = "binary"\n[train]\nlr = "fast"\n', "lr"),
+    ('kind = "binary"\nmax_steps = 0\n', "max_steps"),
+    ('kind = = "binary"\n', None),
+])
+def test_bad_task_files_are_refused(tmp_path, text, key):
+    path = tmp_path / "task.toml"
+    path.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_task(path)
+    assert str(path) in str(e.value)
+    if key:
+        assert e.value.column == key
+
+
+def test_unknown_catalog_column_and_action_are_named(base, tmp_path):
+    with pytest.raises(InputError, match="items.rating"):
+        finetune(base, task("surface", items={"rating": "PG"}), tmp_path / "a")
+    with pytest.raises(RecfmError, match="matches no item"):
+        finetune(base, task("surface", items={"kids": "maybe"}), tmp_path / "b")
+    with pytest.raises(RecfmError, match="no action 'rate'"):
+        finetune(base, task("binary", label_action="rate"), tmp_path / "c")
+
+
+def test_cli_bad_task_is_one_line(base, tmp_path):
+    bad = tmp_path / "task.toml"
+    bad.write_text('kind = "binary"\nsteps = 10\n')
+    r = subprocess.run([sys.executable, "-m", "recfm", "finetune", str(base), "--task", str(bad),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}" in lines[0] and "steps" in lines[0]
+    assert not (tmp_path / "out").exists()
