@@ -12,6 +12,10 @@ class RecfmError(Exception):
     """Base class for errors the CLI reports as one line (exit status 2)."""
 
 
+class ConfigError(RecfmError, ValueError):
+    """A configuration that cannot work (reported by the CLI as one line)."""
+
+
 class InputError(RecfmError):
     """Bad input data, located as precisely as we can: ``file:line:column: …``."""
 

@@ -127,7 +127,8 @@ class FoundationModel(nn.Module):
         self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.consume.prompt
         self._init_objectives(cfg, tokenizer, items)
         if self.context_len > cfg.max_len and cfg.positions == "learned":
-            raise ValueError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
+            from recfm.errors import ConfigError
+            raise ConfigError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
                              "positions = 'rope' or 'none' (learned positions end at max_len)")
 
     @property

@@ -333,6 +333,10 @@ def train(
                                             tcfg.batch_size)
     streamer = None
     if tcfg.stream:
+        if per_epoch:
+            from recfm.errors import ConfigError
+            raise ConfigError("window = 'random' and seq_len_schedule need the whole dataset in "
+                             "memory; they do not work with stream = true yet")
         from recfm.train.shards import streamer as make_streamer
         streamer = make_streamer(data_dir, model.train_columns + hook_columns, mcfg.max_len,
                                  tcfg, ddp)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from recfm.batching import SequenceStore, count_batches
+from recfm.errors import ConfigError
 
 MODES = ("truncate", "sliding", "random")
 
@@ -45,12 +46,12 @@ def check_schedule(schedule: list[list[float]], max_len: int) -> None:
     """A clear error for a schedule a model of context ``max_len`` cannot train."""
     for stage in schedule:
         if len(stage) != 2:
-            raise ValueError(f"seq_len_schedule: each stage is [fraction, length]; got {stage}")
+            raise ConfigError(f"seq_len_schedule: each stage is [fraction, length]; got {stage}")
         f, n = stage
         if not 0 <= f < 1:
-            raise ValueError(f"seq_len_schedule: fraction {f} is outside [0, 1)")
+            raise ConfigError(f"seq_len_schedule: fraction {f} is outside [0, 1)")
         if int(n) != n or not 1 <= n <= max_len:
-            raise ValueError(f"seq_len_schedule: length {n} must be an integer in "
+            raise ConfigError(f"seq_len_schedule: length {n} must be an integer in "
                              f"1..max_len ({max_len})")
 
 
@@ -109,7 +110,7 @@ def epoch_spans(store: SequenceStore, window: str, schedule: list[list[float]], 
                 seed: int, epoch: int, fraction: float) -> np.ndarray:
     """Spans of epoch ``epoch`` at ``fraction`` of training (3 or 4 columns)."""
     if window not in MODES:
-        raise ValueError(f"window {window!r}: expected one of {', '.join(MODES)}")
+        raise ConfigError(f"window {window!r}: expected one of {', '.join(MODES)}")
     length = seq_len_at(schedule, fraction, max_len)
     if window == "random":
         rng = np.random.default_rng([seed, epoch, 9])
