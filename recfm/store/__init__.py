@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from recfm.errors import RecfmError
-from recfm.store.base import DEFAULT_KEEP, EmbeddingStore, VersionInfo
+from recfm.store.base import DEFAULT_KEEP, EmbeddingStore, VersionInfo, read_manifest
 from recfm.store.embed import embed
 from recfm.store.lance import LanceStore
 from recfm.store.parquet import ParquetStore
@@ -50,15 +50,13 @@ def open_store(path_or_uri: str | Path, version: int | None = None, keep: int | 
     root = _local_path(path_or_uri)
     if backend is not None and backend not in BACKENDS:
         raise RecfmError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
-    manifest = root / "manifest.json"
+    manifest = read_manifest(root, missing_ok=True)
     chosen = backend or "lancedb"
-    if manifest.is_file():
-        import json
-
-        found = json.loads(manifest.read_text(encoding="utf-8")).get("backend")
+    if manifest is not None:
+        found = manifest.get("backend")
         if found not in BACKENDS:
-            raise RecfmError(f"{manifest}: expected a backend of {', '.join(BACKENDS)}, found "
-                             f"{found!r}")
+            raise RecfmError(f"{root / 'manifest.json'}: expected a backend of "
+                             f"{', '.join(BACKENDS)}, found {found!r}")
         if backend is not None and backend != found:
             raise RecfmError(f"{root}: expected a {backend} store, found a {found} store")
         chosen = found

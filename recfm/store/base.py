@@ -131,6 +131,27 @@ def _check_vectors(what: str, ids: Sequence[str], vectors: np.ndarray) -> None:
                          f"{ids[row]!r}")
 
 
+def read_manifest(root: Path, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The store manifest at ``root`` (None if there is none and ``missing_ok``)."""
+    path = root / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise RecfmError(f"{root}: expected an embedding store ({MANIFEST}), found nothing "
+                         "at that path (publish one with `recfm embed`)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecfmError(f"{path}:{e.lineno}: expected a store manifest (JSON), found "
+                         f"{e.msg.lower()} at column {e.colno}") from None
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found != MANIFEST_FORMAT:
+        raise RecfmError(f"{path}: expected store format {MANIFEST_FORMAT}, found {found!r}")
+    return data
+
+
 class EmbeddingStore(ABC):
     """Versioned user and item embeddings (see module docstring).
 
@@ -203,18 +224,7 @@ class EmbeddingStore(ABC):
         return self.root / MANIFEST
 
     def _read_manifest(self, missing_ok: bool = False) -> dict[str, Any] | None:
-        try:
-            text = self.manifest_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise RecfmError(f"{self.root}: expected an embedding store ({MANIFEST}), found "
-                             "nothing at that path (publish one with `recfm embed`)") from None
-        data = json.loads(text)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise RecfmError(f"{self.manifest_path}: expected store format {MANIFEST_FORMAT}, "
-                             f"found {data.get('format')!r}")
-        return data
+        return read_manifest(self.root, missing_ok)
 
     @property
     def keep(self) -> int:

@@ -137,6 +137,10 @@ def test_bad_input_and_bad_locations(tmp_path):
     with pytest.raises(RecfmError, match="expected a parquet store, found a lancedb store"):
         open_store(tmp_path / "s", backend="parquet")
     assert open_store(f"file://{tmp_path / 's'}").current_version == 1
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text('{"format": 1,\n "current": }')
+    with pytest.raises(RecfmError, match=r"bad/manifest.json:2: expected a store manifest"):
+        open_store(tmp_path / "bad")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
