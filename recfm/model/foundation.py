@@ -345,6 +345,19 @@ class FoundationModel(nn.Module):
         scores[:, :lo] = float("-inf")
         return scores
 
+    @torch.no_grad()
+    def top_items(self, users: torch.Tensor, k: int = 10, chunk: int = 65536,
+                  seen: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, item indices), each (B, k), for user vectors (B, d), scoring the catalog
+        ``chunk`` items at a time (never a (B, n_items) matrix). ``seen``: (row, item)
+        pairs to exclude. Equal to ``torch.topk(self.score(users), k)``."""
+        from recfm.model.scoring import chunked_topk
+
+        table = self.item_table()
+        return chunked_topk(lambda s, e: self.score_items(users, s, e, table), self.cfg.n_items,
+                            k, chunk, seen)
+
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores; reserved ids get -inf."""
         scores = users @ self.item_table().T

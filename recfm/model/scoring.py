@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 ChunkFn = Callable[[int, int], torch.Tensor]
-"""(start, end) → (B, end - start) scores of items start .. end-1."""
+"""(start, end) → (B, end - start) scores of items start .. end-1, a fresh tensor (callers
+write -inf into it). An optional ``.rows(rows, start, end)`` attribute scores a subset of
+the rows only."""
 
 
 def seen_in_chunk(b: np.ndarray, items: np.ndarray, start: int, end: int
@@ -147,7 +149,8 @@ def without_reserved(fn: ChunkFn, n_reserved: int) -> ChunkFn:
 def _rows_chunk(score_chunk: ChunkFn, rows: torch.Tensor, start: int, end: int
                 ) -> torch.Tensor:
     """Scores of a chunk for some rows only: the chunk function scores every row, so
-    callers that can score a row subset pass ``score_chunk.rows`` (see ChunkScorer)."""
+    callers that can score a row subset give it a ``rows`` attribute (see
+    :class:`recfm.evaluate.evaluator.ModelScorer`)."""
     sub = getattr(score_chunk, "rows", None)
     if sub is not None:
         return sub(rows, start, end).float()

@@ -64,6 +64,20 @@ def test_chunked_topk_equals_topk_with_exclusions():
     torch.testing.assert_close(vals, ref.values)
 
 
+def test_model_top_items_by_chunks_equals_full_scores(tiny_prepared):
+    ds = PreparedDataset.load(tiny_prepared)
+    cfg, (offsets, values) = build_config(ModelConfig(d_model=16, n_layers=1, n_heads=2),
+                                          ds.tokenizer, ds.items)
+    torch.manual_seed(0)
+    model = FoundationModel(cfg, ds.tokenizer, ds.items).eval()
+    model.item_encoder.set_attributes(offsets, values)
+    users = torch.randn(4, 16)
+    ref = torch.topk(model.score(users), 10)
+    vals, idx = model.top_items(users, 10, chunk=9)
+    assert torch.equal(idx, ref.indices)
+    torch.testing.assert_close(vals, ref.values)
+
+
 def test_chunked_evaluation_equals_unchunked(tiny_prepared):
     ds = PreparedDataset.load(tiny_prepared)
     split = leave_one_out(ds.sequences)
