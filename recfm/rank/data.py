@@ -1,0 +1,458 @@
+"""Ranking requests from a prepared dataset: search sessions and recommendation impressions.
+
+The second-pass ranker learns from *requests*: a context (task, country, language,
+device, and for search a typed query), the candidates a first-pass retriever returned,
+and the item the user then played. This module derives them from a prepared dataset
+(normally the synthetic world's, :mod:`recfm.data.synthetic`) and a foundation model run:
+
+* **Which tokens.** The last ``holdout`` tokens of every user are requests; the
+  foundation model is trained on the tokens before them only (:func:`holdout_dataset`),
+  so its features never saw a label. Per user the last request is ``test``, the one
+  before ``valid``, the rest ``train`` (temporal, like leave-one-out). A token whose item
+  is already in the user's history (a re-watch) is not a request (counted).
+* **Task.** ``kids`` for tokens on the kids surface; ``search`` for tokens on the search
+  surface and for a share (``p_extra_search``) of the others; of the rest, a share
+  (``p_more_like_this``) is ``more-like-this`` — the user opened the detail page of the
+  title they watched last (the *anchor*) — and the others are ``home``.
+* **Queries.** For a search request the user types a query for the title they are about
+  to play: its exact title (*navigational*), a prefix of it (*partial*), one or two of
+  its words (*words*), one of its genres (*genre*, maybe with the entity type), or its
+  words with typos (*misspelling*). Word and genre queries are ambiguous: many titles
+  match, and only the user's taste tells which one they want.
+* **Candidates.** Search: BM25 over titles and genres (:mod:`recfm.rank.lexical`), ties
+  broken by popularity. Home: the foundation model's top-N unseen items. Kids: the same
+  among kids titles. More-like-this: the nearest unseen items to the anchor by the
+  model's item vectors, then the model's top items for the user. The label is where the
+  retriever put it, or missing (``label_pos = -1``) when the retriever did not find it.
+
+Everything is drawn from one generator seeded by :attr:`RankDataConfig.seed`.
+
+Example:
+    >>> holdout_dataset("prepared", "prepared-fm", holdout=6)     # doctest: +SKIP
+    >>> # train a foundation model on prepared-fm, then:
+    >>> data = build_requests("prepared", FoundationModel.from_pretrained("run"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.numpy import load_file, save_file
+
+from recfm.batching import SequenceStore
+from recfm.config import from_dict
+from recfm.errors import InputError, RecfmError
+from recfm.io import atomic_dir, atomic_write_json
+from recfm.prepare import PreparedDataset
+from recfm.rank.lexical import STOPWORDS, BM25Index, normalize, words
+from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
+
+log = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("search", "home", "more-like-this", "kids")
+QUERY_KINDS: tuple[str, ...] = ("navigational", "partial", "words", "genre", "misspelling")
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# Country → language of the synthetic world (recfm.data.synthetic.COUNTRIES).
+COUNTRY_LANGUAGE = {"US": "en", "GB": "en", "CA": "en", "BR": "pt", "MX": "es", "ES": "es",
+                    "FR": "fr", "DE": "de", "JP": "ja", "KR": "ko", "IN": "hi"}
+REQUESTS_FILE = "requests.parquet"
+ARRAYS_FILE = "arrays.safetensors"
+META_FILE = "rank_data.json"
+
+
+def check_task(task: str, where: str = "task") -> int:
+    """The index of ``task`` in :data:`TASKS`; an unknown task is an error naming both."""
+    try:
+        return TASKS.index(task)
+    except ValueError:
+        raise InputError(where, None, "task", f"a task type ({', '.join(TASKS)})",
+                         repr(task)) from None
+
+
+@dataclass
+class RankDataConfig:
+    """How requests are drawn from a prepared dataset. The same config gives the same requests."""
+
+    seed: int = 0
+    holdout: int = 6
+    """The last this-many tokens of each user are requests (the FM trains on the rest)."""
+    min_history: int = 2
+    """Requests need at least this many earlier tokens."""
+    n_candidates: int = 30
+    """Candidates per request from the first pass."""
+    p_extra_search: float = 0.25
+    """Share of non-search, non-kids tokens that become search requests."""
+    p_more_like_this: float = 0.35
+    """Share of the remaining home tokens shown on a more-like-this page."""
+    anchor_candidates: int = 20
+    """More-like-this: candidates nearest to the anchor (the rest: the user's top items)."""
+    query_mix: dict[str, float] = field(default_factory=lambda: {
+        "navigational": 0.2, "partial": 0.2, "words": 0.2, "genre": 0.2, "misspelling": 0.2})
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<rank data config>") -> "RankDataConfig":
+        cfg = from_dict(cls, data, source)
+        unknown = set(cfg.query_mix) - set(QUERY_KINDS)
+        if unknown:
+            raise InputError(source, None, "query_mix", f"query kinds ({', '.join(QUERY_KINDS)})",
+                             repr(sorted(unknown)[0]))
+        return cfg
+
+
+@dataclass
+class RankData:
+    """Requests and the arrays their features are computed from.
+
+    ``requests``: one row per request — request, user_id, position (of the label token),
+    split, task, country, language, device, query (null unless search), query_kind,
+    anchor (item index, -1 unless more-like-this), label (item index), candidates
+    (list of item indices, best first by the retriever), label_pos (-1: not retrieved).
+
+    ``items``: the prepared item table (``idx`` → metadata). ``user_vec``: (R, d) the
+    foundation model's user vector after the request's history. ``item_vec``:
+    (n_items, d) its scoring item vectors. ``popularity``: (n_items,) token counts in the
+    part of the data the foundation model trained on.
+    """
+
+    requests: pl.DataFrame
+    items: pl.DataFrame
+    user_vec: np.ndarray
+    item_vec: np.ndarray
+    popularity: np.ndarray
+    counts: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_dir(path) as tmp:
+            self.requests.write_parquet(tmp / REQUESTS_FILE)
+            self.items.write_parquet(tmp / "items.parquet")
+            save_file({"user_vec": np.ascontiguousarray(self.user_vec, np.float32),
+                       "item_vec": np.ascontiguousarray(self.item_vec, np.float32),
+                       "popularity": np.ascontiguousarray(self.popularity, np.float32)},
+                      str(tmp / ARRAYS_FILE))
+            atomic_write_json(tmp / META_FILE, {"format": "recfm.rank_data/1",
+                                                "counts": self.counts})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RankData":
+        path = Path(path)
+        for name in (REQUESTS_FILE, ARRAYS_FILE, "items.parquet"):
+            if not (path / name).is_file():
+                raise InputError(str(path / name), None, None, "a rank data file "
+                                 "(recfm rank train writes it)", "nothing at that path")
+        arrays = load_file(str(path / ARRAYS_FILE))
+        meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+        return cls(pl.read_parquet(path / REQUESTS_FILE), pl.read_parquet(path / "items.parquet"),
+                   arrays["user_vec"], arrays["item_vec"], arrays["popularity"],
+                   meta.get("counts", {}))
+
+    def subset(self, mask: np.ndarray) -> "RankData":
+        """The requests where ``mask`` is true (arrays follow)."""
+        idx = np.nonzero(mask)[0]
+        return RankData(self.requests[idx], self.items, self.user_vec[idx], self.item_vec,
+                        self.popularity, self.counts)
+
+
+# ----------------------------------------------------------------------------- FM holdout
+
+
+def holdout_dataset(prepared: str | Path, out: str | Path, holdout: int) -> dict[str, int]:
+    """A copy of a prepared dataset without each user's last ``holdout`` tokens.
+
+    The foundation model trains on this copy, so no request label is a training target.
+    Users left with no token are dropped from the copy. Item indices are unchanged.
+    """
+    src = Path(prepared)
+    ds = PreparedDataset.load(src)
+    seqs = ds.sequences
+    lists = [c for c, t in seqs.schema.items() if isinstance(t, pl.List)]
+    keep = (pl.col("length") - holdout).clip(lower_bound=0)
+    cut = (seqs.with_columns([pl.col(c).list.head(keep) for c in lists])
+           .with_columns(pl.col("item").list.len().cast(seqs["length"].dtype).alias("length"))
+           .filter(pl.col("length") > 0))
+    with atomic_dir(out) as tmp:
+        cut.write_parquet(tmp / "tokens.parquet")
+        for name in ("items.parquet", "tokenizer.json", "content.parquet", "content.json"):
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        report = {**ds.report, "rank_holdout": holdout, "users": cut.height,
+                  "tokens_out": int(cut["length"].sum())}
+        atomic_write_json(tmp / "report.json", report)
+    counts = {"users": cut.height, "tokens": int(cut["length"].sum()),
+              "tokens_held_out": int(seqs["length"].sum() - cut["length"].sum())}
+    log.info("holdout dataset %s: %s", out, counts)
+    return counts
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+def _typo(word: str, rng: np.random.Generator) -> str:
+    """One typing error in a word of 4+ letters: a dropped, doubled, swapped or wrong letter."""
+    if len(word) < 4:
+        return word
+    i = int(rng.integers(1, len(word) - 1))
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        return word[:i] + word[i + 1:]
+    if kind == 1:
+        return word[:i] + word[i] + word[i:]
+    if kind == 2:
+        return word[:i - 1] + word[i] + word[i - 1] + word[i + 1:]
+    letter = "abcdefghijklmnopqrstuvwxyz"[int(rng.integers(0, 26))]
+    return word[:i] + letter + word[i + 1:]
+
+
+def make_query(title: str, genres: list[str], entity: str | None, kind: str,
+               rng: np.random.Generator) -> str:
+    """A query a user types to find the title ``title`` (see the module docstring)."""
+    content = [w for w in words(title) if w not in STOPWORDS and not w.isdigit()] or words(title)
+    if kind == "navigational":
+        return title if rng.random() < 0.5 else title.lower()
+    if kind == "partial":
+        norm = normalize(title)
+        lo = min(len(norm), 3)
+        cut = int(rng.integers(lo, max(lo + 1, len(norm)))) if len(norm) > 3 else len(norm)
+        return norm[:cut].rstrip()
+    if kind == "words":
+        k = 1 if len(content) < 2 or rng.random() < 0.6 else 2
+        pick = rng.choice(len(content), size=k, replace=False)
+        return " ".join(content[int(j)] for j in sorted(pick))
+    if kind == "genre":
+        g = genres[int(rng.integers(0, len(genres)))] if genres else content[0]
+        if entity and rng.random() < 0.3:
+            return f"{g} {entity}"
+        return g
+    if kind == "misspelling":
+        ws = words(title)
+        targets = [j for j, w in enumerate(ws) if len(w) >= 4] or [0]
+        hit = set(int(j) for j in rng.choice(targets, size=min(2, len(targets)), replace=False))
+        return " ".join(_typo(w, rng) if j in hit else w for j, w in enumerate(ws))
+    raise ValueError(f"unknown query kind {kind!r}; expected one of {', '.join(QUERY_KINDS)}")
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def _facet_strings(ds: PreparedDataset, name: str, codes: np.ndarray) -> list[str]:
+    values = ds.tokenizer.facets.get(name, [])
+    out = []
+    for c in codes.tolist():
+        j = int(c) - N_RESERVED_FACET
+        out.append(values[j] if 0 <= j < len(values) else "unknown")
+    return out
+
+
+@torch.no_grad()
+def user_vectors(fm, store: SequenceStore, rows: np.ndarray, positions: np.ndarray,
+                 batch_size: int = 256) -> np.ndarray:
+    """(R, d) the model's user vector after tokens ``[0, position)`` of each ``rows`` entry.
+
+    One causal pass per user over the window ending just before its last request gives
+    the state at every earlier position (the model is causal: no later token is seen).
+    """
+    fm.eval()
+    max_len = fm.cfg.max_len
+    out = np.zeros((len(rows), fm.cfg.d_model), dtype=np.float32)
+    users = np.unique(rows)
+    last = np.zeros(int(rows.max()) + 1 if len(rows) else 0, dtype=np.int64)
+    np.maximum.at(last, rows, positions)
+    for s in range(0, len(users), batch_size):
+        u = users[s:s + batch_size]
+        end = last[u]  # the window covers tokens [start, end): end is the last request's position
+        start = np.maximum(end - max_len, 0)
+        batch = store.gather(np.stack([u, start, end], axis=1))
+        h = fm.positions(batch).numpy()  # (B, T, d)
+        where = {int(r): j for j, r in enumerate(u)}
+        sel = np.nonzero(np.isin(rows, u))[0]
+        for i in sel:
+            j = where[int(rows[i])]
+            p = int(positions[i]) - 1 - int(start[j])
+            if p < 0:
+                raise RecfmError(f"a request at position {positions[i]} has its history cut by "
+                                 f"the context ({max_len}); raise max_len or lower holdout")
+            out[i] = h[j, p]
+    return out
+
+
+def build_requests(prepared: str | Path, fm, cfg: RankDataConfig | None = None,
+                   progress=None) -> RankData:
+    """Requests of every user of ``prepared`` (see the module docstring) with ``fm``'s vectors.
+
+    ``fm``: a :class:`~recfm.model.foundation.FoundationModel` trained on
+    :func:`holdout_dataset` of the same prepared dataset (same item indices).
+    """
+    cfg = cfg or RankDataConfig()
+    rng = np.random.default_rng(cfg.seed)
+    ds = PreparedDataset.load(prepared)
+    if fm.tokenizer is not None and fm.tokenizer.item_ids != ds.tokenizer.item_ids:
+        raise RecfmError(f"{prepared}: its item vocabulary differs from the foundation model's; "
+                         "train the model on holdout_dataset() of this prepared dataset")
+    seqs = ds.sequences
+    cols = list(dict.fromkeys(list(fm.input_columns) + ["device", "country", "surface"]))
+    store = SequenceStore(seqs, cols)
+    n_items = ds.tokenizer.n_items
+    items = ds.items.sort("idx")
+    counts: dict[str, int] = {}
+
+    # Which tokens are requests.
+    lengths = store.lengths
+    first = np.maximum(lengths - cfg.holdout, cfg.min_history)
+    n_req = np.maximum(lengths - first, 0)
+    rows = np.repeat(np.arange(len(lengths)), n_req)
+    pos = first[rows] + (np.arange(n_req.sum()) - np.repeat(np.cumsum(n_req) - n_req, n_req))
+    flat = store.offsets[rows] + pos
+    label = store.values["item"][flat]
+    # Popularity: tokens the foundation model trained on (before each user's holdout).
+    train_len = np.maximum(lengths - cfg.holdout, 0)
+    in_train = np.arange(len(store.values["item"])) - np.repeat(store.offsets[:-1], lengths) \
+        < np.repeat(train_len, lengths)
+    popularity = np.bincount(store.values["item"][in_train], minlength=n_items).astype(np.float64)
+    # Drop re-watches (label already in the history).
+    repeat = np.zeros(len(rows), dtype=bool)
+    for i in range(len(rows)):
+        a = store.offsets[rows[i]]
+        repeat[i] = label[i] in store.values["item"][a:a + pos[i]]
+    counts["tokens_in_holdout"] = int(len(rows))
+    counts["repeats_dropped"] = int(repeat.sum())
+    rows, pos, flat, label = rows[~repeat], pos[~repeat], flat[~repeat], label[~repeat]
+    R = len(rows)
+    if R == 0:
+        raise RecfmError(f"{prepared}: no ranking requests (users need more than "
+                         f"{cfg.min_history} tokens)")
+    last_pos = np.zeros(len(lengths), dtype=np.int64)
+    np.maximum.at(last_pos, rows, pos)
+    # valid: each user's second-last request position
+    second = np.full(len(lengths), -1, dtype=np.int64)
+    for r, p in zip(rows.tolist(), pos.tolist()):
+        if p != last_pos[r] and p > second[r]:
+            second[r] = p
+    split = np.where(pos == last_pos[rows], "test", np.where(pos == second[rows], "valid", "train"))
+
+    surface = _facet_strings(ds, "surface", store.values["surface"][flat]) \
+        if "surface" in store.values else ["home"] * R
+    country = _facet_strings(ds, "country", store.values["country"][flat]) \
+        if "country" in store.values else ["unknown"] * R
+    device = _facet_strings(ds, "device", store.values["device"][flat]) \
+        if "device" in store.values else ["unknown"] * R
+    language = [COUNTRY_LANGUAGE.get(c, "unknown") for c in country]
+
+    # Tasks.
+    u_task = rng.random((R, 2))
+    task = []
+    for i in range(R):
+        s = surface[i]
+        if s == "kids":
+            task.append("kids")
+        elif s == "search" or u_task[i, 0] < cfg.p_extra_search:
+            task.append("search")
+        elif u_task[i, 1] < cfg.p_more_like_this:
+            task.append("more-like-this")
+        else:
+            task.append("home")
+    task_arr = np.array(task)
+
+    # The foundation model's vectors.
+    if progress:
+        progress("encoding histories")
+    user_vec = user_vectors(fm, store, rows, pos)  # (R, d)
+    with torch.no_grad():
+        table = fm.item_table().detach().float()
+    item_vec = table.numpy()  # (n_items, d)
+    kids_items = np.zeros(n_items, dtype=bool)
+    if "kids" in items.columns:
+        kids_items[items["idx"].to_numpy()] = items["kids"].cast(pl.Utf8).str.to_lowercase() \
+            .is_in(["true", "1", "yes"]).to_numpy()
+
+    # Queries.
+    titles = [""] * n_items
+    genres: list[list[str]] = [[] for _ in range(n_items)]
+    entity: list[str | None] = [None] * n_items
+    for row in items.iter_rows(named=True):
+        titles[row["idx"]] = row.get("title") or ""
+        genres[row["idx"]] = list(row.get("genres") or [])
+        entity[row["idx"]] = row.get("entity_type")
+    kinds = list(cfg.query_mix)
+    p_kind = np.array([cfg.query_mix[k] for k in kinds], dtype=np.float64)
+    p_kind = p_kind / p_kind.sum()
+    query: list[str | None] = [None] * R
+    query_kind: list[str | None] = [None] * R
+    for i in np.nonzero(task_arr == "search")[0]:
+        k = kinds[int(rng.choice(len(kinds), p=p_kind))]
+        query_kind[i] = k
+        query[i] = make_query(titles[label[i]], genres[label[i]], entity[label[i]], k, rng)
+
+    # Candidates.
+    if progress:
+        progress("retrieving candidates")
+    N = cfg.n_candidates
+    bm25 = BM25Index(titles, genres, entity)
+    log_pop = np.log1p(popularity)
+    item_t = torch.from_numpy(item_vec)
+    unit = torch.nn.functional.normalize(item_t, dim=1)
+    anchor = np.full(R, -1, dtype=np.int64)
+    cands: list[list[int]] = [[] for _ in range(R)]
+    rec = np.nonzero(task_arr != "search")[0]
+    for s in range(0, len(rec), 512):
+        idx = rec[s:s + 512]
+        scores = torch.from_numpy(user_vec[idx]) @ item_t.T  # (b, n_items)
+        scores[:, :N_RESERVED_ITEMS] = float("-inf")
+        for j, i in enumerate(idx.tolist()):
+            a = store.offsets[rows[i]]
+            seen = store.values["item"][a:a + pos[i]]
+            sc = scores[j]
+            sc[seen] = float("-inf")
+            if task_arr[i] == "kids":
+                sc[~torch.from_numpy(kids_items)] = float("-inf")
+            if task_arr[i] == "more-like-this":
+                anc = int(store.values["item"][a + pos[i] - 1])
+                anchor[i] = anc
+                near = unit @ unit[anc]
+                near[:N_RESERVED_ITEMS] = float("-inf")
+                near[seen] = float("-inf")
+                first_part = torch.topk(near, min(cfg.anchor_candidates, N)).indices.tolist()
+                rest = [c for c in torch.topk(sc, N).indices.tolist() if c not in set(first_part)]
+                cands[i] = (first_part + rest)[:N]
+            else:
+                k = min(N, int(torch.isfinite(sc).sum()))
+                cands[i] = torch.topk(sc, k).indices.tolist()
+    for i in np.nonzero(task_arr == "search")[0]:
+        top, _ = bm25.top(query[i], N, tie_break=log_pop)
+        cands[i] = top.tolist()
+    label_pos = np.array([c.index(int(label[i])) if int(label[i]) in c else -1
+                          for i, c in enumerate(cands)], dtype=np.int64)
+
+    user_ids = seqs["user_id"].cast(pl.Utf8).to_numpy()[rows]
+    requests = pl.DataFrame({
+        "request": np.arange(R, dtype=np.int64),
+        "user_id": user_ids,
+        "position": pos.astype(np.int64),
+        "split": split,
+        "task": task_arr,
+        "country": country,
+        "language": language,
+        "device": device,
+        "query": pl.Series(query, dtype=pl.Utf8),
+        "query_kind": pl.Series(query_kind, dtype=pl.Utf8),
+        "anchor": anchor,
+        "label": label.astype(np.int64),
+        "candidates": pl.Series(cands, dtype=pl.List(pl.Int64)),
+        "label_pos": label_pos,
+    })
+    for t in TASKS:
+        sel = task_arr == t
+        counts[f"requests_{t}"] = int(sel.sum())
+        counts[f"retrieved_{t}"] = int((label_pos[sel] >= 0).sum())
+    counts["requests"] = R
+    log.info("ranking requests: %s", counts)
+    return RankData(requests, items, user_vec, item_vec, popularity, counts)
+
+
+def config_dict(cfg: RankDataConfig) -> dict:
+    return asdict(cfg)
