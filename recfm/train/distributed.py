@@ -171,6 +171,11 @@ class DDPTrainer:
         """evaluate_scorer on rows ``rank::world`` of ``frame``, all-reduced (user means)."""
         from recfm.evaluate.evaluator import evaluate_scorer
 
+        if self.ctx.device.type != "cpu":  # histories are built on the CPU
+            device, on_cpu = self.ctx.device, scorer
+
+            def scorer(rows, batch):
+                return on_cpu(rows, {k: v.to(device) for k, v in batch.items()}).cpu()
         part = frame.gather_every(self.ctx.world, offset=self.ctx.rank)
         keys = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr"]
         if part.height:
