@@ -18,7 +18,9 @@ What each rank does (:func:`recfm.train.loop.train` calls into this module):
   (:class:`recfm.train.shards.StreamingBatches`) and never loads the dataset.
 * **Loss** — each rank's mean loss is weighted by its share of the global batch's target
   tokens before DDP averages gradients, so the gradient is the gradient of the global
-  batch's token mean: the same as one process on the whole batch.
+  batch's token mean: the same as one process on the whole batch. (Exactly the same
+  numbers need ``dropout = 0`` and the full softmax: dropout masks and sampled negatives
+  are drawn from each rank's own RNG stream; rank 0 keeps the single-process stream.)
 * **Checkpoints** — rank 0 writes (atomically, :class:`recfm.train.loop.Checkpointer`);
   the RNG states of all ranks are gathered into it, so resume is exact across ranks, and
   a single-process checkpoint resumes with N processes (and back).
