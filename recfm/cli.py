@@ -184,11 +184,18 @@ def train_cmd(
     incremental: bool = typer.Option(False, help="Incremental update: fine-tuning schedule "
                                      "(lr 1e-3, 20 epochs, patience 3) and, without DATA_DIR, "
                                      "the run's own training data as context."),
+    nproc: int = typer.Option(1, help="Train with N local processes (DistributedDataParallel "
+                              "through torchrun on 127.0.0.1; same global batch)."),
 ) -> None:
     """Train the foundation model (leave-one-out validation, early stopping).
 
     Incremental: recfm train --init-from RUN2 --events recent.parquet --incremental --out RUN3
+    Several processes: recfm train DATA --out RUN --nproc 2  (= torchrun … -m recfm.train)
     """
+    if nproc > 1:
+        from recfm.train.distributed import launch, strip_nproc
+        args = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[2:]
+        raise typer.Exit(launch(nproc, strip_nproc(args)))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from recfm.model.config import ModelConfig
@@ -460,8 +467,11 @@ def demo_cmd(
         console.print(t)
     console.print(f"report: {out / 'report.json'}  ({report['wall_s']:.0f} s in all)")
 
+
+from recfm.consume.distill_prompt_cli import register as _reg_distill; _reg_distill(app)  # noqa: E402,E702
 from recfm.store.cli import register as _reg_store; _reg_store(app)  # noqa: E402,E702
 from recfm.consume.cli import register as _reg_finetune; _reg_finetune(app)  # noqa: E402,E702
+from recfm.rank.cli import register as _reg_rank; _reg_rank(app)  # noqa: E402,E702
 
 
 def main() -> None:

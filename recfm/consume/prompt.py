@@ -1,0 +1,514 @@
+"""Prompt tuning: per-surface soft tokens before the history, the foundation frozen.
+
+A *prompt* is k learned tokens placed before a user's events; the history attends to them
+like earlier events. Only the prompt is trained, on the next-item loss of one *surface* —
+the positions whose next token matches a filter, such as kids titles — so one frozen
+backbone serves many surfaces, each a few kilobytes::
+
+    recfm prompt-tune RUN --name kids --surface item.kids=true --tokens 16
+
+    fm = FoundationModel.from_pretrained(RUN)
+    fm.recommend(history, k=10, prompt="kids")   # reads RUN/prompts/kids.safetensors once
+    fm.recommend(history, k=10)                  # the unprompted model, unchanged
+
+Two depths (``PromptConfig.depth``):
+
+* ``input`` — k vectors (k, d) prepended to the event embeddings (Lester et al. 2021).
+  On the synthetic world's d=64, 2-layer model this moved the kids share of the top 10
+  from 0.26 to 0.86 at best: with pre-norm blocks a token's keys and values are those of
+  a LayerNorm-ed vector, which bounds how far k tokens can pull a small model.
+* ``deep`` (default) — k learned keys and values in every layer, (2, n_layers, k, d), the
+  KV cache k prompt events would leave (prefix tuning, Li & Liang 2021; P-Tuning v2, Liu
+  et al. 2022): 0.96–0.98 on the same model. They start as the cache of k frequent
+  surface items, run through the frozen backbone.
+
+Positions: the history keeps its own positions (learned position embeddings are added
+before the prompt goes in front, so the events look exactly as they do unprompted); with
+rotary positions the prompt holds sequence positions 0..k-1 and the history k.., which
+leaves every history-to-history attention score unchanged (rotary depends only on the
+offset). The causal mask lets every event see the whole prompt; the prompt sees only
+itself.
+
+Storage: ``RUN/prompts/<name>.safetensors`` holds ``{"prompt": tensor}`` with the metadata
+(surface, depth, tokens, backbone hash, training stats) in its header, and a readable copy
+in ``<name>.json``. Both are written atomically; the model files are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from recfm.config import from_dict
+from recfm.errors import InputError, RecfmError
+from recfm.io import atomic_write_json
+from recfm.model.config import ModelConfig
+from recfm.model.backbone import Backbone, KVCache, backbone_extend
+from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
+
+log = logging.getLogger(__name__)
+
+PROMPTS_DIR = "prompts"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+
+def prompted_backbone(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor,
+                      prompt: torch.Tensor, all_layers: bool = False
+                      ) -> torch.Tensor | list[torch.Tensor]:
+    """``backbone`` over [prompt; x]; returns the history positions only.
+
+    x: (B, T, d) event embeddings, valid: (B, T). ``prompt``: (k, d) input tokens, or
+    (2, n_layers, k, d) deep tokens (:func:`prefix_backbone`). Returns (B, T, d) — or a list
+    of them with ``all_layers`` — as ``backbone(x, valid)`` does.
+    """
+    if prompt.dim() == 4:
+        if all_layers:
+            raise RecfmError("deep prompts give the last layer only: use a model whose "
+                             "user_repr is last, mean_last or attention")
+        return prefix_backbone(backbone, x, prompt)
+    B, T, d = x.shape
+    k = prompt.size(0)
+    p = prompt.to(x.dtype)[None].expand(B, k, d)  # (B, k, d)
+    xp = torch.cat([p, x], dim=1)  # (B, k + T, d)
+    vp = torch.cat([valid.new_ones(B, k), valid], dim=1)  # (B, k + T)
+    out = backbone(xp, vp, all_layers=all_layers)
+    if all_layers:
+        return [h[:, k:] for h in out]
+    return out[:, k:]  # (B, T, d)
+
+
+def prefix_backbone(backbone: Backbone, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """``backbone`` over x after k *deep* prompt tokens: learned keys and values per layer.
+
+    prompt: (2, n_layers, k, d) — keys ``prompt[0, l]`` and values ``prompt[1, l]`` of the
+    k prompt positions in layer l, as a KV cache holds them (Li & Liang 2021, prefix tuning;
+    Liu et al. 2022, P-Tuning v2). The history runs after that cache (positions k..), so
+    the causal mask lets it see the whole prompt. Right padding is harmless: a padded
+    position comes after every real one, which never attends to it. x: (B, T, d).
+    """
+    B, T, d = x.shape
+    _, L, k, _ = prompt.shape
+    H = backbone.blocks[0].attn.n_heads
+    heads = prompt.to(x.dtype).view(2, L, k, H, d // H).transpose(2, 3)  # (2, L, H, k, Dh)
+    past = KVCache([heads[0, i][None].expand(B, H, k, d // H) for i in range(L)],
+                   [heads[1, i][None].expand(B, H, k, d // H) for i in range(L)])
+    out, _ = backbone_extend(backbone, x, None, past)
+    return out  # (B, T, d)
+
+
+def prefix_from_tokens(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """(k, d) event embeddings → (2, n_layers, k, d): the keys and values they leave in a
+    KV cache, i.e. the deep prompt equivalent to a history of those k events."""
+    with torch.no_grad():
+        _, cache = backbone_extend(backbone, x[None])
+    k, d = x.shape
+    keys = torch.stack([t[0].transpose(0, 1).reshape(k, d) for t in cache.keys])  # (L, k, d)
+    values = torch.stack([t[0].transpose(0, 1).reshape(k, d) for t in cache.values])
+    return torch.stack([keys, values])
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise RecfmError(f"prompt name {name!r}: expected letters, digits, '_', '-' or '.' "
+                         "(at most 64, starting with a letter or digit)")
+    return name
+
+
+def check_vectors(vectors: torch.Tensor, cfg: ModelConfig, name: str) -> torch.Tensor:
+    """A prompt as a detached float32 tensor — (k, d) input tokens or (2, n_layers, k, d)
+    deep ones — for a model of config ``cfg``; a clear error otherwise."""
+    check_name(name)
+    d, L = cfg.d_model, cfg.n_layers
+    ok = isinstance(vectors, torch.Tensor) and (
+        (vectors.dim() == 2 and vectors.size(1) == d)
+        or (vectors.dim() == 4 and tuple(vectors.shape[:2]) == (2, L) and vectors.size(3) == d))
+    if not ok or vectors.size(-2) < 1:
+        shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors)
+        raise RecfmError(f"prompt {name!r}: expected a (k, {d}) or (2, {L}, k, {d}) tensor, "
+                         f"found {shape}")
+    if not torch.isfinite(vectors).all():
+        raise RecfmError(f"prompt {name!r}: expected finite values, found NaN or inf")
+    return vectors.detach().float().contiguous()
+
+
+def prompts_dir(model, path: str | Path | None = None) -> Path:
+    if path is not None:
+        return Path(path)
+    if model.run_dir is None:
+        raise RecfmError("this model has no run directory (load it with from_pretrained) "
+                         "to read prompts from; add one with fm.add_prompt(name, vectors)")
+    return Path(model.run_dir) / PROMPTS_DIR
+
+
+def prompt_names(run: str | Path) -> list[str]:
+    """Names of the prompts stored in a run directory."""
+    d = Path(run) / PROMPTS_DIR
+    return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
+
+
+def _read_file(path: Path, cfg: ModelConfig, name: str) -> torch.Tensor:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "prompt" not in f.keys():
+                raise InputError(str(path), None, "prompt", "a 'prompt' tensor",
+                                 ", ".join(f.keys()) or "no tensors")
+            vectors = f.get_tensor("prompt")
+    except (OSError, ValueError) as e:  # safetensors raises these for unreadable headers
+        raise InputError(str(path), None, None, "a safetensors prompt file", str(e)) from None
+    return check_vectors(vectors, cfg, name)
+
+
+def read_prompt(model, name: str) -> torch.Tensor:
+    """(k, d) vectors of prompt ``name`` from the model's run; a clear error if absent."""
+    d = prompts_dir(model)
+    path = d / f"{name}.safetensors"
+    if not NAME_RE.match(name) or not path.is_file():
+        known = sorted(set(model.prompts) | set(prompt_names(d.parent)))
+        raise RecfmError(f"no prompt {name!r} in {d}: expected one of "
+                         f"{', '.join(known) if known else '(none: train one with recfm prompt-tune)'}")
+    return _read_file(path, model.cfg, name)
+
+
+def read_prompts(model, path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Every prompt stored in ``path`` (default: the model's run ``prompts/``)."""
+    d = prompts_dir(model, path)
+    files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+    return {p.stem: _read_file(p, model.cfg, p.stem) for p in files}
+
+
+def prompt_metadata(run: str | Path, name: str) -> dict[str, Any]:
+    """The metadata stored with a prompt (from the safetensors header)."""
+    path = Path(run) / PROMPTS_DIR / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("recfm_prompt", "{}"))
+
+
+def write_prompt(run: str | Path, name: str, vectors: torch.Tensor, meta: dict[str, Any]) -> Path:
+    """Store a prompt in ``run/prompts/`` atomically (tensor + header metadata, JSON copy)."""
+    check_name(name)
+    vectors = vectors.detach().float().contiguous()
+    d = Path(run) / PROMPTS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.safetensors"
+    tmp = d / f".{name}.safetensors.tmp"
+    save_file({"prompt": vectors}, str(tmp), metadata={"recfm_prompt": json.dumps(meta)})
+    tmp.replace(path)
+    atomic_write_json(d / f"{name}.json", meta)
+    return path
+
+
+def weights_sha256(run: str | Path) -> str:
+    """sha256 of the run's ``model.safetensors`` (the frozen foundation weights)."""
+    h = hashlib.sha256()
+    with open(Path(run) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of ``model.state_dict()`` (names, shapes and bytes)."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- surfaces
+
+
+@dataclass
+class PromptConfig:
+    """What a prompt is trained on and how (``recfm prompt-tune --config`` TOML keys).
+
+    ``surface``: conditions every *target* token must meet, all of them —
+    ``item.<column>`` compares an ``items.parquet`` column of the next item (a list column
+    matches when it contains the value), any other key a token facet of the next event
+    (e.g. ``surface = "kids"``, ``action = "complete"``).
+
+    Example::
+
+        name = "kids"
+        tokens = 16
+        surface = { "item.kids" = "true" }
+    """
+
+    name: str = "kids"
+    tokens: int = 16
+    depth: Literal["deep", "input"] = "deep"
+    """``input``: k vectors before the event embeddings (Lester et al. 2021). ``deep``: k
+    key/value vectors in every layer (prefix tuning): a small frozen backbone lets an
+    input-level prompt move its recommendations only a little (see the module docstring)."""
+    surface: dict[str, str] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    warmup_steps: int = 20
+    seed: int = 0
+    max_minutes: float | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<prompt config>") -> "PromptConfig":
+        cfg = from_dict(cls, data, source)
+        if cfg.tokens < 1:
+            raise InputError(source, None, "tokens", "at least 1", str(cfg.tokens))
+        if not cfg.surface:
+            raise InputError(source, None, "surface", "at least one condition "
+                             "(e.g. item.kids=true)", "none")
+        return cfg
+
+
+def parse_surface(specs: list[str], source: str = "--surface") -> dict[str, str]:
+    """``["item.kids=true", "surface=kids"]`` → a surface dict."""
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise InputError(source, None, None, "KEY=VALUE (item.<column>=v or <facet>=v)",
+                             repr(spec))
+        out[key.strip()] = value.strip()
+    return out
+
+
+def surface_items(surface: dict[str, str], items: pl.DataFrame, n_items: int,
+                  source: str = "items.parquet") -> torch.Tensor | None:
+    """(n_items,) bool: items meeting every ``item.<column>`` condition (None: no such key)."""
+    keep = None
+    for key, value in surface.items():
+        if not key.startswith("item."):
+            continue
+        col = key[len("item."):]
+        if col not in items.columns:
+            raise InputError(source, None, col, f"an item column ({', '.join(items.columns)})",
+                             "no such column")
+        s = items[col]
+        if isinstance(s.dtype, pl.List):
+            hit = s.cast(pl.List(pl.Utf8)).list.contains(value).fill_null(False)
+        else:
+            hit = (s.cast(pl.Utf8) == value).fill_null(False)
+        mask = np.zeros(n_items, dtype=bool)
+        mask[items["idx"].to_numpy()[hit.to_numpy()]] = True
+        if not mask.any():
+            found = s.cast(pl.Utf8).unique().head(8).to_list() if not isinstance(
+                s.dtype, pl.List) else s.explode().cast(pl.Utf8).unique().head(8).to_list()
+            raise InputError(source, None, col, f"some item with {col} = {value!r}",
+                             f"values {found}")
+        keep = mask if keep is None else keep & mask
+    return None if keep is None else torch.from_numpy(keep)
+
+
+def surface_facets(surface: dict[str, str], facets: dict[str, list[str]],
+                   source: str = "tokenizer.json") -> dict[str, int]:
+    """Token-facet conditions → {column: code}."""
+    out = {}
+    for key, value in surface.items():
+        if key.startswith("item."):
+            continue
+        if key not in facets:
+            raise InputError(source, None, key, "item.<column> or a token facet "
+                             f"({', '.join(sorted(facets))})", "no such facet")
+        if value not in facets[key]:
+            raise InputError(source, None, key, f"one of {', '.join(facets[key])}", repr(value))
+        out[key] = N_RESERVED_FACET + facets[key].index(value)
+    return out
+
+
+def surface_mask(batch: dict[str, torch.Tensor], items: torch.Tensor | None,
+                 facets: dict[str, int]) -> torch.Tensor:
+    """(B, T) bool: positions whose next token is on the surface (and is an item)."""
+    target = batch["target"]  # (B, T)
+    keep = target > 0
+    if items is not None:
+        keep = keep & items[target]
+    for col, code in facets.items():
+        keep = keep & (batch[f"future_{col}"][:, 1:] == code)
+    return keep
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class PromptResult:
+    path: Path
+    name: str
+    tokens: int
+    steps: int
+    loss_first: float
+    loss_last: float
+    surface_targets: int
+    wall_s: float
+    backbone_sha256: str
+
+
+def _init_vectors(model, surface_items_mask: torch.Tensor | None, store, k: int,
+                  depth: str, gen: torch.Generator) -> torch.Tensor:
+    """Start from k frequent surface items: as events before the history."""
+    with torch.no_grad():
+        counts = np.bincount(store.values["item"], minlength=model.cfg.n_items)[:model.cfg.n_items]
+        counts[:N_RESERVED_ITEMS] = 0
+        if surface_items_mask is not None:
+            counts = np.where(surface_items_mask.numpy(), counts, 0)
+        top = np.argsort(-counts, kind="stable")[:k]
+        if len(top) < k or counts[top].min() == 0:
+            top = np.resize(top[counts[top] > 0] if (counts[top] > 0).any() else
+                            np.arange(N_RESERVED_ITEMS, model.cfg.n_items), k)
+        vecs = model.item_encoder.table()[torch.from_numpy(top)]  # (k, d)
+        x = model.embed.norm(vecs * model.embed.scale)  # the scale of an event embedding
+        if depth == "deep":  # the keys / values these k events would leave in a KV cache
+            x = prefix_from_tokens(model.backbone, x)
+        return x + 0.02 * torch.randn(x.shape, generator=gen)
+
+
+def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None = None,
+                on_progress: Callable[[dict[str, Any]], None] | None = None) -> PromptResult:
+    """Train prompt ``cfg.name`` for ``run`` on its dataset; the foundation stays frozen.
+
+    Trains on the leave-one-out *train* part of each history (validation and test targets
+    are never seen), next-item loss at the positions whose target is on the surface.
+    Writes ``run/prompts/<name>.safetensors`` (+ ``.json``); checks, before writing, that
+    the model's weights are bit-identical to those it started with.
+    """
+    from recfm.batching import SequenceStore, count_batches
+    from recfm.data.splits import leave_one_out
+    from recfm.model.foundation import FoundationModel
+    from recfm.prepare import PreparedDataset
+    from recfm.train.loop import TrainConfig, epoch_plan, lr_at, make_batch
+
+    t0 = time.perf_counter()
+    run = Path(run)
+    check_name(cfg.name)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = FoundationModel.from_pretrained(run)
+    if data_dir is None:
+        data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+    ds = PreparedDataset.load(data_dir)
+    if model.tokenizer is None or model.tokenizer.item_ids != ds.tokenizer.item_ids:
+        raise RecfmError(f"{data_dir}: its item vocabulary differs from the run {run}; "
+                         "prompt-tune on the dataset the model was trained on")
+    item_mask = surface_items(cfg.surface, model.items, model.cfg.n_items,
+                              str(run / "items.parquet"))
+    facet_codes = surface_facets(cfg.surface, ds.tokenizer.facets, str(data_dir / "tokenizer.json"))
+
+    file_hash = weights_sha256(run)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()  # frozen and deterministic: no dropout in the foundation
+    state_before = state_sha256(model)
+
+    split = leave_one_out(ds.sequences)
+    store = SequenceStore(split.train, model.input_columns + list(facet_codes))
+    spans = store.spans(model.cfg.max_len + 1, "truncate", min_len=2)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prompt = torch.nn.Parameter(_init_vectors(model, item_mask, store, cfg.tokens,
+                                                    cfg.depth, gen))
+    opt = torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=0.0)
+    tcfg = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, epochs=cfg.epochs)
+    total = count_batches(len(spans), cfg.batch_size) * cfg.epochs
+    step, n_targets, losses = 0, 0, []
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    for epoch in range(cfg.epochs):
+        ep_loss, ep_n = 0.0, 0
+        for idx in epoch_plan(spans, cfg.batch_size, cfg.seed, epoch):
+            batch = make_batch(store, spans[idx])
+            keep = surface_mask(batch, item_mask, facet_codes)  # (B, T)
+            if not keep.any():
+                continue
+            inputs = {c: batch[c] for c in model.input_columns if c in batch}
+            inputs["soft_prompt"] = prompt
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, tcfg)
+            h = model.positions(inputs)  # (B, T, d)
+            # the next-item objective only, at the surface's positions
+            loss = model._item_loss(h[keep], batch["target"][keep], model.item_table(), None,
+                                    None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([prompt], 1.0)
+            opt.step()
+            step += 1
+            n = int(keep.sum())
+            n_targets += n if epoch == 0 else 0
+            ep_loss += float(loss.detach()) * n
+            ep_n += n
+            losses.append(float(loss.detach()))
+            if on_progress:
+                on_progress({"epoch": epoch, "step": step, "total": total,
+                             "loss": losses[-1]})
+            if budget is not None and time.perf_counter() - t0 > budget:
+                break
+        log.info("prompt %s epoch %d: surface loss %.4f over %d targets", cfg.name, epoch,
+                 ep_loss / max(ep_n, 1), ep_n)
+        if budget is not None and time.perf_counter() - t0 > budget:
+            break
+    if step == 0:
+        raise RecfmError(f"{data_dir}: no training position has a next token on the surface "
+                         f"{cfg.surface}")
+    if state_sha256(model) != state_before or weights_sha256(run) != file_hash:
+        raise RecfmError(f"{run}: the foundation weights changed during prompt tuning")
+    wall = time.perf_counter() - t0
+    head = max(1, min(20, len(losses) // 10))
+    result_meta = {
+        "name": cfg.name, "tokens": cfg.tokens, "depth": cfg.depth,
+        "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers,
+        "surface": cfg.surface, "config": asdict(cfg), "data": str(data_dir),
+        "backbone_sha256": file_hash, "steps": step, "surface_targets_per_epoch": n_targets,
+        "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
+        "wall_s": round(wall, 2),
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    path = write_prompt(run, cfg.name, prompt.detach(), result_meta)
+    return PromptResult(path, cfg.name, cfg.tokens, step, result_meta["loss_first"],
+                        result_meta["loss_last"], n_targets, wall, file_hash)
+
+
+@torch.no_grad()
+def top_k_items(model, frame: pl.DataFrame, k: int = 10, prompt: str | None = None,
+                batch_size: int = 256) -> np.ndarray:
+    """(n, k) top-``k`` item indices per history of ``frame`` — :meth:`recommend`, batched.
+
+    Items already in a history are excluded, as ``recommend`` does; no other filter.
+    """
+    from recfm.batching import SequenceStore
+
+    store = SequenceStore(frame, model.input_columns)
+    users = model.encode_store(store, batch_size=batch_size, prompt=prompt)  # (n, d)
+    out = []
+    for start in range(0, len(store), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(store)))
+        scores = model.score(users[rows])  # (b, n_items)
+        b, seen = store.history_items(rows)
+        scores[torch.from_numpy(b), torch.from_numpy(seen)] = float("-inf")
+        out.append(torch.topk(scores, k, dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def surface_share(top: np.ndarray, items: torch.Tensor) -> np.ndarray:
+    """(n,) share of each row of top-k item indices that is on the surface (``items`` mask)."""
+    return items.numpy()[top].mean(axis=1)
