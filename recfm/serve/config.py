@@ -67,6 +67,9 @@ class ServeConfig:
     surfaces: dict[str, SurfaceConfig] = field(default_factory=default_surfaces)
     admin_token_env: str = "RECFM_ADMIN_TOKEN"
     """Environment variable holding the bearer token of ``POST /admin/reload``; unset: disabled."""
+    ranker: str | None = None
+    """A ranker directory (``recfm rank train``, trained with this model): recommendations are
+    reranked by it as a second pass over the top candidates (None: off)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<serve config>") -> "ServeConfig":

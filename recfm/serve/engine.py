@@ -172,6 +172,14 @@ class Engine:
         self.histories = None
         if self.data is not None:
             self.histories = UserHistories(self.data, self.columns)
+        self.ranker = None
+        """Second pass (``cfg.ranker``): a :class:`recfm.rank.serve.RankerHook`, or None."""
+        if self.cfg.ranker:
+            from recfm.rank.serve import RankerHook
+            self.ranker = RankerHook(self.cfg.ranker)
+            if self.ranker.n_items != self.n_items:
+                raise RecfmError(f"ranker {self.cfg.ranker}: it scores {self.ranker.n_items} "
+                                 f"items, the model {self.n_items}; train it with this model")
         self.load_s = time.perf_counter() - t0
         log.info("engine %s: %d items, %s retrieval, %s known users, loaded in %.1f s",
                  self.version, self.n_items - N_RESERVED_ITEMS, self.index.kind,
@@ -298,7 +306,7 @@ class Engine:
             allowed = allowed.copy()
             allowed[seen[seen < self.n_items]] = False
         return Query(np.ascontiguousarray(tokens[start:]), seen, len(tokens), allowed, k, how,
-                     None if user_id is None else str(user_id))
+                     None if user_id is None else str(user_id), extra={"surface": surface})
 
     # ------------------------------------------------------------------ batched work
 
@@ -350,7 +358,11 @@ class Engine:
             qs = [queries[i] for i in with_history]
             users = self.encode(qs)
             k = max(q.k for q in qs)
-            found = self.index.search(users, k, [q.allowed for q in qs])
+            n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
+            found = self.index.search(users, n, [q.allowed for q in qs])
+            if self.ranker is not None:  # second pass over the top-n candidates
+                found = self.ranker.rerank_found(users.numpy(), found,
+                                                 [q.extra.get("surface", "home") for q in qs])
             for i, q, (idx, scores) in zip(with_history, qs, found):
                 out[i] = self._answer(q, idx[:q.k], scores[:q.k])
         for i, q in enumerate(queries):
