@@ -172,6 +172,7 @@ def serve_hook_cmd(
 ) -> None:
     """Rank one request as the serving engine's second pass would, and print it as JSON."""
     import numpy as np
+    import torch
 
     from recfm.rank.data import check_task
     from recfm.rank.serve import RankerHook
@@ -195,7 +196,7 @@ def serve_hook_cmd(
                                  tie_break=hook.model.item_dense[:, 0].numpy())
         cands = cands.tolist()
     else:
-        cands = engine.index.search(torch_tensor(users), hook.n_candidates, [q.allowed])[0][0]
+        cands = engine.index.search(torch.from_numpy(users), hook.n_candidates, [q.allowed])[0][0]
         cands = np.asarray(cands).tolist()
     anchors = [int(q.window[-1, 0])] if task == "more-like-this" else None
     order, scores = hook.rerank(users, [cands], [task], [query], [country], [device], anchors,
@@ -204,12 +205,6 @@ def serve_hook_cmd(
             "first_pass_rank": cands.index(int(i)) + 1}
            for r, (i, s) in enumerate(zip(order[:k], scores[:k]))]
     print(json.dumps({"user": user, "task": task, "query": query, "items": out}, indent=2))
-
-
-def torch_tensor(x):
-    import torch
-
-    return torch.from_numpy(x)
 
 
 def register(app: typer.Typer) -> None:
