@@ -45,87 +45,92 @@ class EventTokenizer:
             isinstance(t, int) and not isinstance(t, bool) for t in ts)
 
     def __call__(self, events: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """(L, C) int64 tokens (columns ``self.columns``) and (L,) first times of each token."""
+        """(L, C) int64 tokens (columns ``self.columns``) and (L,) first times of each token.
+
+        Column-wise: one pass per field over the events, then numpy over the kept events;
+        Python loops remain only over merged groups (repeats), which are few.
+        """
         cfg = self.cfg
-        present = [f for f in CATEGORICAL + ("value", "row")
-                   if any(e.get(f) is not None for e in events)]
-        has_ts = any(e.get("timestamp") is not None for e in events)
-        rows = []  # (ts, order, item, action, value, facets)
-        for order, e in enumerate(events):
-            t = int(e["timestamp"]) if has_ts else order
-            t = t // 1000 if abs(t) >= _MS_THRESHOLD else t
-            cats = {f: (None if e.get(f) in (None, "") else str(e.get(f))) for f in CATEGORICAL}
-            value = None if e.get("value") is None else float(e["value"])
-            action = cats["action"]
-            if action is not None and action in self.drop:
-                continue
-            if cfg.min_play_seconds > 0 and "value" in present and value is not None \
-                    and action in self.short and value < cfg.min_play_seconds:
-                if cfg.short_play_mode == "drop":
-                    continue
-                action = cfg.short_play_label
-            cats["action"] = action
-            rows.append((t, order, self.index_of[str(e["item_id"])], value, cats, e.get("row")))
-        rows.sort(key=lambda r: r[0])  # stable: equal times keep the request's order
+        raw = {f: [e.get(f) for e in events] for f in CATEGORICAL + ("value", "row")}
+        present = [f for f, col in raw.items() if any(v is not None for v in col)]
+        cats = {f: [None if v in (None, "") else str(v) for v in raw[f]] if f in present
+                else [None] * len(events) for f in CATEGORICAL}
+        values = [None if v is None else float(v) for v in raw["value"]]
+        items = [self.index_of[str(e["item_id"])] for e in events]
+        stamps = [e.get("timestamp") for e in events]
+        if any(t is not None for t in stamps):
+            t = np.array([int(x) for x in stamps], dtype=np.int64)
+            t = np.where(np.abs(t) >= _MS_THRESHOLD, t // 1000, t)
+        else:
+            t = np.arange(len(events), dtype=np.int64)
 
-        groups: list[list[tuple]] = []
-        for i, r in enumerate(rows):
-            prev = rows[i - 1] if i else None
-            new = (prev is None or cfg.merge_window_s <= 0 or r[2] != prev[2]
-                   or (r[0] - prev[0]) > cfg.merge_window_s)
-            if new:
-                groups.append([r])
-            else:
-                groups[-1].append(r)
+        actions = cats["action"]
+        keep = [a is None or a not in self.drop for a in actions]
+        if cfg.min_play_seconds > 0 and "value" in present:
+            for i, (a, v) in enumerate(zip(actions, values)):
+                if keep[i] and v is not None and a in self.short and v < cfg.min_play_seconds:
+                    if cfg.short_play_mode == "drop":
+                        keep[i] = False
+                    else:
+                        actions[i] = cfg.short_play_label
+        kept = np.flatnonzero(keep)
+        idx = kept[np.argsort(t[kept], kind="stable")]  # equal times keep the request's order
+        ts = t[idx]  # (M,)
+        item = np.asarray(items, dtype=np.int64)[idx]
+        M = len(idx)
 
-        n = len(groups)
+        # groups of merged repeats: same item as the previous event, within the window
+        new = np.ones(M, dtype=bool)
+        if cfg.merge_window_s > 0 and M > 1:
+            new[1:] = (item[1:] != item[:-1]) | ((ts[1:] - ts[:-1]) > cfg.merge_window_s)
+        starts = np.flatnonzero(new)  # (n,)
+        ends = np.append(starts[1:], M)
+        n = len(starts)
+        first = idx[starts]  # event index of each group's first event
+        value = [values[i] for i in first]
+        action = [actions[i] for i in first]
+        for j in np.flatnonzero(ends - starts > 1):  # merged groups: aggregate in Python
+            members = idx[starts[j]:ends[j]]
+            vs = [values[i] for i in members if values[i] is not None]
+            value[j] = ({"sum": sum(vs), "max": max(vs), "last": vs[-1]}[cfg.value_agg]
+                        if vs else None)
+            if "action" in present:
+                ranked = sorted(members, key=lambda i: self.strength.get(actions[i], 0)
+                                if actions[i] is not None else 0)
+                action[j] = actions[ranked[-1]]
+
+        out: dict[str, np.ndarray | list[int]] = {"item": item[starts]}
+        for f in CATEGORICAL:
+            if f in present:
+                codes = self.codes.get(f, {})
+                vals = action if f == "action" else [cats[f][i] for i in first]
+                out[f] = [FACET_UNK if v is None else codes.get(v, FACET_UNK) for v in vals]
+        if "row" in present:
+            out["row"] = [FACET_UNK if r is None else min(max(int(r), 0), cfg.max_row)
+                          + N_RESERVED_FACET for r in (raw["row"][i] for i in first)]
+        has_value = np.array([v is not None for v in value], dtype=bool)
+        if len(self.edges) == 0:
+            out["value_bucket"] = has_value.astype(np.int64)
+        else:
+            v = np.array([0.0 if x is None else x for x in value], dtype=np.float64)
+            out["value_bucket"] = np.where(
+                has_value, np.searchsorted(self.edges, v, "right") + 1, 0)
+        first_ts = ts[starts]  # (n,)
+        if self.has_time:
+            gap_bucket = np.zeros(n, dtype=np.int64)
+            if n > 1:
+                gap = np.maximum(first_ts[1:] - ts[ends[:-1] - 1], 0)  # from the previous
+                b = np.floor(np.log(gap + 1.0) / math.log(2.0)).astype(np.int64) + 1
+                for j in np.flatnonzero((gap & (gap + 1)) == 0):  # gap + 1 a power of two:
+                    b[j] = int(math.floor(math.log(gap[j] + 1.0) / math.log(2.0))) + 1
+                gap_bucket[1:] = np.minimum(b, cfg.n_gap_buckets - 1)
+            out["gap_bucket"] = gap_bucket
+            out["hour_of_week"] = (first_ts // 3600 + 72) % 168
+        else:
+            out["gap_bucket"] = out["hour_of_week"] = np.zeros(n, dtype=np.int64)
         mat = np.full((n, len(self.columns)), FACET_UNK, dtype=np.int64)
-        first_ts = np.zeros(n, dtype=np.int64)
-        prev_last = None
-        for j, g in enumerate(groups):
-            first, last = g[0], g[-1]
-            values = [r[3] for r in g if r[3] is not None]
-            value = None
-            if values:
-                value = {"sum": sum(values),
-                         "max": max(values), "last": values[-1]}[cfg.value_agg]
-            action = first[4]["action"]
-            if len(g) > 1 and "action" in present:
-                ranked = sorted(g, key=lambda r: self.strength.get(r[4]["action"], 0)
-                                if r[4]["action"] is not None else 0)
-                action = ranked[-1][4]["action"]
-            row_out = {"item": first[2]}
-            for f in CATEGORICAL:
-                if f in present:
-                    v = action if f == "action" else first[4][f]
-                    row_out[f] = self.codes.get(f, {}).get(v, FACET_UNK) if v is not None \
-                        else FACET_UNK
-            if "row" in present:
-                r = first[5]
-                row_out["row"] = FACET_UNK if r is None else \
-                    min(max(int(r), 0), cfg.max_row) + N_RESERVED_FACET
-            if value is None:
-                row_out["value_bucket"] = 0
-            elif len(self.edges) == 0:
-                row_out["value_bucket"] = 1
-            else:
-                row_out["value_bucket"] = int(np.searchsorted(self.edges, value, "right")) + 1
-            ts = first[0]
-            if self.has_time:
-                if prev_last is None:
-                    row_out["gap_bucket"] = 0
-                else:
-                    gap = max(ts - prev_last, 0)
-                    b = int(math.floor(math.log(gap + 1.0) / math.log(2.0))) + 1
-                    row_out["gap_bucket"] = min(b, cfg.n_gap_buckets - 1)
-                row_out["hour_of_week"] = (ts // 3600 + 72) % 168
-            else:
-                row_out["gap_bucket"] = 0
-                row_out["hour_of_week"] = 0
-            prev_last = last[0]
-            for c, v in row_out.items():
-                k = self.col.get(c)
-                if k is not None:
-                    mat[j, k] = v
-            first_ts[j] = ts
-        return mat, first_ts
+        for c, v in out.items():
+            k = self.col.get(c)
+            if k is not None:
+                mat[:, k] = v
+        return mat, first_ts.copy()
