@@ -90,40 +90,51 @@ def base_run(work_dir: Path, threads: int) -> Path:
 
 # ----------------------------------------------------------------------------- finetune
 
-FINETUNE_STEPS = 300
+STEP_BUDGETS = (100, 300)
+"""Both models get the same number of optimizer steps (batches of 128 windows); the base
+run itself took about 600. Each budget is one row per task."""
 
 
-def finetune_tasks() -> dict[str, dict[str, Any]]:
+def finetune_tasks(steps: int) -> dict[str, dict[str, Any]]:
     """Task name → TaskConfig fields (the same task.toml keys ``recfm finetune`` reads)."""
     train = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 20, "patience": 3, "seed": SEED,
              "weight_decay": 0.01, "tensorboard": False}
+    every = max(steps // 6, 10)
     return {
         "kids-surface": {"kind": "surface", "name": "kids", "items": {"kids": "true"},
-                         "max_steps": FINETUNE_STEPS, "eval_every": 50, "train": train},
+                         "max_steps": steps, "eval_every": every, "train": train},
         "will-complete": {"kind": "binary", "name": "will-complete",
-                          "label_action": "complete", "next_item_weight": 0.5,
-                          "max_steps": FINETUNE_STEPS,
-                          "eval_every": 50, "train": train},
+                          "label_action": "complete", "max_steps": steps,
+                          "eval_every": every, "train": train},
     }
 
 
 def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
-    """Per task: fine-tuned from the base run vs from scratch, same steps, test metrics."""
-    from recfm.consume.finetune import TaskConfig, finetune
-
+    """Per task and step budget: fine-tuned from the base run vs from scratch, test metrics."""
     torch.set_num_threads(threads)
     base = base_run(work_dir, threads)
     out = []
-    for name, fields in finetune_tasks().items():
+    for steps in STEP_BUDGETS:
+        out += _finetune_rows(base, work_dir, steps)
+    return out
+
+
+def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
+    from recfm.consume.finetune import TaskConfig, finetune
+
+    out = []
+    for name, fields in finetune_tasks(steps).items():
         task = TaskConfig.from_dict(fields)
         row: dict[str, Any] = {"task": name, "steps": task.max_steps}
         for variant, scratch in (("finetuned", False), ("from_scratch", True)):
-            dest = Path(work_dir) / f"finetune-{name}-{variant}"
+            dest = Path(work_dir) / f"finetune-{name}-{steps}-{variant}"
             shutil.rmtree(dest, ignore_errors=True)
             t = time.perf_counter()
             res = finetune(base, task, dest, data_dir=prepared_dir(work_dir),
                            from_scratch=scratch)
-            row[variant] = {**res.test, "best_step": res.best_step, "steps_run": res.steps,
+            key = "auc" if task.kind == "binary" else "ndcg@10"
+            row[variant] = {**res.test, f"valid_{key}": res.best_valid[key],
+                            "best_step": res.best_step, "steps_run": res.steps,
                             "wall_s": round(time.perf_counter() - t, 1)}
             log.info("%s %s: %s", name, variant, res.test)
         out.append(row)
@@ -162,7 +173,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         key = "auc" if "auc" in row.get("finetuned", {}) else "ndcg@10"
         for variant in ("finetuned", "from_scratch"):
             if key in row.get(variant, {}):
-                m[f"{row['task']}_{variant}_{key}"] = row[variant][key]
+                m[f"{row['task']}@{row['steps']}_{variant}_{key}"] = row[variant][key]
     distill = result.get("distill") or {}
     for who in ("teacher", "student_distilled", "student_alone"):
         if isinstance(distill.get(who), dict) and "ndcg@10" in distill[who]:
@@ -188,16 +199,20 @@ def table(result: dict[str, Any]) -> str:
             f"| {k} | {_f(v)} |" for k, v in embed.items() if not isinstance(v, (dict, list))))
     rows = result.get("finetune")
     if rows:
-        lines = ["**Fine-tuning vs from scratch (same steps, test split)**", "",
-                 "| task | metric | fine-tuned | from scratch | steps | best step (ft / scratch) |",
-                 "|---|---|---:|---:|---:|---|"]
+        lines = ["**Fine-tuning vs from scratch (same steps; test split, checkpoint chosen on "
+                 "validation)**", "",
+                 "| task | steps | metric | fine-tuned | from scratch | valid (ft / scratch) "
+                 "| best step (ft / scratch) | test users |",
+                 "|---|---:|---|---:|---:|---|---|---:|"]
         for r in rows:
-            keys = ("auc", "logloss") if "auc" in r["finetuned"] else ("ndcg@10", "hr@10")
+            ft, sc = r["finetuned"], r["from_scratch"]
+            keys = ("auc", "logloss") if "auc" in ft else ("ndcg@10", "hr@10")
             for k in keys:
-                lines.append(f"| {r['task']} | {k} | {_f(r['finetuned'].get(k))} | "
-                             f"{_f(r['from_scratch'].get(k))} | {r['steps']} | "
-                             f"{r['finetuned'].get('best_step')} / "
-                             f"{r['from_scratch'].get('best_step')} |")
+                valid = f"valid_{k}"
+                v = f"{_f(ft.get(valid))} / {_f(sc.get(valid))}" if valid in ft else ""
+                lines.append(f"| {r['task']} | {r['steps']} | {k} | {_f(ft.get(k))} | "
+                             f"{_f(sc.get(k))} | {v} | {ft.get('best_step')} / "
+                             f"{sc.get('best_step')} | {ft.get('users')} |")
         parts.append("\n".join(lines))
     distill = result.get("distill")
     if isinstance(distill, dict):

@@ -93,6 +93,10 @@ class TaskConfig:
     """Validate every this many steps (early stopping counts validations: train.patience)."""
     head_hidden: int = 64
     """binary: width of the head's hidden layer."""
+    backbone_lr_scale: float = 1.0
+    """Learning rate of the foundation weights relative to ``train.lr`` (the task head
+    always trains at ``train.lr``): below 1, fine-tuning moves the pretrained weights less
+    (discriminative fine-tuning, Howard & Ruder 2018). Unused from scratch."""
     next_item_weight: float = 0.0
     """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
     objective as an auxiliary one (0: the task's objective only)."""
@@ -120,7 +124,8 @@ class TaskConfig:
                   ("eval_every", self.eval_every >= 1, "at least 1"),
                   ("trainable_layers", self.trainable_layers >= -1, "-1 or more"),
                   ("head_hidden", self.head_hidden >= 1, "at least 1"),
-                  ("next_item_weight", self.next_item_weight >= 0, "non-negative")]
+                  ("next_item_weight", self.next_item_weight >= 0, "non-negative"),
+                  ("backbone_lr_scale", self.backbone_lr_scale > 0, "positive")]
         for key, ok, expected in checks:
             if not ok:
                 raise InputError(source, None, key, expected, repr(getattr(self, key)))
@@ -404,14 +409,21 @@ def _scratch_copy(base: FoundationModel, seed: int) -> FoundationModel:
     return fresh
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups as in :func:`recfm.train.loop.train`: no decay on embeddings and biases."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+def _param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0
+                  ) -> list[dict[str, Any]]:
+    """AdamW groups as in :func:`recfm.train.loop.train` (no decay on embeddings and
+    biases), foundation weights (``fm.``) at ``backbone_lr_scale`` × the learning rate."""
     skip = ("ids", "facets", "positions", "output_items")
-    decay = [p for n, p in params if p.dim() >= 2 and not any(s in n for s in skip)]
-    no_decay = [p for _, p in params if all(p is not d for d in decay)]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = []
+    for is_fm in (True, False):
+        params = [(n, p) for n, p in model.named_parameters()
+                  if p.requires_grad and n.startswith("fm.") == is_fm]
+        decay = [p for n, p in params if p.dim() >= 2 and not any(s in n for s in skip)]
+        no_decay = [p for _, p in params if all(p is not d for d in decay)]
+        scale = backbone_lr_scale if is_fm else 1.0
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
+    return [g for g in groups if g["params"]]
 
 
 def task_spans(store: SequenceStore, model: TaskModel, max_len: int, window: str) -> np.ndarray:
@@ -469,8 +481,9 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
     if not len(spans):
         raise RecfmError(f"task {task.name or task.kind}: no training event has a target in "
                          f"the task (filter {task.items})")
-    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
-                            betas=tuple(tcfg.betas))
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay,
+                                          1.0 if scratch else task.backbone_lr_scale),
+                            lr=tcfg.lr, betas=tuple(tcfg.betas))
 
     out.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_checkpoint(out)
@@ -516,7 +529,7 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
             batch = make_batch(store, spans[plan[bi]])
             lr = lr_at(state["step"], task.max_steps, tcfg)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             loss = model.loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
