@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -62,8 +64,15 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         save_file(_LAST["params"], str(out_dir / f"rank{rank}.safetensors"))
         resumed = _run(Path(data), out_dir / "resumed", epochs=2, resume=True)
         save_file(_LAST["params"], str(out_dir / f"resumed-rank{rank}.safetensors"))
+        # streamed batches: each rank reads only its own row groups of tokens.parquet
+        streamed: list[float] = []
+        loop.train(out_dir / "grouped", out_dir / "stream", ModelConfig(**MODEL),
+                   loop.TrainConfig(epochs=1, stream=True, stream_window_groups=2, **TRAIN),
+                   on_progress=lambda p: streamed.append(p["loss"]) if "loss" in p else None)
+        save_file(_LAST["params"], str(out_dir / f"stream-rank{rank}.safetensors"))
         (out_dir / f"rank{rank}.json").write_text(json.dumps({"losses": losses,
-                                                              "resumed": resumed}))
+                                                              "resumed": resumed,
+                                                              "streamed": streamed}))
     finally:
         dist.destroy_process_group()
 
@@ -84,6 +93,11 @@ def test_two_gloo_processes_match_one_process(tiny_prepared, tmp_path, monkeypat
     single = _run(tiny_prepared, tmp_path / "single", epochs=2)
     single_params = _LAST["params"]
     _run(tiny_prepared, tmp_path / "resumed", epochs=1)  # two processes resume this one
+    (tmp_path / "grouped").mkdir()  # the same data in row groups of 7 users, to stream
+    for name in ("items.parquet", "tokenizer.json", "report.json"):
+        shutil.copy(tiny_prepared / name, tmp_path / "grouped" / name)
+    pq.write_table(pq.read_table(tiny_prepared / "tokens.parquet"),
+                   tmp_path / "grouped" / "tokens.parquet", row_group_size=7)
 
     mp.start_processes(_worker, args=(2, free_port(), str(tiny_prepared), str(tmp_path)),
                        nprocs=2, join=True, start_method="spawn")
@@ -108,6 +122,12 @@ def test_two_gloo_processes_match_one_process(tiny_prepared, tmp_path, monkeypat
     for k in q0:
         assert torch.equal(q0[k], q1[k]), k
     _assert_same_model(q0, single_params)
+    # streamed training (9 row groups: 5 on rank 0, 4 on rank 1) keeps replicas identical
+    s0 = load_file(str(tmp_path / "stream-rank0.safetensors"))
+    s1 = load_file(str(tmp_path / "stream-rank1.safetensors"))
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+    assert r0["streamed"] == r1["streamed"] and len(r0["streamed"]) >= 4
     # rank 0 alone wrote the run directory: one header + one row per epoch
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
     assert len((tmp_path / "ddp" / "metrics.csv").read_text().splitlines()) == 3
