@@ -160,3 +160,19 @@ def test_cli_bad_task_is_one_line(base, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{bad}" in lines[0] and "steps" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_finetune_writes_a_run(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from recfm.cli import app
+
+    path = tmp_path / "task.toml"
+    path.write_text('kind = "surface"\nname = "kids"\nmax_steps = 10\neval_every = 5\n'
+                    '[items]\nkids = "true"\n[train]\nbatch_size = 16\nwarmup_steps = 2\n')
+    r = CliRunner().invoke(app, ["finetune", str(base), "--task", str(path),
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "ndcg@10" in r.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 10 and summary["task"]["name"] == "kids"
