@@ -83,8 +83,13 @@ class UserStateCache:
         as large as possible. P == len(tokens) is an exact hit; (0, None) a miss. Use
         ``state.kv.prefix(P)`` when P < len(state.tokens).
         """
+        return self.lookup_hashed(tokens)[:2]
+
+    def lookup_hashed(self, tokens: np.ndarray
+                      ) -> tuple[int, CachedState | None, np.ndarray | None]:
+        """:meth:`lookup`, and the prefix hashes of ``tokens`` for a :meth:`put` of them."""
         if not self.enabled or len(tokens) == 0:
-            return 0, None
+            return 0, None, None
         hashes = self.hasher.prefixes(tokens)
         with self._lock:
             for n in range(len(tokens), 0, -1):
@@ -95,14 +100,16 @@ class UserStateCache:
                             and np.array_equal(state.tokens[:n], tokens[:n]):
                         self._entries.move_to_end(key)
                         self.stats["hit" if n == len(tokens) else "extend"] += 1
-                        return n, state
+                        return n, state, hashes
             self.stats["miss"] += 1
-        return 0, None
+        return 0, None, hashes
 
-    def put(self, state: CachedState) -> None:
+    def put(self, state: CachedState, hashes: np.ndarray | None = None) -> None:
+        """Cache ``state``; ``hashes``: its tokens' prefix hashes if already computed."""
         if not self.enabled or state.nbytes > self.max_bytes:
             return
-        hashes = self.hasher.prefixes(state.tokens)
+        if hashes is None:
+            hashes = self.hasher.prefixes(state.tokens)
         key = int(hashes[-1])
         with self._lock:
             self._drop(key)
