@@ -92,9 +92,26 @@ class ItemEncoder(nn.Module):
         bag = self.attrs(self.attr_values, self.attr_offsets[:-1])  # (n_items, d); empty → 0
         return w + bag
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) distinct item ids → (N, d): those rows of :meth:`table`, computing no other
+        item's attribute bag (a million-item catalog costs per batch only what it uses).
+        Without content only (content id dropout draws over the whole table)."""
+        w = self.ids.weight[ids]  # (N, d)
+        if not self.use_attrs or self.attr_values.numel() == 0:
+            return w
+        starts = self.attr_offsets[ids]
+        lens = self.attr_offsets[ids + 1] - starts  # (N,)
+        offsets = torch.cumsum(lens, 0) - lens  # (N,) bag starts in the gathered values
+        pos = torch.repeat_interleave(starts - offsets, lens) + torch.arange(
+            int(lens.sum()), device=ids.device)  # positions in attr_values, bag by bag
+        return w + self.attrs(self.attr_values[pos], offsets)  # empty bag → 0
+
     def forward(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         if table is None and not self.use_attrs and not self.use_content:
             return self.ids(items)
+        if table is None and not self.use_content:  # only the rows of this batch's items
+            uniq, inv = torch.unique(items, return_inverse=True)
+            return self.rows(uniq)[inv]  # (*items.shape, d)
         return F.embedding(items, self.table() if table is None else table)
 
 

@@ -206,10 +206,11 @@ class FoundationModel(nn.Module):
             layers = [self(batch)]
         return position_repr(layers, valid, mode, self.cfg.repr_n_last, self.heads)
 
-    def _item_loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor,
+    def _item_loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor | None,
                    weights: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        """Next-item style loss of states h (N, d) against items (N,)."""
+        """Next-item style loss of states h (N, d) against items (N,); ``table`` None: the
+        sampled loss builds only the rows it needs (see :meth:`_loss_table`)."""
         cfg = self.cfg
         if cfg.loss == "full":
             bias = self._hierarchy_bias(h)
@@ -218,8 +219,23 @@ class FoundationModel(nn.Module):
         negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator,
                                 self.log_q)
         log_q = self._sampler_log_q(target) if cfg.logq_correction else None
+        if table is None:  # only the rows of the targets and negatives (large catalogs)
+            uniq, inv = torch.unique(torch.cat([target, negs]), return_inverse=True)
+            table = (self.output_items.weight[uniq] if self.output_items is not None
+                     else self.item_encoder.rows(uniq))  # (U, d)
+            target, negs = inv[:len(target)], inv[len(target):]
+            log_q = log_q[uniq] if log_q is not None else None
         return sampled_softmax_loss(h, target, table, negs, log_q, cfg.label_smoothing,
                                     cfg.temperature, weights)
+
+    def _loss_table(self) -> torch.Tensor | None:
+        """The item table the loss scores against, or None when every loss term reads only
+        some rows (sampled softmax, no future-window head, no content): then each term
+        builds just the rows of its targets and negatives."""
+        if (self.cfg.loss == "sampled" and self.heads.window is None
+                and not self.item_encoder.use_content):
+            return None
+        return self.item_table()
 
     def _hierarchy_bias(self, h: torch.Tensor) -> torch.Tensor | None:
         """log p(entity type of each item | h), (N, n_items - reserved), when hierarchical."""
@@ -237,7 +253,7 @@ class FoundationModel(nn.Module):
         cfg, obj = self.cfg, self.cfg.objectives
         h = self.positions(batch)  # (B, T, d)
         B, T, _ = h.shape
-        table = self.item_table()
+        table = self._loss_table()
         target = batch["target"]  # (B, T)
         future = batch.get("future_item")  # (B, T + 1) or None
         w_all = None

@@ -52,6 +52,37 @@ def test_logq_correction_makes_sampled_gradient_match_full():
     assert err_plain > 3 * err_q
 
 
+def test_rows_path_equals_whole_table(tiny_prepared):
+    """Sampled softmax builds only the rows of its targets and negatives, and the input
+    side only the batch's items: the same numbers as indexing the whole item table."""
+    ds = PreparedDataset.load(tiny_prepared)
+    split = leave_one_out(ds.sequences)
+    base = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0,
+                       loss="sampled", negatives="popularity", n_negatives=16)
+    cfg, (offsets, values) = build_config(base, ds.tokenizer, ds.items, split.train)
+    torch.manual_seed(0)
+    model = FoundationModel(cfg, ds.tokenizer, ds.items)
+    model.item_encoder.set_attributes(offsets, values)
+    enc = model.item_encoder
+    assert enc.use_attrs and enc.attr_values.numel() > 0
+    ids = torch.tensor([0, 3, 7, 8, 20])
+    torch.testing.assert_close(enc.rows(ids), enc.table()[ids])
+    items = torch.tensor([[3, 7, 7, 0], [20, 3, 0, 0]])
+    torch.testing.assert_close(enc(items), torch.nn.functional.embedding(items, enc.table()))
+    assert model._loss_table() is None
+    h = torch.randn(6, 16)
+    target = torch.tensor([3, 4, 5, 9, 9, 30])
+    grads = []
+    for table in (model.item_table(), None):
+        model.zero_grad()
+        gen = torch.Generator().manual_seed(3)
+        loss = model._item_loss(h, target, table, None, gen)
+        loss.backward()
+        grads.append((loss.detach(), enc.ids.weight.grad.clone(), enc.attrs.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_chunked_topk_equals_topk_with_exclusions():
     torch.manual_seed(0)
     users, table = torch.randn(5, 8), torch.randn(1000, 8)
