@@ -79,7 +79,7 @@ def train_cmd(
     from recfm.model.foundation import FoundationModel
     from recfm.rank.data import RankDataConfig, build_requests
     from recfm.rank.model import RankerConfig
-    from recfm.rank.train import evaluate, fit, prepare_features
+    from recfm.rank.train import evaluate, fit, prepare_features, tune_knobs
 
     if threads:
         torch.set_num_threads(threads)
@@ -109,6 +109,9 @@ def train_cmd(
                           f"valid ndcg@10 {r['valid_ndcg@10']:.4f}")
 
         model, history = fit(feats["train"], feats["valid"], vocab, tables_, rank_cfg, on_epoch)
+        valid_req = data.requests.filter(data.requests["split"] == "valid")
+        nav = (valid_req["query_kind"] == "navigational").fill_null(False).to_numpy()
+        tune_knobs(model, feats["valid"], nav)
     valid = evaluate(model, feats["valid"])
     model.save(out, extra={"fm_run": str(fm), "prepared": str(prepared),
                            "data_config": data_cfg.__dict__, "valid": valid})

@@ -77,7 +77,8 @@ class RankerConfig:
     embedder: str = "minilm"
     """Text embedder of queries and items (:func:`recfm.content.make_embedder`)."""
     knob: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
-    """Default personalization per task (0: none, 1: as trained)."""
+    """Default personalization per task (0: none, 1: as trained); ``recfm rank train`` tunes
+    it on validation (:func:`recfm.rank.train.tune_knobs`)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<ranker config>") -> "RankerConfig":

@@ -89,6 +89,57 @@ def evaluate(model: UnifiedRanker, b: Batchable, knob: float | torch.Tensor | No
     return out
 
 
+KNOB_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def exact_at_1(model: UnifiedRanker, b: Batchable, nav: np.ndarray,
+               knob: float | torch.Tensor | None = None) -> float:
+    """Share of navigational requests (``nav``) whose label — the exact title — ranks first;
+    a title the first pass missed counts as a miss."""
+    idx = np.nonzero(nav)[0]
+    if len(idx) == 0:
+        return float("nan")
+    sub = b.take(idx)
+    if isinstance(knob, torch.Tensor):
+        knob = knob[torch.as_tensor(idx)]
+    scores = score_all(model, sub, knob)
+    ok = sub.label >= 0
+    first = torch.zeros(len(sub), dtype=torch.bool)
+    first[ok] = label_ranks(scores[ok], sub.label[ok]) == 0
+    return float(first.double().mean())
+
+
+def tune_knobs(model: UnifiedRanker, valid: Batchable, nav: np.ndarray | None = None,
+               grid: tuple[float, ...] = KNOB_GRID, min_exact_at_1: float = 0.97
+               ) -> dict[str, float]:
+    """Set each task's default knob to the grid value with the best validation NDCG@10.
+
+    For search, only values that keep the exact title first for at least
+    ``min_exact_at_1`` of the validation navigational queries (``nav``) qualify: lexical
+    relevance wins over personalization where the user typed a title (if no value keeps
+    it, the knob is 0).
+    """
+    if model.personal is None:
+        return dict(model.cfg.knob)
+    knobs = dict(model.cfg.knob)
+    for j, task in enumerate(TASKS):
+        sel = (valid.ctx[:, 0] == j).numpy()
+        if not (sel & (valid.label >= 0).numpy()).any():
+            continue
+        best, best_k = -1.0, 0.0  # no value qualifies (search): lexical relevance only
+        for k in grid:
+            if task == "search" and nav is not None and nav[sel].any():
+                if exact_at_1(model, valid, nav & sel, k) < min_exact_at_1:
+                    continue
+            v = evaluate(model, valid, k, select=sel)[task]["ndcg@10"]
+            if v > best:
+                best, best_k = v, k
+        knobs[task] = float(best_k)
+    model.cfg.knob = knobs
+    log.info("default knobs (validation): %s", knobs)
+    return knobs
+
+
 @dataclass
 class Prepared:
     """What training and evaluation need besides the model: the featurised requests."""

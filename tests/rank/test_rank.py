@@ -226,3 +226,51 @@ def test_serving_engine_reranks_with_a_configured_ranker(world, rankers, tmp_pat
     order, scores = ranked.ranker.rerank(users, [cands], ["home"])[0]
     assert [r["item_id"] for r in out] == [ranked.item_ids[i] for i in order[:5]]
     np.testing.assert_allclose([r["score"] for r in out], scores[:5], rtol=1e-5)
+
+
+def test_cli_train_evaluate_serve_hook_and_one_line_errors(world, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from recfm.cli import app
+
+    root = world["root"]
+    runner = CliRunner()
+    out = tmp_path / "rank-run"
+    r = runner.invoke(app, ["rank", "train", str(root / "prepared"), "--fm", str(root / "fm"),
+                            "--out", str(out), "--embedder", EMBEDDER, "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    assert {"config.json", "model.safetensors", "items.parquet", "data"} <= \
+        {p.name for p in out.iterdir()}
+    r = runner.invoke(app, ["rank", "evaluate", str(out), "--json", "--knob", "search=0.5"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["knob"]["search"] == 0.5 and 0.0 <= res["ranker"]["all"]["ndcg@10"] <= 1.0
+    user = pl.read_parquet(root / "prepared-fm" / "tokens.parquet")["user_id"][0]
+    r = runner.invoke(app, ["rank", "serve-hook", str(out), "--fm", str(root / "fm"), "--user",
+                            user, "--task", "search", "--query", "the", "--k", "3"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["items"]) <= 3
+    bad = subprocess.run([sys.executable, "-m", "recfm", "rank", "evaluate", str(out), "--knob",
+                          "shopping=1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'shopping'" in lines[0] and "more-like-this" in lines[0]
+
+
+def test_knobs_tuned_on_validation_keep_navigational_titles_first(world):
+    from recfm.rank.train import KNOB_GRID, exact_at_1, tune_knobs
+
+    f = world["feats"]
+    uni, _ = fit(f["train"], f["valid"], world["vocab"], world["tables"], _cfg(use_fm=False))
+    model, _ = fit(f["train"], f["valid"], world["vocab"], world["tables"], _cfg(),
+                   base_from=uni)
+    valid = world["data"].requests.filter(pl.col("split") == "valid")
+    nav = (valid["query_kind"] == "navigational").fill_null(False).to_numpy()
+    knobs = tune_knobs(model, f["valid"], nav, min_exact_at_1=0.9)
+    assert set(knobs) == set(TASKS) and all(k in KNOB_GRID for k in knobs.values())
+    assert model.cfg.knob == knobs
+    assert exact_at_1(model, f["valid"], nav) >= 0.9
