@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, ROOT, write_result
@@ -119,24 +120,51 @@ def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
     return out
 
 
-def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
-    from recfm.consume.finetune import TaskConfig, finetune
+def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n: int = 1000,
+                     seed: int = 0) -> tuple[float, float]:
+    """95 % interval of metric(a) − metric(b) over users resampled with replacement (the
+    same users for both): mean NDCG@10, or AUC when the dicts hold logits and labels."""
+    from recfm.consume.finetune import auc_score
 
+    rng = np.random.default_rng(seed)
+    n_users = len(next(iter(a.values())))
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, n_users, n_users)
+        if "logit" in a:
+            diffs.append(auc_score(a["logit"][idx], a["label"][idx])
+                         - auc_score(b["logit"][idx], b["label"][idx]))
+        else:
+            diffs.append(a["ndcg@10"][idx].mean() - b["ndcg@10"][idx].mean())
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
+    from recfm.consume.finetune import TaskConfig, TaskModel, finetune
+    from recfm.data.splits import leave_one_out
+    from recfm.prepare import PreparedDataset
+
+    test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
     out = []
     for name, fields in finetune_tasks(steps).items():
         task = TaskConfig.from_dict(fields)
         row: dict[str, Any] = {"task": name, "steps": task.max_steps}
+        per_user = {}
+        key = "auc" if task.kind == "binary" else "ndcg@10"
         for variant, scratch in (("finetuned", False), ("from_scratch", True)):
             dest = Path(work_dir) / f"finetune-{name}-{steps}-{variant}"
             shutil.rmtree(dest, ignore_errors=True)
             t = time.perf_counter()
             res = finetune(base, task, dest, data_dir=prepared_dir(work_dir),
                            from_scratch=scratch)
-            key = "auc" if task.kind == "binary" else "ndcg@10"
             row[variant] = {**res.test, f"valid_{key}": res.best_valid[key],
                             "best_step": res.best_step, "steps_run": res.steps,
                             "wall_s": round(time.perf_counter() - t, 1)}
+            per_user[variant] = TaskModel.from_pretrained(dest).per_user(test)
             log.info("%s %s: %s", name, variant, res.test)
+        lo, hi = paired_bootstrap(per_user["finetuned"], per_user["from_scratch"])
+        row["finetuned"][f"minus_scratch_{key}_ci95"] = [round(lo, 4), round(hi, 4)]
         out.append(row)
     return out
 
@@ -201,17 +229,19 @@ def table(result: dict[str, Any]) -> str:
     if rows:
         lines = ["**Fine-tuning vs from scratch (same steps; test split, checkpoint chosen on "
                  "validation)**", "",
-                 "| task | steps | metric | fine-tuned | from scratch | valid (ft / scratch) "
-                 "| best step (ft / scratch) | test users |",
-                 "|---|---:|---|---:|---:|---|---|---:|"]
+                 "| task | steps | metric | fine-tuned | from scratch | 95% CI of the difference "
+                 "| valid (ft / scratch) | best step (ft / scratch) | test users |",
+                 "|---|---:|---|---:|---:|---|---|---|---:|"]
         for r in rows:
             ft, sc = r["finetuned"], r["from_scratch"]
             keys = ("auc", "logloss") if "auc" in ft else ("ndcg@10", "hr@10")
             for k in keys:
                 valid = f"valid_{k}"
                 v = f"{_f(ft.get(valid))} / {_f(sc.get(valid))}" if valid in ft else ""
+                ci = ft.get(f"minus_scratch_{k}_ci95")
+                ci = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
                 lines.append(f"| {r['task']} | {r['steps']} | {k} | {_f(ft.get(k))} | "
-                             f"{_f(sc.get(k))} | {v} | {ft.get('best_step')} / "
+                             f"{_f(sc.get(k))} | {ci} | {v} | {ft.get('best_step')} / "
                              f"{sc.get('best_step')} | {ft.get('users')} |")
         parts.append("\n".join(lines))
     distill = result.get("distill")

@@ -316,6 +316,40 @@ class TaskModel(nn.Module):
         return {"users": len(frame), "auc": auc_score(logits, labels), "logloss": logloss,
                 "positive_rate": float(labels.mean()) if len(labels) else float("nan")}
 
+    @torch.no_grad()
+    def per_user(self, frame: pl.DataFrame, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """Per evaluated user, in ``frame`` order: surface → ``ndcg@10`` (rank of the target
+        in the subset, seen items excluded, ties against the model); binary → ``logit``
+        and ``label``. For paired comparisons of two task models on the same users."""
+        from recfm.evaluate.metrics import ranks_of
+
+        self.eval()
+        cols = self.fm.input_columns
+        if self.task.kind == "binary":
+            frame = frame.filter(pl.col("target_action").is_not_null()
+                                 & pl.col("target").is_not_null())
+        else:
+            in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
+            frame = frame.filter(pl.Series(in_subset))
+        store = SequenceStore(frame, cols)
+        targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
+        out = np.zeros(len(frame), dtype=np.float64)
+        for rows, batch in history_batches(store, self.fm.cfg.max_len, batch_size,
+                                           by_length=True):
+            h = self.fm.last_hidden(batch)
+            if self.task.kind == "binary":
+                out[rows] = self.binary_logit(h, targets[rows]).double().numpy()
+                continue
+            scores = self.fm.score(h).masked_fill(~self.subset, float("-inf"))
+            b, items = store.history_items(rows)
+            scores[torch.from_numpy(b), torch.from_numpy(items)] = float("-inf")
+            rank = ranks_of(scores, targets[rows]).double()
+            out[rows] = ((rank < 10) / torch.log2(rank + 2)).numpy()
+        if self.task.kind == "binary":
+            return {"logit": out,
+                    "label": frame["target_action"].to_numpy() == self.label_code}
+        return {"ndcg@10": out}
+
     def key_metric(self) -> str:
         return "auc" if self.task.kind == "binary" else "ndcg@10"
 

@@ -14,9 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from recfm.consume.finetune import TaskConfig, TaskModel, auc_score, finetune, load_task
+from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
+from recfm.prepare import PreparedDataset
 from recfm.train.loop import TrainConfig, train
 from tests.conftest import chain_events
 
@@ -66,7 +68,7 @@ def losses(run) -> list[float]:
     return [float(r["train_loss"]) for r in rows if int(r["step"]) > 0]
 
 
-def test_surface_task_trains_and_ranks_only_the_subset(base, tmp_path):
+def test_surface_task_trains_and_ranks_only_the_subset(base, data, tmp_path):
     res = finetune(base, task("surface"), tmp_path / "kids")
     loss = losses(tmp_path / "kids")
     assert loss[-1] < loss[0]
@@ -74,6 +76,8 @@ def test_surface_task_trains_and_ranks_only_the_subset(base, tmp_path):
     assert res.test["subset_items"] == 20
     FoundationModel.from_pretrained(tmp_path / "kids")  # a normal run directory
     tm = TaskModel.from_pretrained(tmp_path / "kids")
+    test = leave_one_out(PreparedDataset.load(data).sequences).test
+    assert tm.per_user(test)["ndcg@10"].mean() == pytest.approx(res.test["ndcg@10"])
     recs = tm.recommend(["i1", "i2", "i3"], k=10)
     assert recs.height == 10
     assert all(int(i[1:]) % 2 == 0 for i in recs["item_id"])  # kids titles only
@@ -81,13 +85,15 @@ def test_surface_task_trains_and_ranks_only_the_subset(base, tmp_path):
     assert meta["task"]["kind"] == "surface" and meta["init_from"] == str(base)
 
 
-def test_binary_task_learns_completion(base, tmp_path):
+def test_binary_task_learns_completion(base, data, tmp_path):
     res = finetune(base, task("binary", max_steps=120, eval_every=20), tmp_path / "complete")
     loss = losses(tmp_path / "complete")
     assert loss[-1] < loss[0]
     assert res.test["auc"] > 0.75  # completion is a function of the title here
     assert 0 < res.test["logloss"] < 0.69
     tm = TaskModel.from_pretrained(tmp_path / "complete")
+    pu = tm.per_user(leave_one_out(PreparedDataset.load(data).sequences).test)
+    assert auc_score(pu["logit"], pu["label"]) == pytest.approx(res.test["auc"])
     p = tm.predict([["i1", "i2"], ["i1", "i2"]], ["i3", "i4"])
     assert p[0] > p[1]
     FoundationModel.from_pretrained(tmp_path / "complete")
