@@ -309,6 +309,8 @@ def recommend_cmd(
     k: int = typer.Option(10, help="How many items."),
     include_seen: bool = typer.Option(False, help="Allow items already in the history."),
     map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for --events."),
+    prompt: Optional[str] = typer.Option(None, help="A soft prompt of the run (recfm "
+                                         "prompt-tune), e.g. kids."),
 ) -> None:
     """Recommendations for a known user or from a file of raw events."""
     import polars as pl
@@ -329,7 +331,7 @@ def recommend_cmd(
         history = seqs.filter(pl.col("user_id") == user)
         if history.height == 0:
             raise RecfmError(f"{data / 'tokens.parquet'}: expected user {user!r}, found no such user")
-    recs = fm.recommend(history, k=k, exclude_seen=not include_seen)
+    recs = fm.recommend(history, k=k, exclude_seen=not include_seen, prompt=prompt)
     t = Table(title=f"top {k} for {user or events}")
     for c in recs.columns:
         t.add_column(c)

@@ -137,7 +137,7 @@ def test_surface_errors(run):
         prompt_tune(run, PromptConfig(name="x", surface={"planet": "mars"}))
 
 
-def test_cli_prompt_tune_and_list(run, tmp_path):
+def test_cli_prompt_tune_and_list(run, test_frame, tmp_path):
     import shutil
 
     from typer.testing import CliRunner
@@ -157,3 +157,8 @@ def test_cli_prompt_tune_and_list(run, tmp_path):
     assert r.exit_code == 0 and "kids" in r.output and "item.kids=true" in r.output
     r = CliRunner().invoke(app, ["prompt-tune", str(copy), "--name", "x", "--surface", "oops"])
     assert isinstance(r.exception, InputError) and "KEY=VALUE" in str(r.exception)
+    user = test_frame["user_id"][0]
+    r = CliRunner().invoke(app, ["recommend", str(copy), "--user", user, "--prompt", "kids"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recommend", str(copy), "--user", user, "--prompt", "adults"])
+    assert isinstance(r.exception, RecfmError) and "no prompt 'adults'" in str(r.exception)
