@@ -27,7 +27,10 @@ SHARED_DATA = ROOT.parent.parent / "shared" / "data"
 
 # Headline metrics shown in RESULTS.md, in this order, when a result has them.
 SHOWN = ("ndcg@10", "hr@10", "mrr", "popularity_ndcg@10", "wall_s_prepare", "events_per_s",
-         "peak_rss_mb", "s_per_epoch", "tokens_per_s", "mfu_pct")
+         "peak_rss_mb", "s_per_epoch", "tokens_per_s", "mfu_pct", "cache_speedup",
+         "add_items_1000_s")
+# Nested metric groups shown as ``group.key`` (the serving benchmark's result keys).
+SHOWN_GROUPS = ("recommend_12k", "hnsw_1m", "reload")
 
 
 def git_commit() -> str | None:
@@ -108,7 +111,9 @@ def render_results_md() -> None:
     for p in sorted(RESULTS.glob("*.json")):
         r = json.loads(p.read_text())
         m = r.get("metrics", {})
-        shown = ", ".join(f"{k} {_fmt(m[k])}" for k in SHOWN if k in m)
+        shown = ", ".join([f"{k} {_fmt(m[k])}" for k in SHOWN if k in m]
+                          + [f"{g}.{k} {_fmt(v)}" for g in SHOWN_GROUPS
+                             if isinstance(m.get(g), dict) for k, v in m[g].items()])
         mach = r.get("machine", {})
         machine = f"{mach.get('cores')} cores, {mach.get('gpu') or 'CPU'} ({mach.get('cpu')})"
         rows.append(f"| {r['name']} | {r['dataset']} | {shown} | {r['wall_s']:,.1f} | {machine} "

@@ -324,7 +324,7 @@ class Engine:
         users: list[torch.Tensor | None] = [None] * len(queries)
         cold = []
         for i, q in enumerate(queries):
-            n, state = self.cache.lookup(q.window)
+            n, state, hashes = self.cache.lookup_hashed(q.window)
             if state is None:
                 cold.append(i)
                 q.cache = "miss" if self.cache.enabled else "off"
@@ -337,7 +337,7 @@ class Engine:
                                                    self.input_table)
                 users[i] = u[0]
                 q.cache = f"extend:{len(q.window) - n}"
-                self.cache.put(CachedState(q.window, kv, u[0]))
+                self.cache.put(CachedState(q.window, kv, u[0]), hashes)
         if cold:
             cold.sort(key=lambda i: len(queries[i].window))
             u, kv = self.fm.encode_incremental(self._batch([queries[i].window for i in cold]),
@@ -346,7 +346,8 @@ class Engine:
                 users[i] = u[j]
                 if self.cache.enabled:
                     w = queries[i].window
-                    self.cache.put(CachedState(w, kv.row(j, len(w)), u[j].clone()))
+                    room = kv.row(j, len(w), self.max_len)  # later tokens fill it in place
+                    self.cache.put(CachedState(w, room, u[j].clone()))
         return torch.stack(users) if users else torch.zeros(0, self.d)  # type: ignore[arg-type]
 
     @torch.inference_mode()
