@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, ROOT, write_result
+from benchmarks.common import RESULTS, ROOT, command_line, write_result
 
 log = logging.getLogger("benchmarks.consumption")
 
@@ -292,7 +292,7 @@ def main() -> None:
         t = time.perf_counter()
         result[part] = runner(args.work, args.threads)
         walls[part] = round(time.perf_counter() - t, 1)
-        commands[part] = f"python -m benchmarks.consumption --parts {part} --threads {args.threads}"
+        commands[part] = command_line()  # the invocation this part was measured in
         ran.append(part)
         log.info("part %s done in %.1f s", part, walls[part])
     if not ran:
