@@ -231,8 +231,9 @@ def load_downstream(model: nn.Module, path: str | Path) -> nn.Module:
     meta = _read_meta(path)
     prefix, enc = _encoder_of(model)
     if enc.run_sha256 != meta["foundation"]["sha256"]:
-        raise RecfmError(f"{path}: saved on foundation weights {meta['foundation']['sha256'][:12]}…"
-                         f", the model's encoder has {str(enc.run_sha256)[:12]}…")
+        saved = meta["foundation"]["sha256"]
+        raise RecfmError(f"{path}: saved on foundation weights {saved[:12]}…, the model's "
+                         f"encoder has {str(enc.run_sha256)[:12]}…")
     state = load_file(str(path / DOWNSTREAM_WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = enc.frozen_keys(prefix)
