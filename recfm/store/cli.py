@@ -28,17 +28,31 @@ def embed_cmd(
     backend: Optional[str] = typer.Option(None, help="lancedb (default) or parquet, for a "
                                           "new store."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
+    nproc: int = typer.Option(1, help="Embed with N local processes (torchrun on 127.0.0.1), "
+                              "each encoding its shard of the users; one version published."),
 ) -> None:
-    """Embed every user and item with a run and publish them as a new store version."""
+    """Embed every user and item with a run and publish them as a new store version.
+
+    Several processes: recfm embed RUN --store S --nproc 2  (= torchrun … -m recfm.store)
+    """
+    if nproc > 1:
+        import sys
+
+        from recfm.train.distributed import launch, strip_nproc
+        args = sys.argv[sys.argv.index("embed") + 1:] if "embed" in sys.argv else sys.argv[2:]
+        raise typer.Exit(launch(nproc, strip_nproc(args), module="recfm.store"))
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from recfm.store import embed, open_store
+    from recfm.train.distributed import current
 
     if threads:
         torch.set_num_threads(threads)
     st = open_store(store, keep=keep, backend=backend)
-    with Progress(TextColumn("embedding users"), BarColumn(),
+    ctx = current()
+    label = f"embedding users (rank 0's shard of {ctx.world})" if ctx else "embedding users"
+    with Progress(TextColumn(label), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,}"),
                   TextColumn("{task.fields[ups]:,.0f} users/s"), TimeElapsedColumn(),
                   console=console) as progress:
@@ -53,7 +67,8 @@ def embed_cmd(
                      on_progress=on_progress)
     console.print(f"published version {info.version} to {store}: {info.users:,} users, "
                   f"{info.items:,} items, dim {info.dim}, pooling {info.pooling} "
-                  f"({info.extra['users_per_s']:,.0f} users/s; publish "
+                  f"({info.extra['users_per_s']:,.0f} users/s"
+                  f"{f' over {ctx.world} processes' if ctx else ''}; publish "
                   f"{info.extra['publish_s']:.2f} s; keeping {st.keep})")
 
 

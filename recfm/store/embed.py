@@ -8,22 +8,38 @@ the item vectors gives the model's recommendation scores (without hierarchical b
 
 Users are encoded in chunks sorted by history length, so each batch pads only to similar
 lengths; the vectors are put back in the dataset's user order before publishing.
+
+**Several processes** (``recfm embed RUN --store S --nproc N`` or
+``torchrun --nproc_per_node=N -m recfm.store RUN --store S``; process group as in
+:mod:`recfm.train.distributed`): rank ``r`` encodes users ``r::N`` and writes its shard
+(``row, id, vector``; Parquet, atomic) to a staging directory inside the store
+(``.embed-staging-<id>/``). After a barrier rank 0 alone reads the shards, checks that
+together they hold every user exactly once, and publishes one version through
+:meth:`EmbeddingStore.publish` (so publishing stays atomic); it alone computes the item
+vectors and removes the staging directory. ``extra.users_per_s`` is over the whole job
+(all users / wall time from the common start until rank 0 holds every vector).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recfm.errors import InputError, RecfmError
-from recfm.store.base import EmbeddingStore, VersionInfo
+from recfm.io import atomic_write_bytes
+from recfm.store.base import EmbeddingStore, VersionInfo, table_vectors
 from recfm.tokenizer import N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
@@ -44,16 +60,17 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
 
     ``pooling``: how a user vector is read from the hidden states (``last``, ``mean_last``,
     ``attention``, ``layer_mean``, ``layer_mix``, ``mean``); default: the representation
-    the model was trained with. ``on_progress(users_done, users)`` after each chunk.
+    the model was trained with. ``on_progress(users_done, users)`` after each chunk (of
+    this rank's users when several processes run it, see the module docstring).
     The version's metadata records the run, model and tokenizer hashes, data fingerprint,
     pooling, counts and the encoding throughput (``extra.users_per_s``).
     """
     from recfm.adapt.incremental import run_data_dir
     from recfm.model.foundation import FoundationModel
-    from recfm.serve.engine import model_version
     from recfm.store import open_store
-    from recfm.train.loop import data_fingerprint
+    from recfm.train.distributed import current
 
+    ctx = current()  # None: one process
     run = Path(run)
     if pooling is not None and pooling not in POOLINGS:
         raise RecfmError(f"pooling: expected one of {', '.join(POOLINGS)}, found {pooling!r}")
@@ -78,25 +95,123 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     pooling = pooling or fm.cfg.user_repr
     st = store if isinstance(store, EmbeddingStore) else open_store(store, keep=keep)
 
-    # users: chunks sorted by (clipped) history length, put back in dataset order after
+    # users: this process's rows (all, or r::world), encoded by _encode
     n = seqs.height
-    order = np.argsort(np.minimum(seqs["length"].to_numpy(), fm.cfg.max_len), kind="stable")
-    columns = [c for c in fm.input_columns if c in seqs.columns]
-    vectors = np.empty((n, fm.cfg.d_model), dtype=np.float32)
+    user_ids = seqs["user_id"].cast(pl.Utf8).to_list()
+    staging = None
+    if ctx is not None:  # every rank uses rank 0's staging directory name
+        name = [f".embed-staging-{uuid.uuid4().hex[:12]}" if ctx.is_main else None]
+        torch.distributed.broadcast_object_list(name, src=0)
+        staging = st.root / name[0]
+        torch.distributed.barrier()  # a common start for the job's users/s
+    mine = np.arange(n) if ctx is None else np.arange(ctx.rank, n, ctx.world)
     t0 = time.perf_counter()
+    vectors = _encode(fm, seqs, mine, pooling, batch_size, chunk_users, on_progress)
+    if ctx is None:
+        return _publish_users_items(fm, st, run, data_dir, run_ids, user_ids, vectors,
+                                    pooling, time.perf_counter() - t0, batch_size, 1)
+    _write_shard(staging / f"users-rank{ctx.rank:05d}.parquet", mine,
+                 [user_ids[i] for i in mine], vectors)
+    torch.distributed.barrier()  # every shard is on disk
+    if not ctx.is_main:
+        return _share_outcome(ctx)
+    try:
+        vectors = _gather_shards(staging, ctx.world, user_ids, fm.cfg.d_model)
+        info = _publish_users_items(fm, st, run, data_dir, run_ids, user_ids, vectors,
+                                    pooling, time.perf_counter() - t0, batch_size, ctx.world)
+    except Exception as e:
+        _share_outcome(ctx, error=f"{type(e).__name__}: {e}")  # the other ranks fail too
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _share_outcome(ctx, info)
+
+
+def _encode(fm, seqs: pl.DataFrame, rows: np.ndarray, pooling: str, batch_size: int,
+            chunk_users: int, on_progress: ProgressFn | None) -> np.ndarray:
+    """(len(rows), d) user vectors of dataset rows ``rows``, in that order."""
+    order = np.argsort(np.minimum(seqs["length"].to_numpy()[rows], fm.cfg.max_len),
+                       kind="stable")
+    columns = [c for c in fm.input_columns if c in seqs.columns]
+    frame = seqs.select(columns)
+    vectors = np.empty((len(rows), fm.cfg.d_model), dtype=np.float32)
     done = 0
-    for s in range(0, n, chunk_users):
-        rows = order[s:s + chunk_users]
-        chunk = seqs.select(columns)[rows]
+    for s in range(0, len(rows), chunk_users):
+        part = order[s:s + chunk_users]  # positions in ``rows``
         try:
-            vectors[rows] = fm.encode_users(chunk, pooling=pooling,
+            vectors[part] = fm.encode_users(frame[rows[part]], pooling=pooling,
                                             batch_size=batch_size).numpy()
         except ValueError as e:  # e.g. attention pooling of a model trained without it
             raise RecfmError(f"pooling {pooling!r}: {e}") from None
-        done += len(rows)
+        done += len(part)
         if on_progress:
-            on_progress(done, n)
-    encode_s = time.perf_counter() - t0
+            on_progress(done, len(rows))
+    return vectors
+
+
+def _write_shard(path: Path, rows: np.ndarray, ids: list[str], vectors: np.ndarray) -> None:
+    """One rank's users as Parquet ``row (int64), id, vector`` (atomic)."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    table = pa.table({"row": pa.array(rows.astype(np.int64)), "id": pa.array(ids, pa.utf8()),
+                      "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _gather_shards(staging: Path, world: int, user_ids: list[str], dim: int) -> np.ndarray:
+    """(n, d) user vectors in dataset order from the ranks' shards; each user exactly once."""
+    n = len(user_ids)
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    seen = np.zeros(n, dtype=np.int64)
+    for r in range(world):
+        path = staging / f"users-rank{r:05d}.parquet"
+        if not path.is_file():
+            raise RecfmError(f"{path}: expected rank {r}'s shard of user vectors, found "
+                             "nothing at that path")
+        table = pq.read_table(path)
+        rows = table.column("row").to_numpy()
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise RecfmError(f"{path}: column row: expected dataset rows 0..{n - 1}, found "
+                             f"{int(rows.max() if rows.max() >= n else rows.min())}")
+        ids = table.column("id").to_pylist()
+        bad = next((k for k, (i, u) in enumerate(zip(rows, ids)) if user_ids[i] != u), None)
+        if bad is not None:
+            raise RecfmError(f"{path}: row {bad}, column id: expected {user_ids[rows[bad]]!r}, "
+                             f"found {ids[bad]!r}")
+        np.add.at(seen, rows, 1)
+        if len(rows):
+            vectors[rows] = table_vectors(table)
+    if (seen != 1).any():
+        i = int(np.nonzero(seen != 1)[0][0])
+        raise RecfmError(f"{staging}: expected the shards to hold each of {n:,} users exactly "
+                         f"once, found user {user_ids[i]!r} {int(seen[i])} times")
+    return vectors
+
+
+def _share_outcome(ctx, info: VersionInfo | None = None, error: str | None = None
+                   ) -> VersionInfo:
+    """Rank 0 sends its outcome (the published version or its error); the others get it."""
+    from dataclasses import asdict
+
+    box = [None if info is None else asdict(info), error]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if ctx.is_main:
+        return info  # type: ignore[return-value]  (on an error rank 0 raises its own)
+    if box[1] is not None:
+        raise RecfmError(f"rank 0 failed to publish the shards: {box[1]}")
+    return VersionInfo.from_dict(box[0])
+
+
+def _publish_users_items(fm, st: EmbeddingStore, run: Path, data_dir: Path,
+                         run_ids: list[str], user_ids: list[str], vectors: np.ndarray,
+                         pooling: str, encode_s: float, batch_size: int, world: int
+                         ) -> VersionInfo:
+    """Compute the item vectors and publish them with the users' as one version."""
+    from recfm.serve.engine import model_version
+    from recfm.train.loop import data_fingerprint
+
+    n = len(user_ids)
     with torch.no_grad():
         items = fm.item_table()[N_RESERVED_ITEMS:].detach().float().numpy()  # (n_items, d)
     titles = None
@@ -119,5 +234,6 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
         "user_vectors": "the model's user representation after each user's last token",
         "item_vectors": "the model's output item table; score = user · item",
     }
-    user_ids = seqs["user_id"].cast(pl.Utf8).to_list()
+    if world > 1:
+        meta["world"] = world
     return st.publish(user_ids, vectors, run_ids, items, meta, titles)

@@ -253,21 +253,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def launch_command(nproc: int, train_args: Sequence[str], port: int | None = None
-                   ) -> list[str]:
-    """The torchrun command that runs ``recfm train <train_args>`` on ``nproc`` processes."""
+def launch_command(nproc: int, train_args: Sequence[str], port: int | None = None,
+                   module: str = "recfm.train") -> list[str]:
+    """The torchrun command that runs ``python -m <module> <train_args>`` (default:
+    ``recfm train``; ``recfm.store``: ``recfm embed``) on ``nproc`` processes."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
-            f"--master_port={port or free_port()}", "-m", "recfm.train", *train_args]
+            f"--master_port={port or free_port()}", "-m", module, *train_args]
 
 
-def launch(nproc: int, train_args: Sequence[str]) -> int:
-    """Run ``recfm train`` on ``nproc`` local processes; returns the exit status."""
+def launch(nproc: int, train_args: Sequence[str], module: str = "recfm.train") -> int:
+    """Run ``recfm train`` (or ``-m module``) on ``nproc`` local processes; the exit status."""
     env = dict(os.environ)
     # torchrun would otherwise set 1 thread per process only when OMP_NUM_THREADS is unset;
     # share this machine's cores between the processes explicitly
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(launch_command(nproc, train_args), env=env).returncode
+    return subprocess.run(launch_command(nproc, train_args, module=module),
+                          env=env).returncode
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
