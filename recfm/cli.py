@@ -254,7 +254,14 @@ def train_cmd(
 
         result = train(data_dir, out, mcfg, tcfg, resume=resume, on_progress=on_progress,
                        command=command, init_from=init_from)
-    t = Table(title=f"run {out}")
+    print_train_result(result, f"run {out}")
+    console.print(f"best epoch {result.best_epoch}, {result.epochs_run} epochs, "
+                  f"{result.n_params:,} parameters, {result.wall_s:.0f} s")
+
+
+def print_train_result(result, title: str) -> None:
+    """The validation (best epoch) and test metrics of a finished training, as a table."""
+    t = Table(title=title)
     t.add_column("metric")
     t.add_column("valid (best epoch)", justify="right")
     t.add_column("test", justify="right")
@@ -262,8 +269,6 @@ def train_cmd(
         test = f"{result.test[key]:.4f}" if result.test else "-"
         t.add_row(key, f"{result.best_valid[key]:.4f}", test)
     console.print(t)
-    console.print(f"best epoch {result.best_epoch}, {result.epochs_run} epochs, "
-                  f"{result.n_params:,} parameters, {result.wall_s:.0f} s")
 
 
 @app.command("evaluate")

@@ -45,14 +45,9 @@ def distill_cmd(
 
         result = distill(teacher, out, mcfg, tcfg, dcfg, data, resume=resume,
                          on_progress=on_progress, command=command)
-    t = Table(title=f"student {out} (teacher {teacher})")
-    t.add_column("metric")
-    t.add_column("valid (best epoch)", justify="right")
-    t.add_column("test", justify="right")
-    for key in ("ndcg@10", "hr@10", "mrr"):
-        test = f"{result.test[key]:.4f}" if result.test else "-"
-        t.add_row(key, f"{result.best_valid[key]:.4f}", test)
-    console.print(t)
+    from recfm.cli import print_train_result
+
+    print_train_result(result, f"student {out} (teacher {teacher})")
     console.print(f"{result.n_params:,} parameters, best epoch {result.best_epoch}, "
                   f"{result.wall_s:.0f} s")
 

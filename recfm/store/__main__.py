@@ -9,26 +9,11 @@ publishes one version (:mod:`recfm.store.embed`); only rank 0 prints.
 
 from __future__ import annotations
 
-import os
-import sys
+from recfm.train.distributed import run_cli_as_rank
 
 
 def main() -> None:
-    from recfm.train.distributed import init_from_env
-
-    ctx = init_from_env()
-    if ctx is not None and not ctx.is_main:
-        sys.stdout = open(os.devnull, "w")  # one progress bar and summary, rank 0's
-    from recfm.cli import main as cli_main
-
-    sys.argv = ["recfm", "embed", *sys.argv[1:]]
-    try:
-        cli_main()
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_cli_as_rank("embed")
 
 
 if __name__ == "__main__":

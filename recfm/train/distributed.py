@@ -286,3 +286,20 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def run_cli_as_rank(command: str) -> None:
+    """``recfm <command> <argv>`` in a process torchrun started: join the process group from
+    the environment, silence every rank's stdout but rank 0's, leave the group at the end
+    (the ``python -m recfm.train`` / ``-m recfm.store`` entry points)."""
+    ctx = init_from_env()
+    if ctx is not None and not ctx.is_main:
+        sys.stdout = open(os.devnull, "w")  # one progress bar and summary, rank 0's
+    from recfm.cli import main as cli_main
+
+    sys.argv = ["recfm", command, *sys.argv[1:]]
+    try:
+        cli_main()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
