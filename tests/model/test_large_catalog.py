@@ -52,10 +52,9 @@ def test_logq_correction_makes_sampled_gradient_match_full():
     assert err_plain > 3 * err_q
 
 
-def test_rows_path_equals_whole_table(tiny_prepared):
-    """Sampled softmax builds only the rows of its targets and negatives, and the input
-    side only the batch's items: the same numbers as indexing the whole item table."""
-    ds = PreparedDataset.load(tiny_prepared)
+def sampled_model(prepared):
+    """A tiny model with popularity-sampled softmax on ``prepared``, its dataset and split."""
+    ds = PreparedDataset.load(prepared)
     split = leave_one_out(ds.sequences)
     base = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0,
                        loss="sampled", negatives="popularity", n_negatives=16)
@@ -63,6 +62,13 @@ def test_rows_path_equals_whole_table(tiny_prepared):
     torch.manual_seed(0)
     model = FoundationModel(cfg, ds.tokenizer, ds.items)
     model.item_encoder.set_attributes(offsets, values)
+    return ds, split, model
+
+
+def test_rows_path_equals_whole_table(tiny_prepared):
+    """Sampled softmax builds only the rows of its targets and negatives, and the input
+    side only the batch's items: the same numbers as indexing the whole item table."""
+    _, _, model = sampled_model(tiny_prepared)
     enc = model.item_encoder
     assert enc.use_attrs and enc.attr_values.numel() > 0
     ids = torch.tensor([0, 3, 7, 8, 20])
@@ -110,21 +116,14 @@ def test_model_top_items_by_chunks_equals_full_scores(tiny_prepared):
 
 
 def test_chunked_evaluation_equals_unchunked(tiny_prepared):
-    ds = PreparedDataset.load(tiny_prepared)
-    split = leave_one_out(ds.sequences)
-    base = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0,
-                       loss="sampled", negatives="popularity", n_negatives=16)
-    cfg, (offsets, values) = build_config(base, ds.tokenizer, ds.items, split.train)
-    torch.manual_seed(0)
-    model = FoundationModel(cfg, ds.tokenizer, ds.items)
-    model.item_encoder.set_attributes(offsets, values)
+    _, split, model = sampled_model(tiny_prepared)
     # one optimizer step on the popularity-sampled loss, so scores are not at init
     store = SequenceStore(split.train, model.train_columns)
     loss = model.loss(make_batch(store, store.spans(9, min_len=2)[:32]))
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.5).step()
     model.eval()
-    cols, n = model.input_columns, cfg.n_items
+    cols, n = model.input_columns, model.cfg.n_items
     kw = dict(batch_size=16, ks=(1, 5, 10), sampled_negatives=10)
     whole = evaluate_scorer(model_scorer(model), split.test, n, 8, cols, item_chunk=0, **kw)
     chunked = evaluate_scorer(model_scorer(model), split.test, n, 8, cols, item_chunk=7, **kw)
