@@ -231,13 +231,15 @@ class Engine:
     def _event_tokens(self, events: list[dict[str, Any]], ignore_unknown: bool
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
-        unknown = [e["item_id"] for e in events if str(e["item_id"]) not in self.index_of]
-        if unknown and not ignore_unknown:
-            shown = ", ".join(repr(str(u)) for u in unknown[:5])
-            raise Unprocessable(f"events: {len(unknown)} item id(s) not in the catalog of model "
-                                f"{self.version}: {shown} (set ignore_unknown_items to drop "
-                                "them)")
-        events = [e for e in events if str(e["item_id"]) in self.index_of]
+        known = [str(e["item_id"]) in self.index_of for e in events]
+        if not all(known):
+            unknown = [e["item_id"] for e, ok in zip(events, known) if not ok]
+            if not ignore_unknown:
+                shown = ", ".join(repr(str(u)) for u in unknown[:5])
+                raise Unprocessable(f"events: {len(unknown)} item id(s) not in the catalog of "
+                                    f"model {self.version}: {shown} (set ignore_unknown_items "
+                                    "to drop them)")
+            events = [e for e, ok in zip(events, known) if ok]
         if not events:
             return np.zeros((0, len(self.columns)), np.int64), None
         if self.fast_tokens and EventTokenizer.supports(events):

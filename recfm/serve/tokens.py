@@ -51,13 +51,17 @@ class EventTokenizer:
         Python loops remain only over merged groups (repeats), which are few.
         """
         cfg = self.cfg
-        raw = {f: [e.get(f) for e in events] for f in CATEGORICAL + ("value", "row")}
-        present = [f for f, col in raw.items() if any(v is not None for v in col)]
+        n_events = len(events)
+        keys = set().union(*events)  # the fields any event has: others are skipped
+        raw = {f: [e.get(f) for e in events] if f in keys else [None] * n_events
+               for f in CATEGORICAL + ("value", "row")}
+        present = [f for f, col in raw.items() if f in keys and any(v is not None for v in col)]
         cats = {f: [None if v in (None, "") else str(v) for v in raw[f]] if f in present
-                else [None] * len(events) for f in CATEGORICAL}
-        values = [None if v is None else float(v) for v in raw["value"]]
+                else [None] * n_events for f in CATEGORICAL}
+        values = [None if v is None else float(v) for v in raw["value"]] if "value" in present \
+            else raw["value"]
         items = [self.index_of[str(e["item_id"])] for e in events]
-        stamps = [e.get("timestamp") for e in events]
+        stamps = [e.get("timestamp") for e in events] if "timestamp" in keys else []
         if any(t is not None for t in stamps):
             t = np.array([int(x) for x in stamps], dtype=np.int64)
             t = np.where(np.abs(t) >= _MS_THRESHOLD, t // 1000, t)
