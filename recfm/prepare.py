@@ -190,14 +190,19 @@ class PreparedDataset:
     tokenizer: Tokenizer
     report: dict[str, Any]
 
-    @classmethod
-    def load(cls, path: str | Path) -> "PreparedDataset":
-        path = Path(path)
+    @staticmethod
+    def check_files(path: Path) -> None:
+        """A one-line error naming the first file a prepared dataset ``path`` lacks."""
         for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
             if not (path / name).is_file():
                 raise InputError(str(path / name), None, None,
                                  "a prepared dataset file (run `recfm prepare` first)",
                                  "nothing at that path")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreparedDataset":
+        path = Path(path)
+        cls.check_files(path)
         items = pl.read_parquet(path / "items.parquet")
         tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
         report_path = path / "report.json"

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,31 @@ def seen_in_chunk(b: np.ndarray, items: np.ndarray, start: int, end: int
     return torch.from_numpy(b[inside]), torch.from_numpy(items[inside] - start)
 
 
+def _masked_chunks(score_chunk: ChunkFn, n_items: int, chunk: int,
+                   seen: tuple[np.ndarray, np.ndarray] | None
+                   ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, end, (B, end - start) float scores with the ``seen`` pairs at -inf) per chunk."""
+    for start in range(0, n_items, chunk):
+        end = min(start + chunk, n_items)
+        s = score_chunk(start, end).float()  # (B, C)
+        if seen is not None:
+            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
+            s[rows, cols] = float("-inf")
+        yield start, end, s
+
+
+def _merge_topk(best_v: torch.Tensor | None, best_i: torch.Tensor | None, s: torch.Tensor,
+                start: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-``k`` (values, item indices) merged with chunk ``s`` at ``start``."""
+    v, i = torch.topk(s, min(k, s.size(1)), dim=1)  # (B, kk)
+    i = i + start
+    if best_v is not None:
+        v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+        top = torch.topk(v, min(k, v.size(1)), dim=1)
+        v, i = top.values, i.gather(1, top.indices)
+    return v, i
+
+
 def chunked_topk(score_chunk: ChunkFn, n_items: int, k: int, chunk: int = 65536,
                  seen: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,22 +66,8 @@ def chunked_topk(score_chunk: ChunkFn, n_items: int, k: int, chunk: int = 65536,
     """
     best_v: torch.Tensor | None = None
     best_i: torch.Tensor | None = None
-    for start in range(0, n_items, chunk):
-        end = min(start + chunk, n_items)
-        s = score_chunk(start, end).float()  # (B, C)
-        if seen is not None:
-            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
-            s[rows, cols] = float("-inf")
-        kk = min(k, end - start)
-        v, i = torch.topk(s, kk, dim=1)  # (B, kk)
-        i = i + start
-        if best_v is None:
-            best_v, best_i = v, i
-        else:
-            v = torch.cat([best_v, v], dim=1)
-            i = torch.cat([best_i, i], dim=1)
-            top = torch.topk(v, min(k, v.size(1)), dim=1)
-            best_v, best_i = top.values, i.gather(1, top.indices)
+    for start, end, s in _masked_chunks(score_chunk, n_items, chunk, seen):
+        best_v, best_i = _merge_topk(best_v, best_i, s, start, k)
     assert best_v is not None and best_i is not None, "n_items must be positive"
     return best_v, best_i
 
@@ -94,12 +105,7 @@ def chunked_ranks(score_chunk: ChunkFn, n_items: int, targets: torch.Tensor,
     above = torch.zeros(B, dtype=torch.long)
     best_v = best_i = None
     extra_s = torch.full(extra.shape, float("-inf")) if extra is not None else None
-    for start in range(0, n_items, chunk):
-        end = min(start + chunk, n_items)
-        s = score_chunk(start, end).float()  # (B, C)
-        if seen is not None:
-            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
-            s[rows, cols] = float("-inf")
+    for start, end, s in _masked_chunks(score_chunk, n_items, chunk, seen):
         own = (targets >= start) & (targets < end)
         if own.any():  # the target itself is not above itself
             r = own.nonzero().squeeze(1)
@@ -113,13 +119,7 @@ def chunked_ranks(score_chunk: ChunkFn, n_items: int, targets: torch.Tensor,
             s = torch.nan_to_num(s, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             if own.any():  # put the target's score back for the top-k
                 s[r, targets[r] - start] = t_score[r]
-            v, i = torch.topk(s, min(k, end - start), dim=1)
-            i = i + start
-            if best_v is not None:
-                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                top = torch.topk(v, min(k, v.size(1)), dim=1)
-                v, i = top.values, i.gather(1, top.indices)
-            best_v, best_i = v, i
+            best_v, best_i = _merge_topk(best_v, best_i, s, start, k)
     if extra is not None:  # the target itself may be among the extra items
         is_t = extra == targets[:, None]
         extra_s[is_t] = t_score[:, None].expand_as(extra_s)[is_t]

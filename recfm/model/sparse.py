@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -61,13 +60,9 @@ def reference_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               valid: torch.Tensor, window: int, n_global: int = 0,
                               dropout: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√d + local mask) V with the full (T, T) mask. q, k, v: (B, H, T, Dh)."""
-    mask = local_attention_mask(valid, window, n_global)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if dropout > 0:
-        weights = F.dropout(weights, dropout)
-    return weights @ v  # (B, H, T, Dh)
+    from recfm.model.backbone import reference_attention  # backbone imports this module
+
+    return reference_attention(q, k, v, local_attention_mask(valid, window, n_global), dropout)
 
 
 def _blocks(x: torch.Tensor, n_blocks: int, window: int) -> torch.Tensor:

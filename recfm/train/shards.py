@@ -164,16 +164,11 @@ def load_sample(path: str | Path, n_groups: int):
     test sample, facet sizes and item frequencies come from these users)."""
     import json
 
-    from recfm.errors import InputError
     from recfm.prepare import PreparedDataset
     from recfm.tokenizer import Tokenizer
 
     path = Path(path)
-    for name in ("tokens.parquet", "items.parquet", "tokenizer.json"):
-        if not (path / name).is_file():
-            raise InputError(str(path / name), None, None,
-                             "a prepared dataset file (run `recfm prepare` first)",
-                             "nothing at that path")
+    PreparedDataset.check_files(path)
     src = ParquetTokens(path / "tokens.parquet")
     seqs = src.read(range(min(max(n_groups, 1), src.n_groups)))
     items = pl.read_parquet(path / "items.parquet")
