@@ -17,7 +17,10 @@ lengths; the vectors are put back in the dataset's user order before publishing.
 together they hold every user exactly once, and publishes one version through
 :meth:`EmbeddingStore.publish` (so publishing stays atomic); it alone computes the item
 vectors and removes the staging directory. ``extra.users_per_s`` is over the whole job
-(all users / wall time from the common start until rank 0 holds every vector).
+(all users / wall time from the common start until rank 0 holds every vector). A job
+killed before that leaves its staging directory behind; rank 0 of a later job removes
+staging directories older than ``STALE_STAGING_S`` (younger ones may belong to a job that
+is still running).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from recfm.tokenizer import N_RESERVED_ITEMS
 log = logging.getLogger(__name__)
 
 POOLINGS = ("last", "mean_last", "attention", "layer_mean", "layer_mix", "mean")
+STALE_STAGING_S = 6 * 3600.0
 ProgressFn = Callable[[int, int], None]
 
 
@@ -100,6 +104,8 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     user_ids = seqs["user_id"].cast(pl.Utf8).to_list()
     staging = None
     if ctx is not None:  # every rank uses rank 0's staging directory name
+        if ctx.is_main:
+            remove_stale_staging(st.root)
         name = [f".embed-staging-{uuid.uuid4().hex[:12]}" if ctx.is_main else None]
         torch.distributed.broadcast_object_list(name, src=0)
         staging = st.root / name[0]
@@ -125,6 +131,24 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _share_outcome(ctx, info)
+
+
+def remove_stale_staging(root: Path, max_age_s: float = STALE_STAGING_S) -> list[Path]:
+    """Remove ``.embed-staging-*`` directories under ``root`` not modified for
+    ``max_age_s`` seconds (left by killed jobs); returns what was removed."""
+    removed = []
+    now = time.time()
+    for path in Path(root).glob(".embed-staging-*"):
+        try:
+            age = now - max([path.stat().st_mtime] + [f.stat().st_mtime for f in path.iterdir()])
+        except FileNotFoundError:  # its job finished meanwhile
+            continue
+        if age > max_age_s:
+            log.warning("%s: removing %s, left by an embed job that stopped %.1f h ago",
+                        root, path.name, age / 3600)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _encode(fm, seqs: pl.DataFrame, rows: np.ndarray, pooling: str, batch_size: int,

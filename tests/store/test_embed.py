@@ -116,3 +116,23 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     assert "found version 7" in str(res.exception) and "\n" not in str(res.exception)
     with pytest.raises(RecfmError, match="needs a version before 1"):
         open_store(store).diff()
+
+
+def test_stale_staging_of_a_killed_job_is_removed_and_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+
+    from recfm.store.embed import STALE_STAGING_S, remove_stale_staging
+
+    stale, fresh = tmp_path / ".embed-staging-aaaa", tmp_path / ".embed-staging-bbbb"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "users-rank00000.parquet").write_bytes(b"x")
+    old = time.time() - STALE_STAGING_S - 60
+    for p in (stale / "users-rank00000.parquet", stale):
+        os.utime(p, (old, old))
+    (tmp_path / "users_v000001.lance").mkdir()  # not staging: never touched
+
+    assert remove_stale_staging(tmp_path) == [stale]
+    assert not stale.exists() and fresh.is_dir()
+    assert (tmp_path / "users_v000001.lance").is_dir()
