@@ -49,24 +49,50 @@ def future_holdout(seqs: pl.DataFrame, window: int = 10, min_history: int = 3
     return split, holdout
 
 
+def _window_gain(ranked: list[int], future: set[int], k: int) -> tuple[float, float]:
+    """(NDCG@k, HR@k) of one ranking against a set of future items."""
+    hits = [p for p, item in enumerate(ranked) if item in future]
+    ideal = sum(1 / math.log2(p + 2) for p in range(min(k, len(future))))
+    return sum(1 / math.log2(p + 2) for p in hits) / ideal, float(bool(hits))
+
+
 @torch.no_grad()
 def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = None,
-                    k: int = 10, batch_size: int = 512, pooling: str | None = None
-                    ) -> dict[str, float]:
-    """Next-item and window NDCG@k / HR@k, and the completed share of the top k."""
+                    k: int = 10, batch_size: int = 512, pooling: str | None = None,
+                    window_horizon: str = "window") -> dict[str, float]:
+    """Next-item and window NDCG@k / HR@k, and the completed share of the top k.
+
+    The next item and the completed share are ranked by the next-item head. The window is
+    ranked with ``model.score(u, window_horizon)``: by default the model's future-window or
+    multi-token head when it has one (``window_scored_by`` says which,
+    :func:`recfm.model.objectives.window_head`); then ``window_ndcg@10_next_head`` is the
+    window ranked by the next-item head too.
+    """
+    from recfm.model.objectives import window_head
+
     model.eval()
+    head = window_head(model.heads) if window_horizon == "window" else "next"
     store = SequenceStore(holdout, model.input_columns)
     target = holdout["target"].to_numpy()
     win = holdout["window_item"].to_list()
     acts = holdout["window_action"].to_list() if "window_action" in holdout.columns else None
-    sums = dict.fromkeys(["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10",
-                          "completed_share@10"], 0.0)
+    keys = ["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10", "completed_share@10"]
+    if head != "next":
+        keys += ["window_ndcg@10_next_head", "window_hr@10_next_head"]
+    sums = dict.fromkeys(keys, 0.0)
     n = 0
     for rows, batch in history_batches(store, model.cfg.max_len, batch_size, by_length=True):
-        scores = model.score(model.last_hidden(batch, pooling)).clone()
+        u = model.last_hidden(batch, pooling)
         b, seen = store.history_items(rows)
-        scores[torch.from_numpy(b), torch.from_numpy(seen)] = float("-inf")
+        seen_idx = (torch.from_numpy(b), torch.from_numpy(seen))
+        scores = model.score(u).clone()
+        scores[seen_idx] = float("-inf")
         top = torch.topk(scores, k, dim=1).indices.numpy()  # (B, k)
+        top_w = top
+        if head != "next":
+            ws = model.score(u, window_horizon).clone()
+            ws[seen_idx] = float("-inf")
+            top_w = torch.topk(ws, k, dim=1).indices.numpy()  # (B, k)
         for i, r in enumerate(rows):
             ranked = list(top[i])
             t = int(target[r])
@@ -76,16 +102,20 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
                 sums["ndcg@10"] += 1 / math.log2(pos + 2)
             future = set(win[r]) - set(seen[b == i].tolist())
             if future:
-                hits = [p for p, item in enumerate(ranked) if item in future]
-                ideal = sum(1 / math.log2(p + 2) for p in range(min(k, len(future))))
-                sums["window_ndcg@10"] += sum(1 / math.log2(p + 2) for p in hits) / ideal
-                sums["window_hr@10"] += float(bool(hits))
+                ndcg, hr = _window_gain(list(top_w[i]), future, k)
+                sums["window_ndcg@10"] += ndcg
+                sums["window_hr@10"] += hr
+                if head != "next":
+                    ndcg, hr = _window_gain(ranked, future, k)
+                    sums["window_ndcg@10_next_head"] += ndcg
+                    sums["window_hr@10_next_head"] += hr
             if acts is not None and complete_code is not None:
                 done = {it for it, a in zip(win[r], acts[r]) if a == complete_code}
                 sums["completed_share@10"] += len(done & set(ranked)) / k
             n += 1
-    out = {key: v / max(n, 1) for key, v in sums.items()}
+    out: dict = {key: v / max(n, 1) for key, v in sums.items()}
     out["users"] = n
+    out["window_scored_by"] = head
     return out
 
 

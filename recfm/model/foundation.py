@@ -374,8 +374,18 @@ class FoundationModel(nn.Module):
         return chunked_topk(lambda s, e: self.score_items(users, s, e, table), self.cfg.n_items,
                             k, chunk, seen)
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) scores; reserved ids get -inf."""
+    def score(self, users: torch.Tensor, horizon: str = "next") -> torch.Tensor:
+        """(B, n_items) scores; reserved ids get -inf.
+
+        ``horizon``: ``next`` ranks the next item; ``window`` ranks the items of the next
+        events with the future-window or multi-token head the model was trained with
+        (:func:`recfm.model.objectives.window_scores`; next-item scores if it has neither).
+        """
+        if horizon != "next":
+            from recfm.model.objectives import HORIZONS, window_scores
+            if horizon not in HORIZONS:
+                raise ValueError(f"unknown horizon {horizon!r}: expected next or window")
+            return window_scores(self, users)
         scores = users @ self.item_table().T
         bias = self._hierarchy_bias(users)
         if bias is not None:
@@ -447,18 +457,20 @@ class FoundationModel(nn.Module):
 
     @torch.no_grad()
     def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
-                  prompt: str | None = None) -> pl.DataFrame:
+                  prompt: str | None = None, horizon: str = "next") -> pl.DataFrame:
         """Top-``k`` items for one user: a list of item ids or a frame of raw events.
 
         Returns a frame with ``item_id``, ``score`` and, when the catalog has them, titles.
         ``prompt``: condition on a soft prompt (e.g. ``"kids"``, :mod:`recfm.consume.prompt`).
+        ``horizon``: ``window`` ranks what the user will engage with over the next events
+        (see :meth:`score`) instead of the next item.
         """
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         store = self._store(histories)
         if len(store) != 1:
             raise ValueError(f"recommend takes one user's history; got {len(store)} users")
         user = self.encode_store(store, prompt=prompt)
-        scores = self.score(user)[0]
+        scores = self.score(user, horizon)[0]
         if exclude_seen:
             _, seen = store.history_items(np.arange(1))
             scores[torch.from_numpy(seen)] = float("-inf")

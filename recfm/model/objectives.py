@@ -208,3 +208,43 @@ def majority_accuracy(train_targets: np.ndarray, eval_targets: np.ndarray) -> fl
     """Accuracy of always predicting the most frequent training class."""
     vals, counts = np.unique(train_targets, return_counts=True)
     return float((eval_targets == vals[counts.argmax()]).mean()) if len(vals) else 0.0
+
+
+HORIZONS = ("next", "window")
+
+
+def window_head(heads: ObjectiveHeads) -> str:
+    """Which head ranks the items of a user's next events (``horizon="window"``):
+
+    ``window`` (the future-window head, trained on exactly that), else ``multi`` (the mixture
+    of the next-item and the k - 1 multi-token heads), else ``next`` (the next-item head).
+    """
+    if heads.window is not None:
+        return "window"
+    if len(heads.multi):
+        return "multi"
+    return "next"
+
+
+def window_scores(model, users: torch.Tensor) -> torch.Tensor:
+    """(B, n_items) scores of the items the user engages with in the next events.
+
+    Future-window head: its logits (trained as a softmax over every item of the window).
+    Multi-token heads: log of the mean over offsets j = 1..k of p(item at t + j), i.e.
+    the log expected number of times the item is among the next k (up to a constant).
+    Neither: the next-item scores. Reserved ids get -inf.
+    """
+    head = window_head(model.heads)
+    if head == "next":
+        return model.score(users)
+    table = model.item_table()
+    if head == "window":
+        scores = model.heads.window(users) @ table.T  # (B, V)
+    else:
+        logp = [torch.log_softmax(model.score(users)[:, N_RESERVED_ITEMS:], -1)]
+        for proj in model.heads.multi:  # offsets 2..k
+            logp.append(torch.log_softmax(proj(users) @ table[N_RESERVED_ITEMS:].T, -1))
+        mix = torch.logsumexp(torch.stack(logp), 0) - math.log(len(logp))  # (B, V - reserved)
+        scores = torch.cat([torch.zeros(len(users), N_RESERVED_ITEMS), mix], 1)
+    scores[:, :N_RESERVED_ITEMS] = float("-inf")
+    return scores

@@ -121,3 +121,62 @@ def test_holdout_metrics_facets_and_stability(world):
     assert {"action_acc", "action_majority_acc", "genres_acc", "entity_type_acc"} <= set(acc)
     st = stability(model, world.sequences, appended=(1, 5))
     assert -1 <= st["stability_cos@5"] <= 1 and 0 <= st["stability_overlap@1"] <= 1
+
+
+def test_window_horizon_scores(world):
+    """The window ranking comes from the head trained for it, and is refused by name."""
+    from recfm.model.objectives import window_head
+    from recfm.tokenizer import N_RESERVED_ITEMS as R
+
+    store = SequenceStore(leave_one_out(world.sequences).train, ["item"])
+    batch = store.gather(store.spans(12)[:6])
+    # next-item only: the window is ranked by the next-item scores
+    plain, _ = make_model(world)
+    u = plain.last_hidden(batch)
+    assert window_head(plain.heads) == "next"
+    torch.testing.assert_close(plain.score(u, "window"), plain.score(u))
+    with pytest.raises(ValueError, match="unknown horizon 'month'"):
+        plain.score(u, "month")
+    # future-window head: its own logits
+    win, _ = make_model(world, objectives=ObjectiveConfig(window_events=4))
+    torch.nn.init.normal_(win.heads.window.lin.weight, std=0.3)
+    u = win.last_hidden(batch)
+    s = win.score(u, "window")
+    expect = win.heads.window(u) @ win.item_table()[R:].T
+    assert window_head(win.heads) == "window"
+    torch.testing.assert_close(s[:, R:], expect)
+    assert torch.isinf(s[:, :R]).all() and not torch.allclose(s, win.score(u))
+    # multi-token: log of the mean of the k offsets' probabilities, a distribution; with the
+    # offset heads still the identity (zero-initialised) it is the next-item log-softmax
+    multi, _ = make_model(world, objectives=ObjectiveConfig(multi_token_k=3))
+    u = multi.last_hidden(batch)
+    assert window_head(multi.heads) == "multi"
+    s = multi.score(u, "window")
+    torch.testing.assert_close(s[:, R:], torch.log_softmax(multi.score(u)[:, R:], -1))
+    torch.nn.init.normal_(multi.heads.multi[0].lin.weight, std=0.3)
+    s = multi.score(u, "window")
+    torch.testing.assert_close(s[:, R:].exp().sum(-1), torch.ones(len(u)))
+    p = [torch.softmax(multi.score(u)[:, R:], -1),
+         torch.softmax(multi.heads.multi[0](u) @ multi.item_table()[R:].T, -1),
+         torch.softmax(multi.heads.multi[1](u) @ multi.item_table()[R:].T, -1)]
+    torch.testing.assert_close(s[:, R:].exp(), sum(p) / 3)
+
+
+def test_recommend_window_and_holdout_heads(world):
+    split, holdout = future_holdout(world.sequences, window=5)
+    model, _ = make_model(world, objectives=ObjectiveConfig(window_events=5))
+    torch.nn.init.normal_(model.heads.window.lin.weight, std=0.3)
+    model.eval()
+    history = world.tokenizer.item_ids[:4]
+    nxt = model.recommend(history, k=5)
+    win = model.recommend(history, k=5, horizon="window")
+    assert win.height == 5 and not set(history) & set(win["item_id"].to_list())
+    assert nxt["item_id"].to_list() != win["item_id"].to_list()
+    m = holdout_metrics(model, holdout)
+    assert m["window_scored_by"] == "window"
+    assert 0 <= m["window_ndcg@10_next_head"] <= 1 and 0 <= m["window_ndcg@10"] <= 1
+    # ranking the window with the next-item head gives the next-head number exactly
+    m_next = holdout_metrics(model, holdout, window_horizon="next")
+    assert m_next["window_scored_by"] == "next" and "window_ndcg@10_next_head" not in m_next
+    assert m_next["window_ndcg@10"] == pytest.approx(m["window_ndcg@10_next_head"])
+    assert m_next["ndcg@10"] == pytest.approx(m["ndcg@10"])
