@@ -184,6 +184,10 @@ def train_cmd(
     incremental: bool = typer.Option(False, help="Incremental update: fine-tuning schedule "
                                      "(lr 1e-3, 20 epochs, patience 3) and, without DATA_DIR, "
                                      "the run's own training data as context."),
+    replay: float = typer.Option(0.0, help="With --events: also train on this fraction of "
+                                 "the older (context) tokens, drawn at random, so that the "
+                                 "new titles of the recent events are not over-recommended "
+                                 "(1 with --max-minutes: the cold_start benchmark's recipe)."),
     nproc: int = typer.Option(1, help="Train with N local processes (DistributedDataParallel "
                               "through torchrun on 127.0.0.1; same global batch)."),
 ) -> None:
@@ -228,7 +232,7 @@ def train_cmd(
         with steps("tokenizing recent events"):
             recent = read_events(events).drop("_line")
             data_dir = out / "data"
-            rep = build_incremental_dataset(init_from, recent, data_dir, history)
+            rep = build_incremental_dataset(init_from, recent, data_dir, history, replay)
         console.print(f"recent events: {rep['fresh_tokens']:,} tokens of {rep['users']:,} users "
                       f"(+{rep['context_tokens']:,} context tokens from {rep['history']}); "
                       f"{rep['unknown_item_tokens_dropped']:,} on unknown items dropped")
@@ -376,7 +380,9 @@ def add_items_cmd(
     run: Path = typer.Argument(..., help="A run directory."),
     items: Path = typer.Option(..., help="Catalog file of the new items (Parquet, CSV, JSONL)."),
     out: Path = typer.Option(..., help="New run directory to write."),
-    init: str = typer.Option("zero", help="Id embeddings of new items: zero (content alone), "
+    init: str = typer.Option("scaled", help="Id embeddings of new items: scaled (content "
+                             "alone, as long as a trained item's vector; zero where it does "
+                             "not apply), zero (content alone), "
                              "neighbours (mean of the nearest items in content space), "
                              "content (ridge map from content) or random."),
     k: int = typer.Option(10, help="Neighbours averaged by --init neighbours."),

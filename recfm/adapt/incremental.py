@@ -128,13 +128,17 @@ def _drop_unknown(seqs: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
 
 def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | Path,
-                              history: str | Path | None = None) -> dict[str, Any]:
+                              history: str | Path | None = None, replay: float = 0.0,
+                              seed: int = 0) -> dict[str, Any]:
     """Write a prepared dataset for incremental training of ``run`` on ``events``.
 
     ``events``: canonical raw events (recent ones). ``history``: a prepared dataset whose
     sequences precede them (the run's training data), used as context; None: the recent
     events alone. Events on items the run does not know are dropped and counted (add
-    them first with ``recfm add-items``).
+    them first with ``recfm add-items``). ``replay``: the fraction of the history's tokens,
+    drawn at random (seeded), that are trained on too (replay of older events): recent
+    events over-represent new titles, and a model fine-tuned on them alone learns to
+    recommend new titles far more often than they are chosen (cold_start benchmark).
     """
     from recfm.model.foundation import FoundationModel
     from recfm.prepare import PreparedDataset
@@ -161,6 +165,11 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
         old, _ = _drop_unknown(old)
         old = old.filter(pl.col("user_id").is_in(recent["user_id"].implode()))
         old = old.with_columns(pl.col("item").list.eval(pl.lit(0, pl.Int8)).alias(FRESH))
+        if replay > 0:
+            rng = np.random.default_rng([seed, 11])
+            old = old.with_columns(pl.col("item").map_elements(
+                lambda items: (rng.random(len(items)) < replay).astype(np.int8).tolist(),
+                return_dtype=pl.List(pl.Int8)).alias(FRESH))
         cols = [c for c in list_columns(recent) if c in old.columns]
         dropped = sorted(set(list_columns(recent)) - set(cols))
         if dropped:
@@ -181,7 +190,7 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
     report = {"dataset": "incremental", "from_run": str(run),
               "history": str(history) if history else None,
               "users": recent.height, "fresh_tokens": int(recent[FRESH].list.sum().sum()),
-              "context_tokens": n_context, "events_in": events.height,
+              "context_tokens": n_context, "events_in": events.height, "replay": replay,
               "unknown_item_tokens_dropped": unknown}
     with atomic_dir(out) as tmp:
         recent.write_parquet(tmp / "tokens.parquet")

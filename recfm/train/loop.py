@@ -85,6 +85,10 @@ class TrainConfig:
     stream_window_groups: int = 4
     """Row groups held in memory (and shuffled together) at a time when streaming."""
     stream_eval_groups: int = 2
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter-name prefix (the longest matching prefix wins),
+    e.g. ``{"item_encoder.ids": 10.0, "backbone": 0.1}`` (incremental training: new titles'
+    id rows start from zero and must move fast). Empty: one rate for every parameter."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<train config>") -> "TrainConfig":
@@ -112,6 +116,24 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * ratio
+
+
+def scale_groups(model: torch.nn.Module, groups: list[dict[str, Any]],
+                 scales: dict[str, float]) -> list[dict[str, Any]]:
+    """Split optimizer parameter groups by ``TrainConfig.lr_scales`` (an ``lr_scale`` key)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def scale_of(p: torch.Tensor) -> float:
+        hits = [k for k in scales if names.get(id(p), "").startswith(k)]
+        return float(scales[max(hits, key=len)]) if hits else 1.0
+
+    out = []
+    for g in groups:
+        by: dict[float, list] = {}
+        for p in g["params"]:
+            by.setdefault(scale_of(p), []).append(p)
+        out += [{**g, "params": ps, "lr_scale": sc} for sc, ps in sorted(by.items())]
+    return out
 
 
 def epoch_plan(spans: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -346,9 +368,11 @@ def train(
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "ids" not in n
              and "facets" not in n and "positions" not in n and "output_items" not in n]
     no_decay = [p for p in model.parameters() if all(p is not d for d in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tcfg.lr, betas=tuple(tcfg.betas))
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if tcfg.lr_scales:
+        groups = scale_groups(model, groups, tcfg.lr_scales)
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas))
 
     run.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_checkpoint(run)
@@ -417,7 +441,7 @@ def train(
                     break  # a fine-tune's budget is strict: stop inside the epoch
             lr = lr_at(state["step"], state["total_steps"], tcfg)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             loss = loss_hook.fn(model, batch) if loss_hook is not None else \
                 model.loss(batch) if ddp is None else ddp.loss(batch)  # global batch's mean
             opt.zero_grad(set_to_none=True)

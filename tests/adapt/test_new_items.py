@@ -103,7 +103,7 @@ def test_unseen_item_gets_a_finite_non_default_score_from_content_alone(runs, tm
     assert torch.isfinite(ids_only[new_id]).all()
 
 
-@pytest.mark.parametrize("init", ["zero", "random", "content", "neighbours"])
+@pytest.mark.parametrize("init", ["zero", "scaled", "random", "content", "neighbours"])
 def test_add_items_keeps_existing_items_bit_identical(runs, tmp_path, init):
     old = FoundationModel.from_pretrained(runs["run"])
     rep = add_items(runs["run"], runs["new"], tmp_path / "run2", init=init)
@@ -130,6 +130,25 @@ def test_add_items_keeps_existing_items_bit_identical(runs, tmp_path, init):
     # the same user gets the same scores on every existing item
     h = [["i1", "i2", "i3"]]
     assert torch.allclose(new.score(new.encode_users(h))[0, :n], old.score(old.encode_users(h))[0])
+
+
+def test_scaled_init_gives_new_items_a_trained_items_length(runs, tmp_path):
+    add_items(runs["run"], runs["new"], tmp_path / "zero", init="zero")
+    rep = add_items(runs["run"], runs["new"], tmp_path / "scaled", init="scaled")
+    zero = FoundationModel.from_pretrained(tmp_path / "zero")
+    scaled = FoundationModel.from_pretrained(tmp_path / "scaled")
+    n = zero.cfg.n_items - len(HELD)
+    with torch.no_grad():
+        t0, t1 = zero.item_table(), scaled.item_table()
+        ids = zero.item_encoder.ids.weight.detach()
+    # the content-only vector, lengthened by the trained items' mean norm ratio
+    trained = t0[3:n]
+    s = float(trained.norm(dim=1).mean() / (trained - ids[3:n]).norm(dim=1).mean())
+    assert rep["scale"] == pytest.approx(s, rel=1e-3)
+    assert torch.allclose(t1[n:], s * t0[n:], atol=1e-6)
+    assert torch.equal(t1[:n], t0[:n])
+    # a run without content: scaling an attribute bag does not apply; zero rows instead
+    assert add_items(runs["id_run"], runs["new"], tmp_path / "id2")["init"] == "zero"
 
 
 def test_new_items_are_served_at_once_and_a_second_add_skips_known_ids(runs, tmp_path):
@@ -206,6 +225,37 @@ def test_incremental_training_moves_new_items_and_nothing_needs_a_retrain(runs, 
     with pytest.raises(RecfmError, match="item vocabulary differs"):
         train(tmp_path / "inc", tmp_path / "bad", train_cfg=TrainConfig(epochs=1),
               init_from=runs["run"])
+
+
+def test_replay_trains_on_a_fraction_of_the_older_tokens(runs, tmp_path):
+    add_items(runs["run"], runs["new"], tmp_path / "run2")
+    fresh = {}
+    for replay in (0.0, 0.5, 1.0):
+        rep = build_incremental_dataset(tmp_path / "run2", runs["recent"], tmp_path / f"i{replay}",
+                                        history=runs["prepared"], replay=replay)
+        seqs = pl.read_parquet(tmp_path / f"i{replay}" / "tokens.parquet")
+        fresh[replay] = int(seqs["fresh"].list.sum().sum())
+        assert rep["replay"] == replay
+    n_recent, n_context = fresh[0.0], rep["context_tokens"]
+    assert n_recent == rep["fresh_tokens"] - n_context  # replay 1: every token is a target
+    assert n_recent < fresh[0.5] < n_recent + n_context
+    assert abs(fresh[0.5] - n_recent - n_context / 2) < 0.1 * n_context
+
+
+def test_lr_scales_freeze_the_backbone_and_move_the_new_id_rows(runs, tmp_path):
+    add_items(runs["run"], runs["new"], tmp_path / "run2")
+    build_incremental_dataset(tmp_path / "run2", runs["recent"], tmp_path / "inc",
+                              history=runs["prepared"])
+    scales = {"backbone": 0.0, "item_encoder.ids": 10.0}
+    train(tmp_path / "inc", tmp_path / "run3",
+          train_cfg=TrainConfig(epochs=1, batch_size=16, tensorboard=False, lr_scales=scales),
+          init_from=tmp_path / "run2")
+    before = FoundationModel.from_pretrained(tmp_path / "run2").state_dict()
+    after = FoundationModel.from_pretrained(tmp_path / "run3").state_dict()
+    frozen = [k for k in before if k.startswith("backbone.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["item_encoder.ids.weight"], after["item_encoder.ids.weight"])
+    assert not torch.equal(before["embed.norm.weight"], after["embed.norm.weight"])  # scale 1
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
