@@ -12,7 +12,10 @@ split into invocations of at most 15 minutes each):
 * ``embed``    — :func:`benchmarks.consumption_embed.run_embed` (the embedding store).
 * ``finetune`` — per task (kids surface, will-complete binary head): the task model
   fine-tuned from the base run vs the same task model trained from random init, for the
-  same number of steps; test metrics of each (``recfm.consume.finetune``).
+  same number of steps; test metrics of each (``recfm.consume.finetune``). The binary task
+  runs three training seeds per variant, adds LP-FT and frozen-backbone variants at the
+  largest budget, and a ceiling analysis from the world's truth
+  (:func:`completion_ceiling`).
 * ``distill``, ``prompt`` — :mod:`benchmarks.consumption_distill_prompt`.
 
 A part whose module is not there is skipped with a logged message.
@@ -120,24 +123,120 @@ def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
     return out
 
 
-def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n: int = 1000,
+SEEDS = {"surface": (0,), "binary": (0, 1, 2)}
+"""Training seeds per task kind: the binary task's AUC differences are small next to the
+seed-to-seed spread, so it is trained with three seeds (each variant, same seeds)."""
+BINARY_EXTRA = {"finetuned_lp_ft": {"head_only_steps": 100},
+                "frozen_backbone": {"trainable_layers": 0}}
+"""Diagnostic variants of the binary task (seed 0, the 300-step budget): LP-FT (the head
+alone for 100 steps, then everything) and the pretrained backbone frozen (what its
+features alone give the head)."""
+BINARY_HEAD = ("the user state h_t (last layer) after the events before the candidate "
+               "event, the candidate title's item vector e (id + attributes), h_t*e, and the "
+               "foundation's log p(candidate | history) over the full catalog; label: the "
+               "candidate event's strongest action is complete; trained on every position of "
+               "the training windows; test: each user's held-out last event")
+
+
+def paired_bootstrap(a: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+                     b: dict[str, np.ndarray] | list[dict[str, np.ndarray]], n: int = 1000,
                      seed: int = 0) -> tuple[float, float]:
     """95 % interval of metric(a) − metric(b) over users resampled with replacement (the
-    same users for both): mean NDCG@10, or AUC when the dicts hold logits and labels."""
+    same users for both): mean NDCG@10, or AUC when the dicts hold logits and labels. Lists
+    (one dict per training seed) compare the seed-averaged metrics."""
     from recfm.consume.finetune import auc_score
 
+    a = a if isinstance(a, list) else [a]
+    b = b if isinstance(b, list) else [b]
+
+    def metric(runs: list[dict[str, np.ndarray]], idx: np.ndarray) -> float:
+        if "logit" in runs[0]:
+            return float(np.mean([auc_score(r["logit"][idx], r["label"][idx]) for r in runs]))
+        return float(np.mean([r["ndcg@10"][idx].mean() for r in runs]))
+
     rng = np.random.default_rng(seed)
-    n_users = len(next(iter(a.values())))
+    n_users = len(next(iter(a[0].values())))
     diffs = []
     for _ in range(n):
         idx = rng.integers(0, n_users, n_users)
-        if "logit" in a:
-            diffs.append(auc_score(a["logit"][idx], a["label"][idx])
-                         - auc_score(b["logit"][idx], b["label"][idx]))
-        else:
-            diffs.append(a["ndcg@10"][idx].mean() - b["ndcg@10"][idx].mean())
+        diffs.append(metric(a, idx) - metric(b, idx))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any]:
+    """How much of "will complete" a history can tell, from the synthetic world's truth.
+
+    The world completes a chosen title with probability p = base[entity type] × 2σ(a)
+    (``recfm/data/synthetic.py``), a = the user's taste at that time · the title's factor
+    (standardised). AUC on the test events of: p itself (the oracle), the entity type
+    alone, a alone, p with the taste estimated as the mean true factor of the history's
+    titles (what a history can reveal at best, given the true item factors), and the
+    foundation's own log p(candidate | history). Also the share of the true taste a
+    linear map of the foundation's user state recovers (held-out R²).
+    """
+    import polars as pl
+
+    from recfm.batching import SequenceStore, history_batches
+    from recfm.consume.finetune import auc_score
+    from recfm.model.foundation import FoundationModel
+
+    w = Path(work_dir) / "world"
+    cfg = json.loads((w / "world.json").read_text())["config"]
+    span = cfg["days"] * 86400.0
+    items = pl.read_parquet(w / "items.parquet")
+    truth_items = pl.read_parquet(w / "truth" / "items.parquet")
+    users = pl.read_parquet(w / "truth" / "users.parquet")
+    base_p = {"movie": 0.65, "series": 0.75, "game": 0.05, "live": 0.45}  # as synthetic.py
+    fm = FoundationModel.from_pretrained(fm_run).eval()
+    ids = fm.tokenizer.item_ids
+    frame = test.filter(pl.col("target_action").is_not_null() & pl.col("target").is_not_null())
+    label = frame["target_action"].to_numpy() == (
+        fm.tokenizer.facets["action"].index("complete") + 2)
+    factor = dict(zip(truth_items["item_id"], (np.asarray(f) for f in truth_items["factor"])))
+    entity = dict(zip(items["item_id"], items["entity_type"]))
+    t0 = dict(zip(users["user_id"], (np.asarray(t) for t in users["taste_start"])))
+    t1 = dict(zip(users["user_id"], (np.asarray(t) for t in users["taste_end"])))
+    taste, cand, hist = [], [], []
+    for u, it, ts, h in zip(frame["user_id"], frame["target"], frame["target_ts"],
+                            frame["item"]):
+        tau = min(max((ts - cfg["start_ts"]) / span, 0.0), 1.0)
+        taste.append(t0[u] + tau * (t1[u] - t0[u]))
+        cand.append(factor[ids[it - 3]])
+        hist.append(np.mean([factor[ids[i - 3]] for i in h[-fm.cfg.max_len:]], axis=0))
+    taste, cand, hist = np.array(taste), np.array(cand), np.array(hist)
+    ent = np.array([base_p[entity[ids[i - 3]]] for i in frame["target"]])
+
+    def p_of(a: np.ndarray) -> np.ndarray:
+        z = (a - a.mean()) / a.std()
+        return np.minimum(ent * 2.0 / (1.0 + np.exp(-z)), 0.97)
+
+    aff = (taste * cand).sum(1)
+    store = SequenceStore(frame, fm.input_columns)
+    target = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
+    logp = np.zeros(len(frame))
+    users_h = np.zeros((len(frame), fm.cfg.d_model))
+    with torch.no_grad():
+        for rows, batch in history_batches(store, fm.cfg.max_len, 512, by_length=True):
+            h = fm.last_hidden(batch)
+            users_h[rows] = h.numpy()
+            logp[rows] = torch.log_softmax(fm.score(h), -1).gather(
+                1, target[rows][:, None])[:, 0].numpy()
+    order = np.random.default_rng(0).permutation(len(frame))
+    tr, te = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
+    x = np.c_[users_h, np.ones(len(frame))]
+    coef = np.linalg.solve(x[tr].T @ x[tr] + np.eye(x.shape[1]), x[tr].T @ taste[tr])
+    resid = ((x[te] @ coef - taste[te]) ** 2).sum()
+    r2 = 1.0 - resid / ((taste[te] - taste[te].mean(0)) ** 2).sum()
+    return {"test_events": int(len(frame)),
+            "oracle_auc": round(auc_score(p_of(aff), label), 4),
+            "entity_type_only_auc": round(auc_score(ent, label), 4),
+            "true_affinity_only_auc": round(auc_score(aff, label), 4),
+            "taste_from_history_true_factors_auc": round(
+                auc_score(p_of((hist * cand).sum(1)), label), 4),
+            "foundation_logp_auc": round(auc_score(logp, label), 4),
+            "foundation_logp_corr_true_affinity": round(float(np.corrcoef(logp, aff)[0, 1]), 4),
+            "taste_r2_from_foundation_user_state": round(float(r2), 4)}
 
 
 def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
@@ -150,21 +249,44 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
     for name, fields in finetune_tasks(steps).items():
         task = TaskConfig.from_dict(fields)
         row: dict[str, Any] = {"task": name, "steps": task.max_steps}
-        per_user = {}
         key = "auc" if task.kind == "binary" else "ndcg@10"
-        for variant, scratch in (("finetuned", False), ("from_scratch", True)):
-            dest = Path(work_dir) / f"finetune-{name}-{steps}-{variant}"
-            shutil.rmtree(dest, ignore_errors=True)
-            t = time.perf_counter()
-            res = finetune(base, task, dest, data_dir=prepared_dir(work_dir),
-                           from_scratch=scratch)
-            row[variant] = {**res.test, f"valid_{key}": res.best_valid[key],
-                            "best_step": res.best_step, "steps_run": res.steps,
-                            "wall_s": round(time.perf_counter() - t, 1)}
-            per_user[variant] = TaskModel.from_pretrained(dest).per_user(test)
-            log.info("%s %s: %s", name, variant, res.test)
+        seeds = SEEDS[task.kind]
+        per_user: dict[str, list[dict[str, np.ndarray]]] = {}
+        by_seed: dict[str, list[float]] = {}
+        variants = [("finetuned", False, {}), ("from_scratch", True, {})]
+        if task.kind == "binary" and steps == max(STEP_BUDGETS):
+            variants += [(v, False, over) for v, over in BINARY_EXTRA.items()]
+        for seed in seeds:
+            for variant, scratch, over in variants:
+                if seed != seeds[0] and variant in BINARY_EXTRA:
+                    continue
+                t_fields = {**fields, **over, "train": {**fields["train"], "seed": seed}}
+                dest = Path(work_dir) / f"finetune-{name}-{steps}-{variant}-seed{seed}"
+                shutil.rmtree(dest, ignore_errors=True)
+                t = time.perf_counter()
+                res = finetune(base, TaskConfig.from_dict(t_fields), dest,
+                               data_dir=prepared_dir(work_dir), from_scratch=scratch)
+                by_seed.setdefault(variant, []).append(round(res.test[key], 4))
+                if seed == seeds[0]:  # the per-variant metrics shown are seed 0's
+                    row[variant] = {**res.test, f"valid_{key}": res.best_valid[key],
+                                    "best_step": res.best_step, "steps_run": res.steps,
+                                    "wall_s": round(time.perf_counter() - t, 1)}
+                if variant in ("finetuned", "from_scratch"):
+                    per_user.setdefault(variant, []).append(
+                        TaskModel.from_pretrained(dest).per_user(test))
+                log.info("%s %s seed %d: %s", name, variant, seed, res.test)
+        for variant, values in by_seed.items():
+            row[variant][f"{key}_by_seed"] = values
+            row[variant][f"{key}_mean_over_seeds"] = round(float(np.mean(values)), 4)
+        row["seeds"] = list(seeds)
         lo, hi = paired_bootstrap(per_user["finetuned"], per_user["from_scratch"])
         row["finetuned"][f"minus_scratch_{key}_ci95"] = [round(lo, 4), round(hi, 4)]
+        row["ci95_of"] = (f"{key} of fine-tuned minus from scratch, averaged over the "
+                          f"{len(seeds)} seed(s); test users resampled (1000 paired draws)")
+        if task.kind == "binary":
+            row["head_sees"] = BINARY_HEAD
+            if steps == max(STEP_BUDGETS):
+                row["ceiling"] = completion_ceiling(work_dir, test, base)
         out.append(row)
     return out
 
@@ -232,9 +354,27 @@ def table(result: dict[str, Any]) -> str:
                  "| task | steps | metric | fine-tuned | from scratch | 95% CI of the difference "
                  "| valid (ft / scratch) | best step (ft / scratch) | test users |",
                  "|---|---:|---|---:|---:|---|---|---|---:|"]
+        notes = []
         for r in rows:
             ft, sc = r["finetuned"], r["from_scratch"]
             keys = ("auc", "logloss") if "auc" in ft else ("ndcg@10", "hr@10")
+            k0 = keys[0]
+            if len(r.get("seeds", [])) > 1:
+                notes.append(f"- {r['task']} @ {r['steps']} steps, {k0} over seeds "
+                             f"{r['seeds']}: fine-tuned {ft.get(f'{k0}_by_seed')} (mean "
+                             f"{_f(ft.get(f'{k0}_mean_over_seeds'))}), from scratch "
+                             f"{sc.get(f'{k0}_by_seed')} (mean "
+                             f"{_f(sc.get(f'{k0}_mean_over_seeds'))}); the CI is of the "
+                             "seed-averaged difference")
+            for extra in BINARY_EXTRA:
+                if extra in r:
+                    notes.append(f"- {r['task']} @ {r['steps']} steps, {extra} (seed 0): "
+                                 f"{k0} {_f(r[extra].get(k0))}")
+            if "ceiling" in r:
+                notes.append(f"- {r['task']}: what a history can tell (world truth): "
+                             + ", ".join(f"{k} {_f(v)}" for k, v in r["ceiling"].items()))
+            if "head_sees" in r and not any(n.startswith("- head") for n in notes):
+                notes.append(f"- head of the binary task: {r['head_sees']}")
             for k in keys:
                 valid = f"valid_{k}"
                 v = f"{_f(ft.get(valid))} / {_f(sc.get(valid))}" if valid in ft else ""
@@ -243,7 +383,7 @@ def table(result: dict[str, Any]) -> str:
                 lines.append(f"| {r['task']} | {r['steps']} | {k} | {_f(ft.get(k))} | "
                              f"{_f(sc.get(k))} | {ci} | {v} | {ft.get('best_step')} / "
                              f"{sc.get('best_step')} | {ft.get('users')} |")
-        parts.append("\n".join(lines))
+        parts.append("\n".join(lines + ([""] + notes if notes else [])))
     distill = result.get("distill")
     if isinstance(distill, dict):
         lines = ["**Distillation**", "", "| model | params | p50 ms | NDCG@10 |",

@@ -63,6 +63,9 @@ def prompt_tune_cmd(
     config: Optional[Path] = typer.Option(None, help="TOML with PromptConfig keys."),
     data: Optional[Path] = typer.Option(None, help="Prepared dataset (default: the run's)."),
     epochs: Optional[int] = typer.Option(None, help="Override epochs."),
+    rank_weight: Optional[float] = typer.Option(
+        None, help="Weight of the top-k ranking term (default 0: off), which keeps the "
+        "best off-surface items of every history below the k-th best on-surface one."),
 ) -> None:
     """Train soft prompt tokens for one surface with every foundation weight frozen."""
     from recfm.config import read_toml
@@ -77,6 +80,8 @@ def prompt_tune_cmd(
         values["tokens"] = tokens
     if epochs is not None:
         values["epochs"] = epochs
+    if rank_weight is not None:
+        values["rank_weight"] = rank_weight
     cfg = PromptConfig.from_dict(values, str(config) if config else "prompt-tune options")
     if not (run / "model.safetensors").is_file():
         raise RecfmError(f"{run / 'model.safetensors'}: expected a recfm run file, "

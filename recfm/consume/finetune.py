@@ -97,6 +97,12 @@ class TaskConfig:
     """Learning rate of the foundation weights relative to ``train.lr`` (the task head
     always trains at ``train.lr``): below 1, fine-tuning moves the pretrained weights less
     (discriminative fine-tuning, Howard & Ruder 2018). Unused from scratch."""
+    head_only_steps: int = 0
+    """Fine-tuning only: the first n steps train the task head alone (the foundation's
+    learning rate is 0), then everything trains — linear probing then fine-tuning (LP-FT,
+    Kumar et al. 2022): a random head's first gradients do not scramble the pretrained
+    features. From scratch every weight trains from step 0 (a frozen random backbone is no
+    baseline). Counts in ``max_steps``."""
     next_item_weight: float = 0.0
     """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
     objective as an auxiliary one (0: the task's objective only)."""
@@ -124,6 +130,7 @@ class TaskConfig:
                   ("eval_every", self.eval_every >= 1, "at least 1"),
                   ("trainable_layers", self.trainable_layers >= -1, "-1 or more"),
                   ("head_hidden", self.head_hidden >= 1, "at least 1"),
+                  ("head_only_steps", self.head_only_steps >= 0, "0 or more"),
                   ("next_item_weight", self.next_item_weight >= 0, "non-negative"),
                   ("backbone_lr_scale", self.backbone_lr_scale > 0, "positive")]
         for key, ok, expected in checks:
@@ -132,6 +139,9 @@ class TaskConfig:
         if self.kind == "surface" and not self.items:
             raise InputError(source, None, "items", "an [items] filter for a surface task "
                              '(e.g. kids = "true")', "none")
+        if self.kind == "surface" and self.head_only_steps:
+            raise InputError(source, None, "head_only_steps", "0 for a surface task (it has "
+                             "no head to train alone)", str(self.head_only_steps))
         if self.kind == "binary" and self.items:
             raise InputError(source, None, "items", "no [items] filter for a binary task",
                              "a filter")
@@ -455,8 +465,9 @@ def _param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: floa
         decay = [p for n, p in params if p.dim() >= 2 and not any(s in n for s in skip)]
         no_decay = [p for _, p in params if all(p is not d for d in decay)]
         scale = backbone_lr_scale if is_fm else 1.0
-        groups += [{"params": decay, "weight_decay": weight_decay, "lr_scale": scale},
-                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr_scale": scale,
+                    "fm": is_fm},
+                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale, "fm": is_fm}]
     return [g for g in groups if g["params"]]
 
 
@@ -562,8 +573,9 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
         for bi in range(state["batch"], len(plan)):
             batch = make_batch(store, spans[plan[bi]])
             lr = lr_at(state["step"], task.max_steps, tcfg)
+            probe = not scratch and state["step"] < task.head_only_steps
             for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"]
+                g["lr"] = lr * g["lr_scale"] * (0.0 if probe and g["fm"] else 1.0)
             loss = model.loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

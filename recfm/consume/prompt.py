@@ -4,7 +4,9 @@ A *prompt* is k learned tokens placed before a user's events; the history attend
 like earlier events. Only the prompt is trained, on the next-item loss of one *surface* —
 the positions whose next token matches a filter, such as kids titles — plus the log
 probability that the next item is on the surface at every position of every user (the
-prompt must lead *any* history there), so one frozen backbone serves many surfaces, each a
+prompt must lead *any* history there) and, optionally (``rank_weight``), a top-k ranking
+term that pushes the best off-surface items of every position below the k-th best
+on-surface one (:func:`rank_loss`), so one frozen backbone serves many surfaces, each a
 few kilobytes::
 
     recfm prompt-tune RUN --name kids --surface item.kids=true --tokens 16
@@ -275,6 +277,16 @@ class PromptConfig:
     """Weight of −log P(the next item is on the surface) at *every* position (any user,
     any target): the prompt should lead any history to the surface, not only those that
     went there. Needs ``item.*`` conditions; 0 turns it off."""
+    rank_weight: float = 0.0
+    """Weight of the top-k ranking term (:func:`rank_loss`): at every position, each of the
+    ``rank_k`` best-scored items *off* the surface (items already in the history excluded,
+    as ``recommend`` excludes them) is pushed below the ``rank_k``-th best item *on* it by
+    ``rank_margin``. The surface-mass term moves probability mass on average; this one
+    targets what a user sees, the top ``rank_k``, for every history — the few users whose
+    last title has an off-surface sequel the backbone is sure of. Needs ``item.*``
+    conditions; 0 turns it off."""
+    rank_k: int = 10
+    rank_margin: float = 1.0
     warmup_steps: int = 20
     seed: int = 0
     max_minutes: float | None = None
@@ -288,6 +300,10 @@ class PromptConfig:
         if not cfg.surface:
             raise InputError(source, None, "surface", "at least one condition "
                              "(e.g. item.kids=true)", "none")
+        if cfg.rank_k < 1:
+            raise InputError(source, None, "rank_k", "at least 1", str(cfg.rank_k))
+        if cfg.rank_weight < 0:
+            raise InputError(source, None, "rank_weight", "0 or more", str(cfg.rank_weight))
         return cfg
 
 
@@ -380,6 +396,37 @@ def surface_loss(model, h: torch.Tensor, target: torch.Tensor, keep: torch.Tenso
     on = items[N_RESERVED_ITEMS:]  # (V − reserved,)
     log_p = torch.logsumexp(logits[:, on], dim=-1) - torch.logsumexp(logits, dim=-1)  # (N,)
     return ce - surface_weight * log_p.mean()
+
+
+def seen_before(items: torch.Tensor, rows: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(N, n_items) bool, one row per True of ``rows`` (B, T): item v occurs in
+    ``items[b, :t + 1]``, the history up to and including position t (the padding id 0
+    counts as seen, which only masks a reserved id). items: (B, T)."""
+    B, T = items.shape
+    b, t = rows.nonzero(as_tuple=True)  # (N,), (N,)
+    upto = torch.arange(T)[None, :] <= t[:, None]  # (N, T)
+    hist = torch.where(upto, items[b].long(), 0)  # (N, T): later positions → padding
+    seen = torch.zeros(len(b), n_items, dtype=torch.bool)
+    return seen.scatter_(1, hist, True)
+
+
+def rank_loss(logits: torch.Tensor, on: torch.Tensor, seen: torch.Tensor, k: int,
+              margin: float) -> torch.Tensor:
+    """Mean over positions of Σ_j softplus(s_j − τ + margin) / k: s_j the k best unseen
+    off-surface scores, τ the k-th best unseen on-surface score (a smooth "the top k are
+    all on the surface"; exactly when every term's argument is < 0).
+
+    logits: (N, V) item scores; on: (V,) bool surface mask; seen: (N, V) bool, excluded.
+    """
+    neg_inf = torch.finfo(logits.dtype).min
+    on_s = logits.masked_fill(seen | ~on, neg_inf)  # (N, V)
+    off_s = logits.masked_fill(seen | on, neg_inf)
+    k_on = min(k, int(on.sum()))
+    tau = torch.topk(on_s, k_on, dim=-1).values[:, -1:]  # (N, 1)
+    top_off = torch.topk(off_s, min(k, int((~on).sum())), dim=-1).values  # (N, k)
+    ok = (top_off > neg_inf / 2) & (tau > neg_inf / 2)  # enough unseen items on both sides
+    terms = torch.nn.functional.softplus(top_off - tau + margin) * ok
+    return terms.sum(-1).mean() / k
 
 
 @dataclass
@@ -475,6 +522,14 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
                 g["lr"] = lr_at(step, total, tcfg)
             h = model.positions(inputs)  # (B, T, d)
             loss = surface_loss(model, h, batch["target"], keep, item_mask, cfg.surface_weight)
+            if cfg.rank_weight > 0 and item_mask is not None:
+                from recfm.consume.distill import item_logits
+
+                rows = batch["target"] > 0  # (B, T)
+                seen = seen_before(batch["item"], rows, model.cfg.n_items)  # (N, V)
+                loss = loss + cfg.rank_weight * rank_loss(
+                    item_logits(model, h[rows]), item_mask[N_RESERVED_ITEMS:],
+                    seen[:, N_RESERVED_ITEMS:], cfg.rank_k, cfg.rank_margin)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([prompt], 1.0)

@@ -128,6 +128,29 @@ def test_auc_matches_pairwise_definition():
     assert auc_score(s, y) == pytest.approx(np.mean(pairs))
 
 
+def test_head_only_steps_keep_the_backbone_then_release_it(base, tmp_path):
+    """LP-FT: the first head_only_steps train the head alone, then the backbone trains too
+    (the checkpoint holds the task model after the last step)."""
+    before = load_file(str(base / "model.safetensors"))
+    torch.manual_seed(TRAIN["seed"])  # the head finetune starts from
+    init_head = TaskModel(FoundationModel.from_pretrained(base), task("binary")).head
+
+    def after(steps_alone: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"alone{steps_alone}"
+        finetune(base, task("binary", head_only_steps=steps_alone, max_steps=10,
+                            eval_every=10), out)
+        return load_file(str(out / "checkpoint" / "model.safetensors"))
+
+    probed = after(10)  # every step head-only
+    assert all(torch.equal(before[k], probed[f"fm.{k}"]) for k in before)
+    assert any(not torch.equal(v, probed[f"head.{k}"])
+               for k, v in init_head.state_dict().items())
+    released = after(5)  # 5 steps alone, 5 with the backbone
+    assert any(not torch.equal(before[k], released[f"fm.{k}"]) for k in before)
+    with pytest.raises(InputError, match="head_only_steps"):
+        task("surface", head_only_steps=3)
+
+
 @pytest.mark.parametrize("text, key", [
     ('kind = "ranking"\n', "kind"),
     ('name = "x"\n', "kind"),

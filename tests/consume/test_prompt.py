@@ -162,3 +162,56 @@ def test_cli_prompt_tune_and_list(run, test_frame, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["recommend", str(copy), "--user", user, "--prompt", "adults"])
     assert isinstance(r.exception, RecfmError) and "no prompt 'adults'" in str(r.exception)
+
+
+def test_seen_before_matches_a_loop():
+    from recfm.consume.prompt import seen_before
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.randint(3, 12, (3, 6), generator=g)
+    items[2, 4:] = 0  # right padding
+    rows = items > 0
+    seen = seen_before(items, rows, 12)
+    b, t = rows.nonzero(as_tuple=True)
+    for n, (bi, ti) in enumerate(zip(b.tolist(), t.tolist())):
+        want = set(items[bi, :ti + 1].tolist())
+        got = set(seen[n].nonzero()[:, 0].tolist()) - {0}
+        assert got == want
+
+
+def test_rank_loss_counts_only_unseen_items_that_outrank_the_surface():
+    from recfm.consume.prompt import rank_loss
+
+    on = torch.tensor([True, True, True, False, False, False])
+    none_seen = torch.zeros(1, 6, dtype=torch.bool)
+    good = torch.tensor([[9.0, 8.0, 7.0, 1.0, 0.0, -1.0]])  # top 2 on the surface, by far
+    bad = torch.tensor([[1.0, 0.0, -1.0, 9.0, 8.0, 7.0]])
+    assert rank_loss(good, on, none_seen, k=2, margin=1.0) < 0.01
+    assert rank_loss(bad, on, none_seen, k=2, margin=1.0) > 5.0
+    # an off-surface item the user has seen is excluded, as recommend excludes it
+    seen_top = torch.tensor([[9.0, 8.0, 7.0, 20.0, 0.0, -1.0]])
+    seen = torch.tensor([[False, False, False, True, False, False]])
+    assert rank_loss(seen_top, on, seen, k=2, margin=1.0) < 0.01
+    assert rank_loss(seen_top, on, none_seen, k=2, margin=1.0) > 5.0
+    # gradients raise the k-th surface item and lower the offending off-surface ones
+    x = bad.clone().requires_grad_(True)
+    rank_loss(x, on, none_seen, k=2, margin=1.0).backward()
+    assert x.grad[0, 1] < 0 and x.grad[0, 3] > 0 and x.grad[0, 4] > 0
+    assert x.grad[0, 0] == 0  # above the k-th: not pushed
+
+
+def test_rank_term_lifts_the_worst_users(run, test_frame):
+    """With the top-k term the prompt puts more users fully on the surface."""
+    fm = FoundationModel.from_pretrained(run)
+    kids = surface_items(SURFACE, fm.items, fm.cfg.n_items)
+    shares = {}
+    for name, weight in (("plain", 0.0), ("ranked", 2.0)):
+        prompt_tune(run, PromptConfig(name=name, tokens=4, surface=SURFACE, epochs=4,
+                                      batch_size=32, lr=0.1, warmup_steps=2,
+                                      rank_weight=weight, rank_k=5))
+        fm.load_prompts()
+        shares[name] = surface_share(top_k_items(fm, test_frame, k=5, prompt=name), kids)
+    assert (shares["ranked"] == 1.0).mean() > (shares["plain"] == 1.0).mean()
+    assert shares["ranked"].min() >= shares["plain"].min()
+    with pytest.raises(InputError, match="rank_k"):
+        PromptConfig.from_dict({"surface": SURFACE, "rank_k": 0})
