@@ -51,6 +51,9 @@ class ServeConfig:
     """How long the batcher waits for more requests once one is there (0: take what is queued)."""
     cache_mb: float = 256.0
     """Memory for cached user states (keys/values of encoded histories); 0 disables the cache."""
+    fast_step: bool = True
+    """Extend a cached state by one token with the lean step (:mod:`recfm.serve.step`);
+    False: always the reference ``encode_incremental`` (same numbers within 1e-5)."""
     window_hop: int = 1
     """Histories longer than the context are cut to a window whose start moves in steps of
     this many tokens. 1 is the model's own rule (the last ``max_len`` tokens, as offline

@@ -32,6 +32,7 @@ from recfm.serve.errors import NotFound, Unprocessable
 from recfm.serve.index import ExactIndex, build_index
 from recfm.serve.rules import Filters, ItemRules
 from recfm.serve.state import CachedState, UserStateCache
+from recfm.serve.step import OneTokenStep
 from recfm.serve.tokens import EventTokenizer
 from recfm.tokenizer import FACET_UNK, N_RESERVED_ITEMS, gap_bucket
 
@@ -147,6 +148,8 @@ class Engine:
         self.rules = ItemRules(items, self.n_items)
         self.cache = UserStateCache(int(self.cfg.cache_mb * 2**20), len(self.columns),
                                     self.max_len)
+        self.step = OneTokenStep(self.fm, self.input_table) if self.cfg.fast_step else None
+        """The lean one-token extension of a cached state (None: the reference path only)."""
         self.item_ids = [""] * self.n_items
         for i, iid in enumerate(self.fm.tokenizer.item_ids):
             self.item_ids[N_RESERVED_ITEMS + i] = iid
@@ -335,8 +338,14 @@ class Engine:
                 q.cache = "hit"
             else:
                 past = state.kv if n == len(state.tokens) else state.kv.prefix(n)
-                u, kv = self.fm.encode_incremental(self._batch([q.window]), past,
-                                                   self.input_table)
+                out = None
+                if self.step is not None and self.step.supports(past, len(q.window)):
+                    out = self.step(q.window[-1], past)  # None: the room was taken
+                if out is not None:
+                    u, kv = out[0][None], out[1]
+                else:
+                    u, kv = self.fm.encode_incremental(self._batch([q.window]), past,
+                                                       self.input_table)
                 users[i] = u[0]
                 q.cache = f"extend:{len(q.window) - n}"
                 self.cache.put(CachedState(q.window, kv, u[0]), hashes)
