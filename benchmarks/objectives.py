@@ -255,9 +255,11 @@ def main() -> None:
     for dataset in args.datasets:
         t_ds = time.perf_counter()
         prepared = prepare_dataset(dataset, args.data_dir, args.work, seed=0)
+        from recfm.model.foundation import facet_sizes
         from recfm.prepare import PreparedDataset
-        tok = PreparedDataset.load(prepared).tokenizer
-        facets = list(tok.facets) + ["value_bucket"] + (["gap_bucket"] if tok.has_time else [])
+        ds = PreparedDataset.load(prepared)
+        tok = ds.tokenizer
+        facets = list(facet_sizes(tok, ds.sequences))  # the facets that vary in this dataset
         for variant, overrides in variants(dataset, facets, tok.facets.get("action", [])).items():
             if variant not in ONLY.get(dataset, (variant,)):
                 continue
