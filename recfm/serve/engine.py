@@ -70,7 +70,7 @@ class Query:
     window: np.ndarray
     """(T, C) int64 tokens of the context window, columns ``Engine.columns``; T may be 0."""
     seen: np.ndarray
-    """Item indices of the whole history."""
+    """Item indices of the whole history, in order (repeats included)."""
     history_tokens: int
     allowed: np.ndarray
     """(n_items,) bool: items eligible under the rules (and not seen, when asked)."""
@@ -234,19 +234,24 @@ class Engine:
     def _event_tokens(self, events: list[dict[str, Any]], ignore_unknown: bool
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
-        known = [str(e["item_id"]) in self.index_of for e in events]
-        if not all(known):
-            unknown = [e["item_id"] for e, ok in zip(events, known) if not ok]
+        index_of = self.index_of
+        items = [index_of.get(e["item_id"]) for e in events]  # one catalog pass
+        if None in items:  # ids sent as numbers: the catalog's ids are strings
+            items = [index_of.get(str(e["item_id"])) if i is None else i
+                     for e, i in zip(events, items)]
+        if None in items:
+            unknown = [e["item_id"] for e, i in zip(events, items) if i is None]
             if not ignore_unknown:
                 shown = ", ".join(repr(str(u)) for u in unknown[:5])
                 raise Unprocessable(f"events: {len(unknown)} item id(s) not in the catalog of "
                                     f"model {self.version}: {shown} (set ignore_unknown_items "
                                     "to drop them)")
-            events = [e for e, ok in zip(events, known) if ok]
+            events = [e for e, i in zip(events, items) if i is not None]
+            items = [i for i in items if i is not None]
         if not events:
             return np.zeros((0, len(self.columns)), np.int64), None
         if self.fast_tokens and EventTokenizer.supports(events):
-            return self.event_tokenizer(events)
+            return self.event_tokenizer(events, items)
         cols: dict[str, list] = {"user_id": ["request"] * len(events)}
         present = [f for f in EVENT_FIELDS if any(e.get(f) is not None for e in events)]
         for f in present:
@@ -305,7 +310,7 @@ class Engine:
         if len(tokens) == 0:
             how = "fallback:popular (no history: unknown user and no events)"
         start = window_start(len(tokens), self.max_len, self.cfg.window_hop)
-        seen = np.unique(tokens[:, 0]) if len(tokens) else np.zeros(0, np.int64)
+        seen = tokens[:, 0]
         allowed = self.rules.mask(filters or Filters()) & self.rules.mask(surface_filters)
         if exclude_seen and len(seen):
             allowed = allowed.copy()

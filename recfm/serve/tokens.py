@@ -40,12 +40,14 @@ class EventTokenizer:
 
     @staticmethod
     def supports(events: list[dict[str, Any]]) -> bool:
+        """True if every event has an integer timestamp (not a bool), or none has one."""
         ts = [e.get("timestamp") for e in events]
-        return all(t is None for t in ts) or all(
-            isinstance(t, int) and not isinstance(t, bool) for t in ts)
+        return ts.count(None) == len(ts) or all(type(t) is int for t in ts)
 
-    def __call__(self, events: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """(L, C) int64 tokens (columns ``self.columns``) and (L,) first times of each token.
+    def __call__(self, events: list[dict[str, Any]], items: list[int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(L, C) int64 tokens (columns ``self.columns``) and (L,) first times of each token;
+        ``items``: the events' item indices when the caller has looked them up already.
 
         Column-wise: one pass per field over the events, then numpy over the kept events;
         Python loops remain only over merged groups (repeats), which are few.
@@ -60,7 +62,8 @@ class EventTokenizer:
                 else [None] * n_events for f in CATEGORICAL}
         values = [None if v is None else float(v) for v in raw["value"]] if "value" in present \
             else raw["value"]
-        items = [self.index_of[str(e["item_id"])] for e in events]
+        if items is None:
+            items = [self.index_of[str(e["item_id"])] for e in events]
         stamps = [e.get("timestamp") for e in events] if "timestamp" in keys else []
         if any(t is not None for t in stamps):
             t = np.array([int(x) for x in stamps], dtype=np.int64)
@@ -69,7 +72,8 @@ class EventTokenizer:
             t = np.arange(len(events), dtype=np.int64)
 
         actions = cats["action"]
-        keep = [a is None or a not in self.drop for a in actions]
+        keep = ([a is None or a not in self.drop for a in actions] if "action" in present
+                else [True] * n_events)
         if cfg.min_play_seconds > 0 and "value" in present:
             for i, (a, v) in enumerate(zip(actions, values)):
                 if keep[i] and v is not None and a in self.short and v < cfg.min_play_seconds:
@@ -91,8 +95,8 @@ class EventTokenizer:
         ends = np.append(starts[1:], M)
         n = len(starts)
         first = idx[starts]  # event index of each group's first event
-        value = [values[i] for i in first]
-        action = [actions[i] for i in first]
+        value = [values[i] for i in first] if "value" in present else [None] * n
+        action = [actions[i] for i in first] if "action" in present else [None] * n
         for j in np.flatnonzero(ends - starts > 1):  # merged groups: aggregate in Python
             members = idx[starts[j]:ends[j]]
             vs = [values[i] for i in members if values[i] is not None]
@@ -112,7 +116,8 @@ class EventTokenizer:
         if "row" in present:
             out["row"] = [FACET_UNK if r is None else min(max(int(r), 0), cfg.max_row)
                           + N_RESERVED_FACET for r in (raw["row"][i] for i in first)]
-        has_value = np.array([v is not None for v in value], dtype=bool)
+        has_value = (np.array([v is not None for v in value], dtype=bool) if "value" in present
+                     else np.zeros(n, dtype=bool))
         if len(self.edges) == 0:
             out["value_bucket"] = has_value.astype(np.int64)
         else:
