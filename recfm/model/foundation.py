@@ -334,7 +334,8 @@ class FoundationModel(nn.Module):
         """(B, d) user vectors from right-padded history batches.
 
         ``pooling``: the representation at the last position — ``last``, ``mean_last``
-        (last ``repr_n_last`` positions), ``attention``, ``layer_mean``, ``layer_mix`` —
+        (last ``repr_n_last`` positions), ``attention``, ``last_attention``, ``layer_mean``,
+        ``layer_mix`` —
         or ``mean`` over the whole history. Default: the one the model was trained with.
         """
         valid = batch["item"] > 0
@@ -418,16 +419,19 @@ class FoundationModel(nn.Module):
                         has_time=self.tokenizer.has_time).tokens
 
     @torch.no_grad()
-    def encode_users(self, histories: Any, pooling: str = "last",
+    def encode_users(self, histories: Any, pooling: str | None = None,
                      batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
         """(n, d) user vectors for histories (see :meth:`_store` for accepted forms).
+
+        ``pooling``: see :meth:`last_hidden`; default: the representation the model was
+        trained (and is scored) with.
 
         ``prompt``: the name of a soft prompt (a surface, e.g. ``"kids"``) to condition on.
         """
         return self.encode_store(self._store(histories), pooling, batch_size, prompt)
 
     @torch.no_grad()
-    def encode_store(self, store: SequenceStore, pooling: str = "last",
+    def encode_store(self, store: SequenceStore, pooling: str | None = None,
                      batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
         self.eval()
         extra = {"soft_prompt": self.prompt_vectors(prompt)} if prompt is not None else {}

@@ -146,9 +146,14 @@ class Engine:
         self.exact = self.index if isinstance(self.index, ExactIndex) else ExactIndex(self.table)
         items = self.fm.items
         self.rules = ItemRules(items, self.n_items)
-        self.cache = UserStateCache(int(self.cfg.cache_mb * 2**20), len(self.columns),
-                                    self.max_len)
-        self.step = OneTokenStep(self.fm, self.input_table) if self.cfg.fast_step else None
+        self.pooled = self.fm.cfg.user_repr != "last"
+        """The model reads users through a pooled representation (``user_repr``: mean of
+        positions, attention, layers): windows are encoded whole by ``last_hidden``, without
+        the user-state cache, whose keys/values give the last position's state only."""
+        cache_bytes = 0 if self.pooled else int(self.cfg.cache_mb * 2**20)
+        self.cache = UserStateCache(cache_bytes, len(self.columns), self.max_len)
+        self.step = (OneTokenStep(self.fm, self.input_table)
+                     if self.cfg.fast_step and not self.pooled else None)
         """The lean one-token extension of a cached state (None: the reference path only)."""
         self.item_ids = [""] * self.n_items
         for i, iid in enumerate(self.fm.tokenizer.item_ids):
@@ -331,6 +336,10 @@ class Engine:
     @torch.inference_mode()  # cheaper per op than no_grad; cached states stay inference-only
     def encode(self, queries: list[Query]) -> torch.Tensor:
         """(B, d) user vectors of queries with a history; sets each ``query.cache``."""
+        if self.pooled:
+            for q in queries:
+                q.cache = "off"
+            return self.fm.last_hidden(self._batch([q.window for q in queries]))
         users: list[torch.Tensor | None] = [None] * len(queries)
         cold = []
         for i, q in enumerate(queries):

@@ -53,6 +53,26 @@ def test_engine_answers_like_the_model(served, engine):
         assert got["how"] == "model" and got["window_tokens"] <= MAX_LEN
 
 
+def test_a_pooled_representation_is_served_as_trained(served, tmp_path):
+    """A model trained with user_repr='layer_mix' is read through it, not the last state."""
+    from recfm.model.config import ModelConfig
+    from recfm.train.loop import TrainConfig, train
+
+    run = tmp_path / "layer-mix"
+    train(served.data, run, ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,
+                                        dropout=0.0, user_repr="layer_mix"),
+          TrainConfig(epochs=1, batch_size=64, warmup_steps=2, tensorboard=False, seed=0))
+    fm = FoundationModel.from_pretrained(run)
+    seqs = pl.read_parquet(served.data / "tokens.parquet")
+    eng = Engine(run, ServeConfig(surfaces=dict(OPEN), cache_mb=16))
+    assert eng.pooled and not eng.cache.enabled and eng.step is None
+    user = long_user(eng)
+    want = fm.recommend(seqs.filter(pl.col("user_id") == user), k=10)
+    got = eng.recommend([eng.query(user, k=10)])[0]
+    assert [i["item_id"] for i in got["items"]] == want["item_id"].to_list()
+    assert got["cache"] == "off"
+
+
 def test_rules_are_applied_inside_retrieval(engine):
     user = long_user(engine)
     f = Filters(genres=("family", "animation"), kids_only=True)
