@@ -5,7 +5,7 @@ Beauty.
     python -m benchmarks.objectives --datasets synthetic \
         --variants next-item multi-token future-window
     python -m benchmarks.objectives --datasets synthetic \
-        --variants facets engagement layer-mix mean-last all
+        --variants facets engagement layer-mix mean-last last-attention all
     python -m benchmarks.objectives --datasets ml-latest-small beauty
 
 Each invocation merges its runs into ``results/objectives.json`` (a run of the same dataset,
@@ -52,6 +52,7 @@ def variants(dataset: str, facets: list[str], actions: list[str]) -> dict[str, d
         "future-window": {"objectives": ObjectiveConfig(window_events=WINDOW, window_weight=0.5)},
         "layer-mix": {"user_repr": "layer_mix"},
         "mean-last": {"user_repr": "mean_last"},
+        "last-attention": {"user_repr": "last_attention"},
     }
     heads = {f: 0.2 for f in ("action", "value_bucket", "device", "gap_bucket") if f in facets}
     if dataset == "synthetic":
@@ -82,12 +83,14 @@ TRAIN = {"synthetic": dict(epochs=30, batch_size=128, lr=2e-3, warmup_steps=50, 
                                  patience=4),
          "beauty": dict(epochs=6, batch_size=256, lr=2e-3, warmup_steps=50, patience=3)}
 # Variants run per dataset (Beauty has neither actions nor facets).
-ONLY = {"beauty": ("next-item", "multi-token", "future-window", "layer-mix"),
-        "ml-latest-small": ("next-item", "multi-token", "future-window", "facets", "layer-mix"),
+ONLY = {"beauty": ("next-item", "multi-token", "future-window", "last-attention"),
+        "ml-latest-small": ("next-item", "multi-token", "future-window", "facets", "layer-mix",
+                            "last-attention"),
         "synthetic": ("next-item", "multi-token", "future-window", "facets", "engagement",
-                      "layer-mix", "mean-last", "all")}
+                      "layer-mix", "mean-last", "last-attention", "all")}
 # Variants run with every seed on the synthetic world (the must-show comparisons).
-SEEDED = ("next-item", "multi-token", "future-window", "engagement", "layer-mix", "mean-last")
+SEEDED = ("next-item", "multi-token", "future-window", "engagement", "layer-mix", "mean-last",
+          "last-attention")
 
 
 def prepare_dataset(name: str, data_dir: Path, work: Path, seed: int) -> Path:
@@ -181,7 +184,7 @@ def must_show(by: dict[tuple[str, str], list[dict]]) -> dict:
         ch = _change(base, ms, "completed_share@10")
         out["engagement: completed_share@10 goes up"] = {
             "change_pct": ch, "seeds": len(ms), "met": ch is not None and ch > 0}
-    for var in ("layer-mix", "mean-last", "attention"):
+    for var in ("layer-mix", "mean-last", "last-attention"):
         ms = by.get(("synthetic", var))
         if ms:
             st, nxt = _change(base, ms, "stability_cos@5"), _change(base, ms, "ndcg@10")

@@ -100,7 +100,8 @@ class ModelConfig:
     temperature: float = 1.0
 
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    user_repr: Literal["last", "mean_last", "attention", "layer_mean", "layer_mix"] = "last"
+    user_repr: Literal["last", "mean_last", "attention", "last_attention", "layer_mean",
+                       "layer_mix"] = "last"
     """How position states become the user vector the model is trained and scored with."""
     repr_n_last: int = 4
     """Positions averaged by ``mean_last``."""

@@ -11,8 +11,9 @@
 * **Engagement weighting**: each target weighs by its action (complete ≫ trailer;
   0 masks) and optionally by its value.
 * **User representations**: last position, mean of the last n positions, causal
-  attention pooling, mean or learned mix of the layers — computed at every position, so the
-  model can be trained with the representation it is served with.
+  attention pooling (alone, or added to the last position with a learned per-dimension
+  gate: ``last_attention``), mean or learned mix of the layers — computed at every
+  position, so the model can be trained with the representation it is served with.
 """
 
 from __future__ import annotations
@@ -95,8 +96,13 @@ class ObjectiveHeads(nn.Module):
         self.facets = nn.ModuleDict({n: nn.Linear(d, k) for n, k in sorted(head_sizes.items())})
         self.multi = nn.ModuleList(Residual(d) for _ in range(max(obj.multi_token_k - 1, 0)))
         self.window = Residual(d) if obj.window_events > 0 else None
-        self.pool_query = (nn.Parameter(torch.zeros(d)) if cfg.user_repr == "attention"
-                           else None)
+        self.pool_query = (nn.Parameter(torch.zeros(d))
+                           if cfg.user_repr in ("attention", "last_attention") else None)
+        self.pool_gate = (nn.Parameter(torch.zeros(d)) if cfg.user_repr == "last_attention"
+                          else None)
+        """last_attention: per-dimension weight of the pooled history beside the last state,
+        zero at first (the model starts as ``last``; on the synthetic world an initial 0.3
+        or 1.0 cost 2.3% / 4.8% next-item NDCG@10, 0 cost 0.6%)."""
         self.layer_logits = (nn.Parameter(torch.zeros(cfg.n_layers))
                              if cfg.user_repr == "layer_mix" else None)
 
@@ -126,17 +132,19 @@ def position_repr(layers: list[torch.Tensor], valid: torch.Tensor, mode: str, n_
         recent = (pos[None, :] > pos[:, None] - n_last)  # s > t - n
         w = (keys & recent[None]).float()
         return (w @ h) / w.sum(-1, keepdim=True).clamp_min(1)
-    if mode == "attention":
+    if mode in ("attention", "last_attention"):
         if heads is None or heads.pool_query is None:
-            raise ValueError("attention pooling needs a model trained with "
-                             "user_repr='attention'")
+            raise ValueError(f"{mode} pooling needs a model trained with user_repr={mode!r}")
         s = (h @ heads.pool_query) / math.sqrt(h.size(-1))  # (B, T)
         s = s[:, None, :].expand(-1, T, -1).masked_fill(~keys, float("-inf"))
         eye = torch.eye(T, dtype=torch.bool, device=h.device)[None]
         s = s.masked_fill(~keys.any(-1, keepdim=True) & eye, 0.0)  # padded rows: self
-        return torch.softmax(s, -1) @ h
+        pooled = torch.softmax(s, -1) @ h  # (B, T, d)
+        if mode == "attention":
+            return pooled
+        return h + heads.pool_gate * pooled  # the last state keeps what the next item needs
     raise ValueError(f"unknown user representation {mode!r}: expected last, mean_last, "
-                     "attention, layer_mean or layer_mix")
+                     "attention, last_attention, layer_mean or layer_mix")
 
 
 def target_weights(cfg: ModelConfig, action_weight: torch.Tensor | None,

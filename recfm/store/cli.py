@@ -22,8 +22,9 @@ def embed_cmd(
     store: str = typer.Option(..., help="Store path (or file:// URI); created if new."),
     keep: Optional[int] = typer.Option(None, help="Versions to keep (default: the store's "
                                        "setting, 3 for a new store)."),
-    pooling: Optional[str] = typer.Option(None, help="last, mean_last, attention, layer_mean, "
-                                          "layer_mix or mean (default: as trained)."),
+    pooling: Optional[str] = typer.Option(None, help="last, mean_last, attention, "
+                                          "last_attention, layer_mean, layer_mix or mean "
+                                          "(default: as trained)."),
     batch_size: int = typer.Option(256, help="Users per encoding batch."),
     backend: Optional[str] = typer.Option(None, help="lancedb (default) or parquet, for a "
                                           "new store."),

@@ -47,7 +47,8 @@ from recfm.tokenizer import N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("last", "mean_last", "attention", "layer_mean", "layer_mix", "mean")
+POOLINGS = ("last", "mean_last", "attention", "last_attention", "layer_mean", "layer_mix",
+            "mean")
 STALE_STAGING_S = 6 * 3600.0
 ProgressFn = Callable[[int, int], None]
 
@@ -63,9 +64,9 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     with the model of ``run``, and publish them to ``store`` as a new version.
 
     ``pooling``: how a user vector is read from the hidden states (``last``, ``mean_last``,
-    ``attention``, ``layer_mean``, ``layer_mix``, ``mean``); default: the representation
-    the model was trained with. ``on_progress(users_done, users)`` after each chunk (of
-    this rank's users when several processes run it, see the module docstring).
+    ``attention``, ``last_attention``, ``layer_mean``, ``layer_mix``, ``mean``); default: the
+    representation the model was trained with. ``on_progress(users_done, users)`` after each
+    chunk (of this rank's users when several processes run it, see the module docstring).
     The version's metadata records the run, model and tokenizer hashes, data fingerprint,
     pooling, counts and the encoding throughput (``extra.users_per_s``).
     """

@@ -45,7 +45,8 @@ ALL = ObjectiveConfig(
     action_weights={"complete": 1.0, "play": 0.5, "trailer": 0.1}, value_weighting="log")
 
 
-@pytest.mark.parametrize("repr_", ["last", "mean_last", "attention", "layer_mean", "layer_mix"])
+@pytest.mark.parametrize("repr_", ["last", "mean_last", "attention", "last_attention",
+                                   "layer_mean", "layer_mix"])
 def test_every_objective_trains(world, repr_):
     model, store = make_model(world, objectives=ALL, user_repr=repr_)
     batch = make_batch(store, store.spans(13, min_len=2)[:64])
@@ -91,7 +92,8 @@ def test_future_window_targets():
     assert mask[0, 3].tolist() == [False, False]     # padding
 
 
-@pytest.mark.parametrize("mode", ["mean_last", "attention", "layer_mix", "last"])
+@pytest.mark.parametrize("mode", ["mean_last", "attention", "last_attention", "layer_mix",
+                                  "last"])
 def test_user_representations_are_causal(world, mode):
     model, store = make_model(world, user_repr=mode)
     model.eval()
@@ -102,6 +104,20 @@ def test_user_representations_are_causal(world, mode):
     b = model.positions(batch2)
     torch.testing.assert_close(a[:, :-1], b[:, :-1], atol=1e-5, rtol=1e-5)
     assert position_repr([a], batch["item"] > 0, "last", 4, None) is a
+
+
+def test_last_attention_starts_as_the_last_position_and_learns_its_gate(world):
+    model, store = make_model(world, user_repr="last_attention")
+    batch = make_batch(store, store.spans(13, min_len=2)[:32])
+    model.eval()
+    torch.testing.assert_close(model.positions(batch), model.positions(batch, "last"))
+    model.train()
+    model.loss(batch).backward()
+    assert model.heads.pool_gate.grad is not None and model.heads.pool_gate.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.heads.pool_gate.fill_(1.0)
+    model.eval()
+    assert not torch.allclose(model.positions(batch), model.positions(batch, "last"))
 
 
 def test_holdout_metrics_facets_and_stability(world):
