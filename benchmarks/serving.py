@@ -54,6 +54,7 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, peak_rss_mb, write_result
 from recfm.model.config import ModelConfig
+from recfm.serve.config import ServeConfig
 from recfm.train.loop import TrainConfig
 
 WORK = ROOT / ".work" / "serving"
@@ -668,7 +669,8 @@ def main() -> None:
     ap.add_argument("--skip-1m", action="store_true")
     ap.add_argument("--hnsw-m", type=int, default=48)
     ap.add_argument("--hnsw-efc", type=int, default=200)
-    ap.add_argument("--hnsw-ef", type=int, default=1024, help="efSearch the server uses.")
+    ap.add_argument("--hnsw-ef", type=int, default=ServeConfig().hnsw_ef_search,
+                    help="efSearch the server uses (default: recfm serve's own default).")
     ap.add_argument("--only", nargs="*", default=None,
                     help="Run only these parts (recommend cache cache_scaling onnx hnsw reload "
                          "collections) and "

@@ -240,7 +240,10 @@ class Engine:
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
         index_of = self.index_of
-        items = [index_of.get(e["item_id"]) for e in events]  # one catalog pass
+        try:
+            items = [index_of.get(e["item_id"]) for e in events]  # one catalog pass
+        except TypeError:  # an unhashable id (the Python API takes anything): as text below
+            items = [None] * len(events)
         if None in items:  # ids sent as numbers: the catalog's ids are strings
             items = [index_of.get(str(e["item_id"])) if i is None else i
                      for e, i in zip(events, items)]
