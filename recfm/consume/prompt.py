@@ -90,7 +90,7 @@ def prompted_backbone(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor,
     if prompt.dim() == 4:
         if all_layers:
             raise RecfmError("deep prompts give the last layer only: use a model whose "
-                             "user_repr is last, mean_last or attention")
+                             "user_repr is last, mean_last, attention or last_attention")
         return prefix_backbone(backbone, x, prompt)
     B, T, d = x.shape
     k = prompt.size(0)
