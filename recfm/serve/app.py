@@ -104,7 +104,7 @@ def _filters(f: S.FiltersIn | None) -> Filters:
 def _events(req: S.UserRef) -> list[dict[str, Any]] | None:
     if req.events is None:
         return None
-    return [e.__dict__ for e in req.events]  # field → value (None: not given), no copy
+    return req.events  # validated dicts (a field not given is absent or None)
 
 
 class Service:
