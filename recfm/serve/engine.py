@@ -239,14 +239,9 @@ class Engine:
     def _event_tokens(self, events: list[dict[str, Any]], ignore_unknown: bool
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
-        index_of = self.index_of
-        try:
-            items = [index_of.get(e["item_id"]) for e in events]  # one catalog pass
-        except TypeError:  # an unhashable id (the Python API takes anything): as text below
-            items = [None] * len(events)
-        if None in items:  # ids sent as numbers: the catalog's ids are strings
-            items = [index_of.get(str(e["item_id"])) if i is None else i
-                     for e, i in zip(events, items)]
+        index_of = self.index_of  # keyed by the ids as text; one catalog pass
+        items = [index_of.get(i if type(i) is str else str(i))
+                 for i in (e["item_id"] for e in events)]
         if None in items:
             unknown = [e["item_id"] for e, i in zip(events, items) if i is None]
             if not ignore_unknown:
