@@ -52,13 +52,13 @@ import torch
 
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir
+from recfm.model.foundation import ITEM_ATTRIBUTE_COLUMNS
 from recfm.tokenizer import N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
 
 InitMode = Literal["zero", "scaled", "random", "content", "neighbours"]
 INIT_MODES = ("zero", "scaled", "random", "content", "neighbours")
-ITEM_ATTRIBUTE_COLUMNS = ("genres", "attributes", "entity_type", "language")
 
 
 # ----------------------------------------------------------------------------- id initialisation
