@@ -50,12 +50,21 @@ def data_synth(
     users: int = typer.Option(5000, help="Number of users."),
     items: int = typer.Option(2000, help="Number of titles."),
     events_per_user: float = typer.Option(100.0, help="Mean events per user."),
+    habit_fraction: float = typer.Option(0.0, help="Share of users whose sessions come on a "
+                                         "fixed cadence (0: uniform random days)."),
+    completion_sigma: float = typer.Option(0.0, help="Spread of users' tendency to finish "
+                                           "what they start (0: every user alike)."),
 ) -> None:
     """Generate the synthetic streaming world (events, items, ground truth)."""
     from recfm.data import synthetic
 
     cfg = synthetic.SynthConfig(seed=seed, n_users=users, n_items=items,
-                                events_per_user=events_per_user)
+                                events_per_user=events_per_user, habit_fraction=habit_fraction,
+                                completion_sigma=completion_sigma)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise RecfmError(f"data synth: {e}") from None
     with steps("synthesizing"):
         world = synthetic.generate(cfg)
         synthetic.write_world(world, out, cfg)

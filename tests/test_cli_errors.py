@@ -109,3 +109,12 @@ def test_unknown_items_can_be_dropped_and_counted(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["dropped"] == {"item_not_in_catalog": 1}
     assert report["tokens_out"] == 2
+
+
+def test_out_of_range_world_setting_is_one_line(tmp_path):
+    res = run_cli("data", "synth", "--out", str(tmp_path / "w"), "--users", "50", "--items", "40",
+                  "--habit-fraction", "1.5", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "habit_fraction" in res.stderr and "1.5" in res.stderr
+    assert not (tmp_path / "w").exists()

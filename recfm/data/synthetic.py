@@ -227,6 +227,16 @@ class SynthConfig:
     """Spread (log-normal sigma) of how many choices users make."""
     choices_per_session: float = 2.0
     """Mean choices per session."""
+    completion_sigma: float = 0.0
+    """Spread of users' own tendency to finish what they start (a per-user offset, this
+    sigma, on the logit of completing): some users finish nearly everything, others sample
+    and drop titles, and their history shows which. 0: every user alike (whether the next
+    title is finished then depends on the title and taste only)."""
+    habit_fraction: float = 0.0
+    """Share of users with a viewing habit: their sessions come on a fixed cadence (every
+    day, every other day, weekly or fortnightly, as their number of sessions allows), so
+    a history tells when the next session will be. 0: every user's sessions fall on
+    uniform random days (the time to the next session then carries no user signal)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field out of range."""
@@ -249,6 +259,8 @@ class SynthConfig:
             ("new_item_fraction", 0.0 <= self.new_item_fraction <= 1.0, "in [0, 1]"),
             ("activity_sigma", self.activity_sigma >= 0, "non-negative"),
             ("choices_per_session", self.choices_per_session >= 1, "at least 1"),
+            ("habit_fraction", 0.0 <= self.habit_fraction <= 1.0, "in [0, 1]"),
+            ("completion_sigma", self.completion_sigma >= 0, "non-negative"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -652,6 +664,8 @@ def _plan_sessions(cfg: SynthConfig, rng: np.random.Generator, users: _Users) ->
     join = np.where(rng.random(n_u) < 0.6, 0.0, rng.uniform(0.0, 0.75, n_u))
     frac = join[s_user] + (1 - join[s_user]) * rng.random(n_s)
     day = np.minimum(np.floor(frac * cfg.days), cfg.days - 1)
+    if cfg.habit_fraction > 0:
+        day = _habit_days(cfg, join, s_user, day)
     hour = np.where(rng.random(n_s) < 0.65, rng.normal(20.5, 1.5, n_s),
                     rng.normal(14.0, 3.5, n_s)) % 24.0
     s_start = (cfg.start_ts + day * 86400 + hour * 3600).astype(np.int64)
@@ -666,6 +680,34 @@ def _plan_sessions(cfg: SynthConfig, rng: np.random.Generator, users: _Users) ->
     tau = np.clip((t - cfg.start_ts) / span, 0.0, 1.0)
     return _Plan(user, session, new_session, tau, t, offsets, s_user, s_start, s_device,
                  s_country)
+
+
+HABIT_PERIODS_DAYS = (1.0, 2.0, 7.0, 14.0)
+
+
+def _habit_days(cfg: SynthConfig, join: np.ndarray, s_user: np.ndarray,
+                day: np.ndarray) -> np.ndarray:
+    """Session days of habitual users: the j-th session ``start + j × period`` days, the
+    period drawn from :data:`HABIT_PERIODS_DAYS` and shortened (never below a day) until
+    the user's sessions fit in the period; users with more sessions than days keep their
+    uniform days. Its own random stream, so a world without habits is drawn as before.
+
+    ``join``: (U,) share of the period before each user joins; ``s_user``: (S,) user of
+    each session (sorted); ``day``: (S,) uniform session days → (S,) days."""
+    n_u = len(join)
+    rng = np.random.default_rng([cfg.seed, 1010])
+    habit = rng.random(n_u) < cfg.habit_fraction
+    period = rng.choice(np.array(HABIT_PERIODS_DAYS), n_u)
+    n_sessions = np.bincount(s_user, minlength=n_u)
+    first = np.floor(join * cfg.days)
+    fits = (cfg.days - first) / np.maximum(n_sessions, 1)  # days per session at most
+    period = np.minimum(period, np.floor(fits))
+    habit &= period >= 1
+    slack = np.maximum(cfg.days - first - n_sessions * period, 0)  # days to spare
+    start = first + np.floor(rng.random(n_u) * slack)
+    j = np.arange(len(s_user)) - _group_starts(n_sessions)[s_user]  # session index in user
+    planned = start[s_user] + j * period[s_user]
+    return np.where(habit[s_user], planned, day)
 
 
 # ----------------------------------------------------------------------------- choices
@@ -872,7 +914,11 @@ def _emit(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Use
                                                        - users.taste_start[user])
     affinity = np.einsum("cd,cd->c", taste, cat.factor[item])
     affinity = (affinity - affinity.mean()) / (affinity.std() + 1e-9)
-    p_complete = np.array([0.65, 0.75, 0.05, 0.45])[ent] * 2.0 / (1.0 + np.exp(-affinity))
+    lift = affinity
+    if cfg.completion_sigma > 0:  # its own stream: a world without it is drawn as before
+        finisher = np.random.default_rng([cfg.seed, 1011]).standard_normal(cfg.n_users)
+        lift = affinity + cfg.completion_sigma * finisher[user]
+    p_complete = np.array([0.65, 0.75, 0.05, 0.45])[ent] * 2.0 / (1.0 + np.exp(-lift))
     completed = ~abandoned & (rng.random(n_c) < np.minimum(p_complete, 0.97))
     watched = np.where(completed, rng.uniform(0.93, 0.99, n_c), rng.uniform(0.03, 0.85, n_c))
     watched = np.maximum(np.round(watched * runtime), 30.0)

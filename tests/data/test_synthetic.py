@@ -258,6 +258,45 @@ def test_reasons_and_popularity_in_truth(medium: SynthWorld) -> None:
     assert corr > 0.3
 
 
+def _modal_gap_share(w: SynthWorld) -> float:
+    """Median over users (5+ returns) of the share of their gaps between sessions (> 6 h)
+    that fall in their own most frequent log2 bucket: 1.0 is a perfectly regular user."""
+    gaps = (w.choices.with_columns((pl.col("timestamp") - pl.col("timestamp").shift(1)
+                                    .over("user_id")).alias("gap"))
+            .filter(pl.col("gap") > 6 * 3600)
+            .with_columns(pl.col("gap").log(2).floor().alias("bucket")))
+    per = (gaps.group_by("user_id").agg(pl.col("bucket")).filter(pl.col("bucket").list.len() >= 5)
+           .with_columns(pl.col("bucket").list.eval(pl.element() == pl.element().mode().first())
+                         .list.mean().alias("share")))
+    return float(per["share"].median())
+
+
+def _completion_spread(w: SynthWorld) -> float:
+    """Std over users of their completions per choice."""
+    done = w.events.group_by("user_id").agg((pl.col("action") == "complete").sum().alias("c"))
+    rate = done.join(w.choices.group_by("user_id").len(), on="user_id")
+    return float((rate["c"] / rate["len"]).std())
+
+
+def test_user_habits_are_opt_in_and_show_in_the_history(medium: SynthWorld) -> None:
+    cfg = vars(medium.config)
+    habits = synthetic.generate(SynthConfig(**{**cfg, "habit_fraction": 1.0}))
+    finishers = synthetic.generate(SynthConfig(**{**cfg, "completion_sigma": 1.0}))
+    # Off by default: sessions on uniform days, every user equally likely to finish.
+    assert _modal_gap_share(medium) < 0.5
+    # Habitual users come back on their cadence: nearly every return in one log2 bucket.
+    assert _modal_gap_share(habits) > 0.9
+    # Finishers and samplers: completion rates spread further apart across users.
+    assert _completion_spread(finishers) > 1.2 * _completion_spread(medium)
+    # Each knob draws from its own stream: the catalog and users' numbers of choices stay.
+    for other in (habits, finishers):
+        assert other.items.equals(medium.items)
+        assert other.choices.group_by("user_id").len().sort("user_id").equals(
+            medium.choices.group_by("user_id").len().sort("user_id"))
+    with pytest.raises(ValueError, match="habit_fraction"):
+        synthetic.generate(SynthConfig(habit_fraction=1.5))
+
+
 def test_tastes_drift(medium: SynthWorld) -> None:
     """Late taste-driven choices move, relative to early ones, towards the final genre mix."""
     cfg = medium.config
