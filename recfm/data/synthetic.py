@@ -27,9 +27,14 @@ The world is small enough to generate in seconds and rich enough to exercise eve
   segment ends), ``complete`` (value ≈ runtime) when the title was watched to the end,
   and sometimes a thumbs-up. Events of one choice are seconds to minutes apart, so a
   tokenizer's merge-repeats step rolls them up into one token.
+* **Habits** (off by default). ``habit_fraction``: that share of users watch on a fixed
+  cadence (daily to fortnightly) instead of on uniform random days; ``completion_sigma``:
+  users differ in how often they finish what they start. Only with them does a history
+  tell when the next event comes and whether it will be a completion.
 
 Everything is drawn from one :class:`numpy.random.Generator` seeded by
-``SynthConfig.seed``: the same seed gives the same frames and byte-identical files.
+``SynthConfig.seed`` (the habits from their own streams, seeded by it too): the same seed
+gives the same frames and byte-identical files.
 The hidden truth (tastes, drift, factors, clusters, franchises, why each choice was made)
 is returned and written beside the data, so tests can check what a model learned.
 
