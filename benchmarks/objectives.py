@@ -54,8 +54,8 @@ differ in how often they finish what they start (``SynthConfig``). Without these
 next event comes and whether it is a completion carry no user signal in the world: the
 gap-bucket and action heads could only match the majority class (default world, seed 0:
 gap bucket 0.210 vs 0.221 on the first held-out token, where a user's own most frequent
-past gap bucket scores 0.140; action 0.585 vs 0.585 over all ten held-out tokens). Both draw from their own random streams; the rest of the world is the
-default one."""
+past gap bucket scores 0.140; action 0.585 vs 0.585 over all ten held-out tokens). Both
+draw from their own random streams; the rest of the world is the default one."""
 ENGAGEMENT = {"complete": 1.0, "thumbs_up": 1.0, "add_to_list": 0.5, "play": 0.5,
               "trailer": 0.1, "search": 0.1}
 
