@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from typing_extensions import NotRequired, Required, TypedDict
-
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from typing_extensions import NotRequired, Required, TypedDict
 
 MAX_K = 1000
 MAX_EVENTS = 5000
