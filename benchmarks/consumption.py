@@ -132,7 +132,8 @@ BINARY_EXTRA = {"finetuned_lp_ft": {"head_only_steps": 100},
 alone for 100 steps, then everything) and the pretrained backbone frozen (what its
 features alone give the head)."""
 BINARY_HEAD = ("the user state h_t (last layer) after the events before the candidate "
-               "event, the candidate title's item vector e (id + attributes), h_t*e, and the "
+               "event, the candidate title's item vector e (id + attributes), each "
+               "layer-normalised, h_t*e, and the "
                "foundation's log p(candidate | history) over the full catalog; label: the "
                "candidate event's strongest action is complete; trained on every position of "
                "the training windows; test: each user's held-out last event")

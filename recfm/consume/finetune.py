@@ -93,6 +93,12 @@ class TaskConfig:
     """Validate every this many steps (early stopping counts validations: train.patience)."""
     head_hidden: int = 64
     """binary: width of the head's hidden layer."""
+    head_norm: bool = True
+    """binary: layer-normalise the user state and the item vector before the head (the
+    pretrained features' scale differs from a random backbone's and between frequent and
+    rare titles). On the synthetic world (benchmarks.consumption, 3 seeds, test AUC): from
+    scratch at 100 steps 0.599 → 0.692; fine-tuned at 300 steps 0.686 → 0.694. Runs
+    fine-tuned before this option load without it."""
     backbone_lr_scale: float = 1.0
     """Learning rate of the foundation weights relative to ``train.lr`` (the task head
     always trains at ``train.lr``): below 1, fine-tuning moves the pretrained weights less
@@ -211,14 +217,18 @@ class BinaryHead(nn.Module):
 
     An MLP over [h, e, h ⊙ e, log p]: ``log p`` is the model's next-item log-probability
     of the candidate (a full softmax over the catalog), how expected the choice was —
-    which the MLP could not compute from h and e alone.
+    which the MLP could not compute from h and e alone. With ``norm``, h and e are
+    layer-normalised first (``TaskConfig.head_norm``).
     """
 
-    def __init__(self, d: int, hidden: int) -> None:
+    def __init__(self, d: int, hidden: int, norm: bool = True) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(3 * d + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.norm_h = nn.LayerNorm(d) if norm else nn.Identity()
+        self.norm_e = nn.LayerNorm(d) if norm else nn.Identity()
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        h, e = self.norm_h(h), self.norm_e(e)  # (N, d) each
         x = torch.cat([h, e, h * e, logp[:, None]], dim=-1)  # (N, 3d + 1)
         return self.mlp(x)[..., 0]  # (N,)
 
@@ -230,8 +240,8 @@ class TaskModel(nn.Module):
         super().__init__()
         self.fm = fm
         self.task = task
-        self.head = BinaryHead(fm.cfg.d_model, task.head_hidden) if task.kind == "binary" \
-            else None
+        self.head = (BinaryHead(fm.cfg.d_model, task.head_hidden, task.head_norm)
+                     if task.kind == "binary" else None)
         if task.kind == "surface":
             if fm.items is None:
                 raise RecfmError("a surface task needs the run's items.parquet")
@@ -419,7 +429,8 @@ class TaskModel(nn.Module):
         if "task" not in meta:
             raise InputError(str(path / "config.json"), None, "task",
                              "a fine-tuned run (recfm finetune)", "a run without a task")
-        model = cls(fm, TaskConfig.from_dict(meta["task"], str(path / "config.json")))
+        saved = {"head_norm": False, **meta["task"]}  # runs from before head_norm had none
+        model = cls(fm, TaskConfig.from_dict(saved, str(path / "config.json")))
         if model.head is not None:
             model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
         model.eval()

@@ -99,6 +99,20 @@ def test_binary_task_learns_completion(base, data, tmp_path):
     FoundationModel.from_pretrained(tmp_path / "complete")
 
 
+def test_a_run_saved_before_head_norm_loads_without_it(base, data, tmp_path):
+    """Task runs written before ``head_norm`` existed have an un-normalised head."""
+    finetune(base, task("binary", max_steps=10, head_norm=False), tmp_path / "old")
+    meta_path = tmp_path / "old" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["task"]["head_norm"]
+    meta_path.write_text(json.dumps(meta))
+    tm = TaskModel.from_pretrained(tmp_path / "old")
+    assert not tm.task.head_norm and isinstance(tm.head.norm_h, torch.nn.Identity)
+    assert np.isfinite(tm.predict([["i1", "i2"]], ["i3"])).all()
+    assert isinstance(TaskModel(FoundationModel.from_pretrained(base), task("binary"))
+                      .head.norm_e, torch.nn.LayerNorm)  # new runs normalise
+
+
 def test_frozen_layers_stay_bit_identical(base, tmp_path):
     finetune(base, task("binary", trainable_layers=1, max_steps=20), tmp_path / "top1")
     before = load_file(str(base / "model.safetensors"))
