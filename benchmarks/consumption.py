@@ -14,8 +14,8 @@ split into invocations of at most 15 minutes each):
   fine-tuned from the base run vs the same task model trained from random init, for the
   same number of steps; test metrics of each (``recfm.consume.finetune``). The binary task
   runs three training seeds per variant, adds LP-FT and frozen-backbone variants at the
-  largest budget, and a ceiling analysis from the world's truth
-  (:func:`completion_ceiling`).
+  largest budget, a learning-rate sweep at the smallest (``BINARY_LR_SWEEP``), and a
+  ceiling analysis from the world's truth (:func:`completion_ceiling`).
 * ``distill``, ``prompt`` — :mod:`benchmarks.consumption_distill_prompt`.
 
 A part whose module is not there is skipped with a logged message.
@@ -131,6 +131,11 @@ BINARY_EXTRA = {"finetuned_lp_ft": {"head_only_steps": 100},
 """Diagnostic variants of the binary task (seed 0, the 300-step budget): LP-FT (the head
 alone for 100 steps, then everything) and the pretrained backbone frozen (what its
 features alone give the head)."""
+BINARY_LR_SWEEP = (2e-3, 5e-3)
+"""Diagnostic of the binary task at the smallest budget: both variants again at these
+learning rates (the rows use 1e-3), three seeds each — does either variant only win
+because the other's learning rate suits it less? Test and validation AUC, mean over
+seeds."""
 BINARY_HEAD = ("the user state h_t (last layer) after the events before the candidate "
                "event, the candidate title's item vector e (id + attributes), each "
                "layer-normalised, h_t*e, and the "
@@ -286,9 +291,36 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
                           f"{len(seeds)} seed(s); test users resampled (1000 paired draws)")
         if task.kind == "binary":
             row["head_sees"] = BINARY_HEAD
+            if steps == min(STEP_BUDGETS):
+                row["lr_sweep"] = _lr_sweep(base, work_dir, name, fields, seeds)
             if steps == max(STEP_BUDGETS):
                 row["ceiling"] = completion_ceiling(work_dir, test, base)
         out.append(row)
+    return out
+
+
+def _lr_sweep(base: Path, work_dir: Path, name: str, fields: dict[str, Any],
+              seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """``BINARY_LR_SWEEP``: learning rate → variant → test / validation AUC over seeds."""
+    from recfm.consume.finetune import TaskConfig, finetune
+
+    out: dict[str, dict[str, Any]] = {}
+    for lr in BINARY_LR_SWEEP:
+        for variant, scratch in (("finetuned", False), ("from_scratch", True)):
+            test, valid = [], []
+            for seed in seeds:
+                t_fields = {**fields, "train": {**fields["train"], "seed": seed, "lr": lr}}
+                dest = Path(work_dir) / f"finetune-{name}-lr{lr:g}-{variant}-seed{seed}"
+                shutil.rmtree(dest, ignore_errors=True)
+                res = finetune(base, TaskConfig.from_dict(t_fields), dest,
+                               data_dir=prepared_dir(work_dir), from_scratch=scratch)
+                test.append(round(res.test["auc"], 4))
+                valid.append(round(res.best_valid["auc"], 4))
+                shutil.rmtree(dest, ignore_errors=True)
+            out.setdefault(f"{lr:g}", {})[variant] = {
+                "auc_by_seed": test, "auc_mean": round(float(np.mean(test)), 4),
+                "valid_auc_mean": round(float(np.mean(valid)), 4)}
+            log.info("%s lr %g %s: test auc %s", name, lr, variant, test)
     return out
 
 
@@ -371,6 +403,13 @@ def table(result: dict[str, Any]) -> str:
                 if extra in r:
                     notes.append(f"- {r['task']} @ {r['steps']} steps, {extra} (seed 0): "
                                  f"{k0} {_f(r[extra].get(k0))}")
+            for lr, by in r.get("lr_sweep", {}).items():
+                notes.append(f"- {r['task']} @ {r['steps']} steps, learning rate {lr}, auc over "
+                             f"seeds {r['seeds']} (test mean / valid mean): fine-tuned "
+                             f"{_f(by['finetuned']['auc_mean'])} / "
+                             f"{_f(by['finetuned']['valid_auc_mean'])}, from scratch "
+                             f"{_f(by['from_scratch']['auc_mean'])} / "
+                             f"{_f(by['from_scratch']['valid_auc_mean'])}")
             if "ceiling" in r:
                 notes.append(f"- {r['task']}: what a history can tell (world truth): "
                              + ", ".join(f"{k} {_f(v)}" for k, v in r["ceiling"].items()))
