@@ -120,6 +120,11 @@ def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
     out = []
     for steps in STEP_BUDGETS:
         out += _finetune_rows(base, work_dir, steps)
+    from recfm.data.splits import leave_one_out
+    from recfm.prepare import PreparedDataset
+
+    test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
+    out.append(_scarce_row(base, work_dir, test))
     return out
 
 
@@ -292,7 +297,7 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
         if task.kind == "binary":
             row["head_sees"] = BINARY_HEAD
             if steps == min(STEP_BUDGETS):
-                row["lr_sweep"] = _lr_sweep(base, work_dir, name, fields, seeds)
+                row["lr_sweep"] = _summary(_lr_sweep(base, work_dir, name, fields, seeds)[0])
             if steps == max(STEP_BUDGETS):
                 row["ceiling"] = completion_ceiling(work_dir, test, base)
         out.append(row)
@@ -300,28 +305,82 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
 
 
 def _lr_sweep(base: Path, work_dir: Path, name: str, fields: dict[str, Any],
-              seeds: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    """``BINARY_LR_SWEEP``: learning rate → variant → test / validation AUC over seeds."""
-    from recfm.consume.finetune import TaskConfig, finetune
+              seeds: tuple[int, ...], lrs: tuple[float, ...] = BINARY_LR_SWEEP,
+              test: Any = None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Any]]:
+    """Binary task at each learning rate: ``{lr: {variant: {auc_by_seed, auc_mean,
+    valid_auc_mean, seed0}}}`` (seed0: seed 0's test metrics), and, with a ``test`` frame,
+    the per-user logits of every (lr, variant) for paired intervals."""
+    from recfm.consume.finetune import TaskConfig, TaskModel, finetune
 
     out: dict[str, dict[str, Any]] = {}
-    for lr in BINARY_LR_SWEEP:
+    per_user: dict[tuple[str, str], list[dict[str, np.ndarray]]] = {}
+    for lr in lrs:
         for variant, scratch in (("finetuned", False), ("from_scratch", True)):
-            test, valid = [], []
+            tests, valid, first = [], [], {}
             for seed in seeds:
                 t_fields = {**fields, "train": {**fields["train"], "seed": seed, "lr": lr}}
                 dest = Path(work_dir) / f"finetune-{name}-lr{lr:g}-{variant}-seed{seed}"
                 shutil.rmtree(dest, ignore_errors=True)
+                t = time.perf_counter()
                 res = finetune(base, TaskConfig.from_dict(t_fields), dest,
                                data_dir=prepared_dir(work_dir), from_scratch=scratch)
-                test.append(round(res.test["auc"], 4))
+                tests.append(round(res.test["auc"], 4))
                 valid.append(round(res.best_valid["auc"], 4))
+                if not first:
+                    first = {**res.test, "valid_auc": res.best_valid["auc"],
+                             "best_step": res.best_step, "steps_run": res.steps,
+                             "wall_s": round(time.perf_counter() - t, 1)}
+                if test is not None:
+                    per_user.setdefault((f"{lr:g}", variant), []).append(
+                        TaskModel.from_pretrained(dest).per_user(test))
                 shutil.rmtree(dest, ignore_errors=True)
             out.setdefault(f"{lr:g}", {})[variant] = {
-                "auc_by_seed": test, "auc_mean": round(float(np.mean(test)), 4),
-                "valid_auc_mean": round(float(np.mean(valid)), 4)}
-            log.info("%s lr %g %s: test auc %s", name, lr, variant, test)
-    return out
+                "auc_by_seed": tests, "auc_mean": round(float(np.mean(tests)), 4),
+                "valid_auc_mean": round(float(np.mean(valid)), 4), "seed0": first}
+            log.info("%s lr %g %s: test auc %s", name, lr, variant, tests)
+    return out, per_user
+
+
+SCARCE_USERS = 0.1
+SCARCE_LRS = (2.5e-4, 5e-4, 1e-3)
+"""The binary task with labels for few users: it trains and validates on 10% of the users
+(``TaskConfig.train_users``; tested on all), the largest step budget, three seeds. With
+so few labels the best learning rate differs by variant (from scratch overfits within 50
+steps at 1e-3), so each variant gets the rate of ``SCARCE_LRS`` with the best mean
+validation AUC."""
+
+
+def _scarce_row(base: Path, work_dir: Path, test: Any) -> dict[str, Any]:
+    """The will-complete task trained on ``SCARCE_USERS`` of the users, fine-tuned vs from
+    scratch, each at its learning rate chosen on validation."""
+    steps = max(STEP_BUDGETS)
+    fields = {**finetune_tasks(steps)["will-complete"], "train_users": SCARCE_USERS}
+    name = f"will-complete-{round(SCARCE_USERS * 100)}pct-users"
+    seeds = SEEDS["binary"]
+    grid, per_user = _lr_sweep(base, work_dir, name, fields, seeds, SCARCE_LRS, test)
+    row: dict[str, Any] = {"task": name, "steps": steps, "seeds": list(seeds),
+                           "train_users": SCARCE_USERS, "head_sees": BINARY_HEAD}
+    chosen = {}
+    for variant in ("finetuned", "from_scratch"):
+        lr = max(grid, key=lambda k: grid[k][variant]["valid_auc_mean"])
+        chosen[variant] = lr
+        g = grid[lr][variant]
+        row[variant] = {**g["seed0"], "lr": float(lr), "auc_by_seed": g["auc_by_seed"],
+                        "auc_mean_over_seeds": g["auc_mean"]}
+    lo, hi = paired_bootstrap(per_user[(chosen["finetuned"], "finetuned")],
+                              per_user[(chosen["from_scratch"], "from_scratch")])
+    row["finetuned"]["minus_scratch_auc_ci95"] = [round(lo, 4), round(hi, 4)]
+    row["ci95_of"] = ("auc of fine-tuned minus from scratch, each at its learning rate chosen "
+                      f"on validation, averaged over the {len(seeds)} seeds; test users "
+                      "resampled (1000 paired draws)")
+    row["lr_sweep"] = _summary(grid)
+    return row
+
+
+def _summary(grid: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A learning-rate sweep without its per-seed test metrics (``seed0``)."""
+    return {lr: {v: {k: x for k, x in d.items() if k != "seed0"} for v, d in by.items()}
+            for lr, by in grid.items()}
 
 
 # ----------------------------------------------------------------------------- parts
@@ -403,6 +462,11 @@ def table(result: dict[str, Any]) -> str:
                 if extra in r:
                     notes.append(f"- {r['task']} @ {r['steps']} steps, {extra} (seed 0): "
                                  f"{k0} {_f(r[extra].get(k0))}")
+            if "lr" in ft:
+                notes.append(f"- {r['task']}: trained and validated on {r['train_users']:.0%} "
+                             f"of the users, tested on all; learning rate chosen on validation "
+                             f"from {list(r['lr_sweep'])}: fine-tuned {ft['lr']:g}, from scratch "
+                             f"{sc['lr']:g}")
             for lr, by in r.get("lr_sweep", {}).items():
                 notes.append(f"- {r['task']} @ {r['steps']} steps, learning rate {lr}, auc over "
                              f"seeds {r['seeds']} (test mean / valid mean): fine-tuned "

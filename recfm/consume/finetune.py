@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +52,7 @@ from recfm import __version__
 from recfm.batching import SequenceStore, history_batches
 from recfm.config import from_dict, read_toml
 from recfm.consume.subgraph import freeze
-from recfm.data.splits import leave_one_out
+from recfm.data.splits import Split, leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.evaluate.evaluator import evaluate_scorer
 from recfm.io import atomic_write_json
@@ -109,6 +109,10 @@ class TaskConfig:
     Kumar et al. 2022): a random head's first gradients do not scramble the pretrained
     features. From scratch every weight trains from step 0 (a frozen random backbone is no
     baseline). Counts in ``max_steps``."""
+    train_users: float = 1.0
+    """Share of users whose events the task trains and validates on (a fixed draw, the
+    same for every seed and for from scratch): below 1, a task with labels for few users,
+    the case a foundation model is for. Test events stay every user's."""
     next_item_weight: float = 0.0
     """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
     objective as an auxiliary one (0: the task's objective only)."""
@@ -138,6 +142,7 @@ class TaskConfig:
                   ("head_hidden", self.head_hidden >= 1, "at least 1"),
                   ("head_only_steps", self.head_only_steps >= 0, "0 or more"),
                   ("next_item_weight", self.next_item_weight >= 0, "non-negative"),
+                  ("train_users", 0 < self.train_users <= 1, "a share in (0, 1]"),
                   ("backbone_lr_scale", self.backbone_lr_scale > 0, "positive")]
         for key, ok, expected in checks:
             if not ok:
@@ -452,6 +457,18 @@ class FinetuneResult:
     wall_s: float
 
 
+def labelled_users(split: Split, share: float) -> Split:
+    """The split with training tokens and validation events of ``share`` of the users
+    only (drawn with a fixed seed); the test events are kept whole."""
+    if share >= 1:
+        return split
+    users = np.sort(split.train["user_idx"].unique().to_numpy())
+    keep = np.random.default_rng(0).permutation(users)[: max(1, round(len(users) * share))]
+    mine = pl.col("user_idx").is_in(keep)
+    valid = split.valid.filter(mine) if split.valid is not None else None
+    return replace(split, train=split.train.filter(mine), valid=valid)
+
+
 def _scratch_copy(base: FoundationModel, seed: int) -> FoundationModel:
     """The same model, randomly initialised; data buffers (attributes, content, log q) kept."""
     torch.manual_seed(seed)
@@ -531,7 +548,7 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
         raise RecfmError(f"task {task.name or task.kind}: nothing to train (trainable_layers = 0 "
                          "and a surface task has no head)")
 
-    split = leave_one_out(ds.sequences)
+    split = labelled_users(leave_one_out(ds.sequences), task.train_users)
     store = SequenceStore(split.train, model.columns)
     spans = task_spans(store, model, fm.cfg.max_len, tcfg.window)
     if not len(spans):

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recfm.consume.finetune import TaskConfig, TaskModel, auc_score, finetune, load_task
+from recfm.consume.finetune import (TaskConfig, TaskModel, auc_score, finetune,
+                                    labelled_users, load_task)
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
@@ -113,6 +114,18 @@ def test_a_run_saved_before_head_norm_loads_without_it(base, data, tmp_path):
                       .head.norm_e, torch.nn.LayerNorm)  # new runs normalise
 
 
+def test_train_users_keeps_a_fixed_share_of_users_for_training(base, data, tmp_path):
+    split = leave_one_out(PreparedDataset.load(data).sequences)
+    few = labelled_users(split, 0.25)
+    users = set(few.train["user_idx"].to_list())
+    assert len(users) == 20 and set(few.valid["user_idx"].to_list()) <= users
+    assert few.test.equals(split.test)  # tested on every user
+    assert labelled_users(split, 0.25).train.equals(few.train)  # the same draw every time
+    assert labelled_users(split, 1.0) is split
+    res = finetune(base, task("binary", max_steps=10, train_users=0.25), tmp_path / "few")
+    assert res.best_valid["users"] <= 20 < res.test["users"]
+
+
 def test_frozen_layers_stay_bit_identical(base, tmp_path):
     finetune(base, task("binary", trainable_layers=1, max_steps=20), tmp_path / "top1")
     before = load_file(str(base / "model.safetensors"))
@@ -172,6 +185,7 @@ def test_head_only_steps_keep_the_backbone_then_release_it(base, tmp_path):
     ('kind = "surface"\n', "items"),
     ('kind = "binary"\n[train]\nlr = "fast"\n', "lr"),
     ('kind = "binary"\nmax_steps = 0\n', "max_steps"),
+    ('kind = "binary"\ntrain_users = 0.0\n', "train_users"),
     ('kind = = "binary"\n', None),
 ])
 def test_bad_task_files_are_refused(tmp_path, text, key):
