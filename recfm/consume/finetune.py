@@ -111,8 +111,8 @@ class TaskConfig:
     baseline). Counts in ``max_steps``."""
     train_users: float = 1.0
     """Share of users whose events the task trains and validates on (a fixed draw, the
-    same for every seed and for from scratch): below 1, a task with labels for few users,
-    the case a foundation model is for. Test events stay every user's."""
+    same for every seed and for from scratch): below 1, a task labelled for few users.
+    Test events stay every user's."""
     next_item_weight: float = 0.0
     """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
     objective as an auxiliary one (0: the task's objective only)."""
