@@ -10,12 +10,14 @@ in another invocation, replaces its key and keeps the others (so long benchmarks
 split into invocations of at most 15 minutes each):
 
 * ``embed``    — :func:`benchmarks.consumption_embed.run_embed` (the embedding store).
-* ``finetune`` — per task (kids surface, will-complete binary head): the task model
+* ``finetune`` — per task (kids surface; will-complete binary head; will-choose-shown, the
+  same head on chosen vs shown-and-not-chosen titles from the impressions): the task model
   fine-tuned from the base run vs the same task model trained from random init, for the
-  same number of steps; test metrics of each (``recfm.consume.finetune``). The binary task
-  runs three training seeds per variant, adds LP-FT and frozen-backbone variants at the
-  largest budget, a learning-rate sweep at the smallest (``BINARY_LR_SWEEP``), and a
-  ceiling analysis from the world's truth (:func:`completion_ceiling`).
+  same number of steps; test metrics of each (``recfm.consume.finetune``). The head tasks
+  run three training seeds per variant and a learning-rate sweep at the smallest budget
+  (``BINARY_LR_SWEEP``); will-complete adds LP-FT and frozen-backbone variants at the
+  largest budget, a ceiling analysis from the world's truth (:func:`completion_ceiling`)
+  and a run with labels for 10% of the users (:func:`_scarce_row`).
 * ``distill``, ``prompt`` — :mod:`benchmarks.consumption_distill_prompt`.
 
 A part whose module is not there is skipped with a logged message.
@@ -99,8 +101,9 @@ STEP_BUDGETS = (100, 300)
 run itself took about 600. Each budget is one row per task."""
 
 
-def finetune_tasks(steps: int) -> dict[str, dict[str, Any]]:
-    """Task name → TaskConfig fields (the same task.toml keys ``recfm finetune`` reads)."""
+def finetune_tasks(steps: int, work_dir: Path = DEFAULT_WORK) -> dict[str, dict[str, Any]]:
+    """Task name → TaskConfig fields (the same task.toml keys ``recfm finetune`` reads);
+    the shown task reads the impressions of the world in ``work_dir``."""
     train = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 20, "patience": 3, "seed": SEED,
              "weight_decay": 0.01, "tensorboard": False}
     every = max(steps // 6, 10)
@@ -110,6 +113,9 @@ def finetune_tasks(steps: int) -> dict[str, dict[str, Any]]:
         "will-complete": {"kind": "binary", "name": "will-complete",
                           "label_action": "complete", "max_steps": steps,
                           "eval_every": every, "train": train},
+        "will-choose-shown": {"kind": "shown", "name": "will-choose-shown",
+                              "impressions": str(Path(work_dir) / "world" / "events.parquet"),
+                              "max_steps": steps, "eval_every": every, "train": train},
     }
 
 
@@ -128,9 +134,10 @@ def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
     return out
 
 
-SEEDS = {"surface": (0,), "binary": (0, 1, 2)}
+SEEDS = {"surface": (0,), "binary": (0, 1, 2), "shown": (0, 1, 2)}
 """Training seeds per task kind: the binary task's AUC differences are small next to the
-seed-to-seed spread, so it is trained with three seeds (each variant, same seeds)."""
+seed-to-seed spread, so it is trained with three seeds (each variant, same seeds); so is
+the shown task."""
 BINARY_EXTRA = {"finetuned_lp_ft": {"head_only_steps": 100},
                 "frozen_backbone": {"trainable_layers": 0}}
 """Diagnostic variants of the binary task (seed 0, the 300-step budget): LP-FT (the head
@@ -141,6 +148,11 @@ BINARY_LR_SWEEP = (2e-3, 5e-3)
 learning rates (the rows use 1e-3), three seeds each — does either variant only win
 because the other's learning rate suits it less? Test and validation AUC, mean over
 seeds."""
+SHOWN_TASK = ("the binary task's head on pairs of the chosen title (label 1) and the last "
+              "title shown to the user before it and not chosen (label 0), from the "
+              "world's impression events (recfm.consume.finetune."
+              "with_shown); test: AUC over the pairs of each user's held-out last event, "
+              "for users shown another title before it")
 BINARY_HEAD = ("the user state h_t (last layer) after the events before the candidate "
                "event, the candidate title's item vector e (id + attributes), each "
                "layer-normalised, h_t*e, and the "
@@ -251,16 +263,19 @@ def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any
 
 
 def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
-    from recfm.consume.finetune import TaskConfig, TaskModel, finetune
+    from recfm.consume.finetune import TaskConfig, TaskModel, finetune, with_shown
     from recfm.data.splits import leave_one_out
     from recfm.prepare import PreparedDataset
 
-    test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
+    ds = PreparedDataset.load(prepared_dir(work_dir))
     out = []
-    for name, fields in finetune_tasks(steps).items():
+    for name, fields in finetune_tasks(steps, work_dir).items():
         task = TaskConfig.from_dict(fields)
+        seqs = (with_shown(ds.sequences, ds.tokenizer.item_index(), task.impressions)
+                if task.kind == "shown" else ds.sequences)
+        test = leave_one_out(seqs).test
         row: dict[str, Any] = {"task": name, "steps": task.max_steps}
-        key = "auc" if task.kind == "binary" else "ndcg@10"
+        key = "auc" if task.has_head else "ndcg@10"
         seeds = SEEDS[task.kind]
         per_user: dict[str, list[dict[str, np.ndarray]]] = {}
         by_seed: dict[str, list[float]] = {}
@@ -294,10 +309,13 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
         row["finetuned"][f"minus_scratch_{key}_ci95"] = [round(lo, 4), round(hi, 4)]
         row["ci95_of"] = (f"{key} of fine-tuned minus from scratch, averaged over the "
                           f"{len(seeds)} seed(s); test users resampled (1000 paired draws)")
-        if task.kind == "binary":
-            row["head_sees"] = BINARY_HEAD
+        if task.has_head:
             if steps == min(STEP_BUDGETS):
                 row["lr_sweep"] = _summary(_lr_sweep(base, work_dir, name, fields, seeds)[0])
+        if task.kind == "shown":
+            row["task_is"] = SHOWN_TASK
+        if task.kind == "binary":
+            row["head_sees"] = BINARY_HEAD
             if steps == max(STEP_BUDGETS):
                 row["ceiling"] = completion_ceiling(work_dir, test, base)
         out.append(row)
@@ -307,7 +325,7 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
 def _lr_sweep(base: Path, work_dir: Path, name: str, fields: dict[str, Any],
               seeds: tuple[int, ...], lrs: tuple[float, ...] = BINARY_LR_SWEEP,
               test: Any = None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Any]]:
-    """Binary task at each learning rate: ``{lr: {variant: {auc_by_seed, auc_mean,
+    """A task with a head at each learning rate: ``{lr: {variant: {auc_by_seed, auc_mean,
     valid_auc_mean, seed0}}}`` (seed0: seed 0's test metrics), and, with a ``test`` frame,
     the per-user logits of every (lr, variant) for paired intervals."""
     from recfm.consume.finetune import TaskConfig, TaskModel, finetune
@@ -354,7 +372,7 @@ def _scarce_row(base: Path, work_dir: Path, test: Any) -> dict[str, Any]:
     """The will-complete task trained on ``SCARCE_USERS`` of the users, fine-tuned vs from
     scratch, each at its learning rate chosen on validation."""
     steps = max(STEP_BUDGETS)
-    fields = {**finetune_tasks(steps)["will-complete"], "train_users": SCARCE_USERS}
+    fields = {**finetune_tasks(steps, work_dir)["will-complete"], "train_users": SCARCE_USERS}
     name = f"will-complete-{round(SCARCE_USERS * 100)}pct-users"
     seeds = SEEDS["binary"]
     grid, per_user = _lr_sweep(base, work_dir, name, fields, seeds, SCARCE_LRS, test)
@@ -477,6 +495,8 @@ def table(result: dict[str, Any]) -> str:
             if "ceiling" in r:
                 notes.append(f"- {r['task']}: what a history can tell (world truth): "
                              + ", ".join(f"{k} {_f(v)}" for k, v in r["ceiling"].items()))
+            if "task_is" in r and f"- {r['task']}: {r['task_is']}" not in notes:
+                notes.append(f"- {r['task']}: {r['task_is']}")
             if "head_sees" in r and not any(n.startswith("- head") for n in notes):
                 notes.append(f"- head of the binary task: {r['head_sees']}")
             for k in keys:

@@ -15,8 +15,9 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
         run: Path = typer.Argument(..., help="The foundation run to start from."),
-        task: Path = typer.Option(..., "--task", help="task.toml: kind (surface | binary), "
-                                  "[items] filter or label_action, [train] options."),
+        task: Path = typer.Option(..., "--task", help="task.toml: kind (surface | binary | "
+                                  "shown), [items] filter, label_action or impressions, "
+                                  "[train] options."),
         out: Path = typer.Option(..., "--out", help="Run directory to write."),
         data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: "
                                             "the one RUN was trained on)."),
@@ -24,7 +25,8 @@ def register(app: typer.Typer) -> None:
                                           "model from random init (the baseline)."),
         resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     ) -> None:
-        """Fine-tune a run for a downstream task: a restricted surface or a binary head."""
+        """Fine-tune a run for a downstream task: a restricted surface, a binary head, or
+        chosen vs shown titles."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.table import Table

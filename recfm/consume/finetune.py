@@ -11,6 +11,13 @@ A task has its own targets and objective, read from a TOML file (:class:`TaskCon
   "will the user complete the next title" (``label_action = "complete"``: positive when
   the next token's strongest action is ``complete``). Trained with binary cross-entropy;
   metrics: AUC and log-loss on the test events.
+* ``kind = "shown"`` — the same head for "will the user choose this title they are shown":
+  the task's own data is an impressions file (``impressions``: user_id, item_id, timestamp;
+  rows with another ``action`` than ``impression`` are ignored). Each token's negative is
+  the last title shown to the user after the token before it that was not the token's
+  own (:func:`with_shown`); the chosen title is the positive. Trained with binary
+  cross-entropy on (chosen, shown) pairs; metrics: AUC and log-loss over the pairs of the
+  test events.
 
 The task model starts from a run's backbone and embeddings (or from random init with
 ``from_scratch``, the baseline it must beat at the same number of steps), optionally with
@@ -66,6 +73,8 @@ log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "task_head.safetensors"
 N_FACET_RESERVED = 2  # facet codes 0 (padding) and 1 (unknown) come before the values
+SHOWN = "shown"
+"""Token column of a shown task: a title shown before the token and not chosen (0: none)."""
 
 
 def _default_train() -> TrainConfig:
@@ -77,12 +86,14 @@ def _default_train() -> TrainConfig:
 class TaskConfig:
     """One downstream task (the ``task.toml`` of ``recfm finetune``)."""
 
-    kind: Literal["surface", "binary"]
+    kind: Literal["surface", "binary", "shown"]
     name: str = ""
     items: dict[str, Any] = field(default_factory=dict)
     """surface: the item subset, catalog column → value or list of values (all must hold)."""
     label_action: str = "complete"
     """binary: an event is positive when the next token's action is this one."""
+    impressions: str = ""
+    """shown: the impressions file (Parquet, CSV/TSV or JSON lines)."""
     trainable_layers: int = -1
     """-1: every weight trains. n ≥ 0: embeddings and all but the top n blocks are frozen
     (the task head always trains)."""
@@ -123,7 +134,8 @@ class TaskConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<task config>") -> "TaskConfig":
         if "kind" not in data:
-            raise InputError(source, None, "kind", 'a task kind ("surface" or "binary")',
+            raise InputError(source, None, "kind", 'a task kind ("surface", "binary" or '
+                             '"shown")',
                              "no kind")
         train = data.get("train", {})
         if not isinstance(train, dict):
@@ -153,14 +165,22 @@ class TaskConfig:
         if self.kind == "surface" and self.head_only_steps:
             raise InputError(source, None, "head_only_steps", "0 for a surface task (it has "
                              "no head to train alone)", str(self.head_only_steps))
-        if self.kind == "binary" and self.items:
-            raise InputError(source, None, "items", "no [items] filter for a binary task",
+        if self.kind != "surface" and self.items:
+            raise InputError(source, None, "items", f"no [items] filter for a {self.kind} task",
                              "a filter")
+        if (self.kind == "shown") != bool(self.impressions):
+            raise InputError(source, None, "impressions", "an impressions file for a shown "
+                             "task, and only for one", repr(self.impressions))
         for col, want in self.items.items():
             values = want if isinstance(want, list) else [want]
             if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
                 raise InputError(source, None, f"items.{col}", "a value or a list of values",
                                  repr(want))
+
+    @property
+    def has_head(self) -> bool:
+        """binary and shown tasks score (user, title) pairs with a :class:`BinaryHead`."""
+        return self.kind in ("binary", "shown")
 
     @property
     def trainable(self) -> int | None:
@@ -246,7 +266,7 @@ class TaskModel(nn.Module):
         self.fm = fm
         self.task = task
         self.head = (BinaryHead(fm.cfg.d_model, task.head_hidden, task.head_norm)
-                     if task.kind == "binary" else None)
+                     if task.has_head else None)
         if task.kind == "surface":
             if fm.items is None:
                 raise RecfmError("a surface task needs the run's items.parquet")
@@ -256,7 +276,7 @@ class TaskModel(nn.Module):
             self.register_buffer("subset", subset, persistent=False)
             self.register_buffer("subset_idx", subset.nonzero()[:, 0], persistent=False)
             self.register_buffer("subset_pos", pos, persistent=False)
-        else:
+        elif task.kind == "binary":
             actions = fm.tokenizer.facets.get("action", []) if fm.tokenizer else []
             if task.label_action not in actions:
                 raise RecfmError(f"binary task: no action {task.label_action!r} in this "
@@ -266,7 +286,7 @@ class TaskModel(nn.Module):
     @property
     def columns(self) -> list[str]:
         """Token columns a training batch needs."""
-        extra = ["action"] if self.task.kind == "binary" else []
+        extra = {"binary": ["action"], "shown": [SHOWN]}.get(self.task.kind, [])
         return self.fm.input_columns + [c for c in extra if c not in self.fm.input_columns]
 
     def target_mask(self, target: torch.Tensor) -> torch.Tensor:
@@ -287,6 +307,17 @@ class TaskModel(nn.Module):
             logits = h[keep] @ table[self.subset_idx].T  # (N, |subset|)
             loss = F.cross_entropy(logits, self.subset_pos[target[keep]])
             return loss + self._next_item_loss(h, target)
+        if self.task.kind == "shown":  # (chosen, shown) pairs where a title was shown
+            neg = batch[f"future_{SHOWN}"][:, 1:]  # (B, T)
+            pair = keep & (neg > 0)
+            if not pair.any():
+                return h.sum() * 0.0 + self._next_item_loss(h, target)
+            hp = h[pair]
+            logit = torch.cat([self.binary_logit(hp, target[pair]),
+                               self.binary_logit(hp, neg[pair])])  # (2N,)
+            label = torch.cat([torch.ones(len(hp)), torch.zeros(len(hp))])
+            return (F.binary_cross_entropy_with_logits(logit, label)
+                    + self._next_item_loss(h, target))
         label = (batch["future_action"][:, 1:] == self.label_code)[keep].float()  # (N,)
         logit = self.binary_logit(h[keep], target[keep])
         loss = F.binary_cross_entropy_with_logits(logit, label)
@@ -327,25 +358,21 @@ class TaskModel(nn.Module):
             out = {k: m[k] for k in keys}
             out["subset_items"] = int(self.subset.sum())
             return out
-        frame = frame.filter(pl.col("target_action").is_not_null() & pl.col("target").is_not_null())
-        store = SequenceStore(frame, cols)
-        targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
-        labels = frame["target_action"].to_numpy() == self.label_code
-        logits = np.zeros(len(frame), dtype=np.float64)
-        for rows, batch in history_batches(store, self.fm.cfg.max_len, batch_size,
-                                           by_length=True):
-            h = self.fm.last_hidden(batch)
-            logits[rows] = self.binary_logit(h, targets[rows]).double().numpy()
+        pu = self.per_user(frame, batch_size)
+        logits, labels = pu["logit"], pu["label"]
         y = torch.from_numpy(labels.astype(np.float64))
         logloss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), y))
-        return {"users": len(frame), "auc": auc_score(logits, labels), "logloss": logloss,
+        users = len(logits) // 2 if self.task.kind == "shown" else len(logits)
+        return {"users": users, "auc": auc_score(logits, labels), "logloss": logloss,
                 "positive_rate": float(labels.mean()) if len(labels) else float("nan")}
 
     @torch.no_grad()
     def per_user(self, frame: pl.DataFrame, batch_size: int = 512) -> dict[str, np.ndarray]:
         """Per evaluated user, in ``frame`` order: surface → ``ndcg@10`` (rank of the target
         in the subset, seen items excluded, ties against the model); binary → ``logit``
-        and ``label``. For paired comparisons of two task models on the same users."""
+        and ``label``; shown → ``logit`` and ``label`` of every user's chosen title, then of
+        every user's shown one (users with a shown title only). For paired comparisons of
+        two task models on the same users."""
         from recfm.evaluate.metrics import ranks_of
 
         self.eval()
@@ -353,17 +380,25 @@ class TaskModel(nn.Module):
         if self.task.kind == "binary":
             frame = frame.filter(pl.col("target_action").is_not_null()
                                  & pl.col("target").is_not_null())
+        elif self.task.kind == "shown":
+            frame = frame.filter(pl.col("target").is_not_null()
+                                 & (pl.col(f"target_{SHOWN}") > 0))
         else:
             in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
             frame = frame.filter(pl.Series(in_subset))
         store = SequenceStore(frame, cols)
         targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
         out = np.zeros(len(frame), dtype=np.float64)
+        shown = (torch.from_numpy(frame[f"target_{SHOWN}"].to_numpy().astype(np.int64))
+                 if self.task.kind == "shown" else None)
+        neg = np.zeros(len(frame), dtype=np.float64)
         for rows, batch in history_batches(store, self.fm.cfg.max_len, batch_size,
                                            by_length=True):
             h = self.fm.last_hidden(batch)
-            if self.task.kind == "binary":
+            if self.task.has_head:
                 out[rows] = self.binary_logit(h, targets[rows]).double().numpy()
+                if shown is not None:
+                    neg[rows] = self.binary_logit(h, shown[rows]).double().numpy()
                 continue
             scores = self.fm.score(h).masked_fill(~self.subset, float("-inf"))
             b, items = store.history_items(rows)
@@ -373,10 +408,13 @@ class TaskModel(nn.Module):
         if self.task.kind == "binary":
             return {"logit": out,
                     "label": frame["target_action"].to_numpy() == self.label_code}
+        if self.task.kind == "shown":
+            return {"logit": np.concatenate([out, neg]),
+                    "label": np.arange(2 * len(out)) < len(out)}
         return {"ndcg@10": out}
 
     def key_metric(self) -> str:
-        return "auc" if self.task.kind == "binary" else "ndcg@10"
+        return "auc" if self.task.has_head else "ndcg@10"
 
     # ------------------------------------------------------------------ inference
 
@@ -398,8 +436,9 @@ class TaskModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, histories: Any, item_ids: list[str]) -> np.ndarray:
-        """binary: (n,) probability of the label for each (history, next item) pair."""
-        if self.task.kind != "binary":
+        """binary: (n,) probability of the label for each (history, next item) pair;
+        shown: that the user chooses each title they are shown."""
+        if not self.task.has_head:
             raise ValueError("predict is for binary tasks; use recommend for surface ones")
         self.eval()
         index = self.fm.tokenizer.item_index()
@@ -455,6 +494,38 @@ class FinetuneResult:
     n_params: int
     n_trainable: int
     wall_s: float
+
+
+def with_shown(seqs: pl.DataFrame, item_index: dict[str, int], path: str | Path
+               ) -> pl.DataFrame:
+    """``seqs`` with the list column ``shown``: per token, the item index of the last
+    title shown to the user (an impression in ``path``) after the token before it, other
+    than the token's own title; 0 when there is none. Impressions of users or titles the
+    model does not know are ignored."""
+    from recfm.data.readers import read_events
+
+    imp = read_events(path)
+    if "action" in imp.columns:
+        imp = imp.filter(pl.col("action") == "impression")
+    known = pl.DataFrame({"item_id": list(item_index), "shown_item": list(item_index.values())},
+                         schema={"item_id": pl.Utf8, "shown_item": pl.Int64})
+    imp = (imp.select("user_id", "item_id", pl.col("timestamp").cast(pl.Int64).alias("t"))
+           .join(known, on="item_id").drop("item_id"))
+    tokens = (seqs.select("user_idx", "user_id", "item", "ts",
+                          pl.int_ranges(pl.col("item").list.len()).alias("pos"))
+              .explode("item", "ts", "pos")
+              .with_columns(pl.col("ts").cast(pl.Int64).alias("t"),
+                            pl.col("item").cast(pl.Int64)))
+    # each impression → the first token at or after it (the choice it was shown for)
+    hit = (imp.sort("t").join_asof(tokens.sort("t"), on="t", by="user_id", strategy="forward",
+                                   check_sortedness=False)  # sorted just above
+           .filter(pl.col("pos").is_not_null() & (pl.col("item") != pl.col("shown_item")))
+           .group_by("user_idx", "pos").agg(pl.col("shown_item").last()))
+    per_user = (tokens.select("user_idx", "pos")
+                .join(hit, on=["user_idx", "pos"], how="left", maintain_order="left")
+                .with_columns(pl.col("shown_item").fill_null(0).cast(pl.Int32))
+                .group_by("user_idx", maintain_order=True).agg(pl.col("shown_item").alias(SHOWN)))
+    return seqs.join(per_user, on="user_idx", how="left", maintain_order="left")
 
 
 def labelled_users(split: Split, share: float) -> Split:
@@ -548,7 +619,10 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
         raise RecfmError(f"task {task.name or task.kind}: nothing to train (trainable_layers = 0 "
                          "and a surface task has no head)")
 
-    split = labelled_users(leave_one_out(ds.sequences), task.train_users)
+    seqs = ds.sequences
+    if task.kind == "shown":
+        seqs = with_shown(seqs, fm.tokenizer.item_index(), task.impressions)
+    split = labelled_users(leave_one_out(seqs), task.train_users)
     store = SequenceStore(split.train, model.columns)
     spans = task_spans(store, model, fm.cfg.max_len, tcfg.window)
     if not len(spans):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from recfm.consume.finetune import (TaskConfig, TaskModel, auc_score, finetune,
-                                    labelled_users, load_task)
+                                    labelled_users, load_task, with_shown)
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
@@ -126,6 +126,55 @@ def test_train_users_keeps_a_fixed_share_of_users_for_training(base, data, tmp_p
     assert res.best_valid["users"] <= 20 < res.test["users"]
 
 
+@pytest.fixture(scope="module")
+def impressions(data, tmp_path_factory):
+    """Before each event of the ring world: its own title shown, and title + 20 (far from
+    the ring's next step) shown and not chosen; plus impressions to be ignored."""
+    ev = chain_events(n_users=80)
+    far = (pl.col("item_id").str.slice(1).cast(pl.Int64) + 20) % 40
+    imp = pl.concat([
+        ev.select("user_id", "item_id", pl.col("timestamp") - 10),
+        ev.select("user_id", pl.format("i{}", far).alias("item_id"), pl.col("timestamp") - 20),
+        pl.DataFrame({"user_id": ["u0", "nobody", "u0"], "item_id": ["unknown", "i1", "i2"],
+                      "timestamp": [1_600_000_000 - 5, 1_600_000_000, 1_700_000_000]}),
+    ]).with_columns(pl.lit("impression").alias("action"))
+    path = tmp_path_factory.mktemp("impressions") / "impressions.parquet"
+    imp.write_parquet(path)
+    return path
+
+
+def test_shown_titles_are_mapped_to_the_choice_they_were_shown_for(data, impressions):
+    ds = PreparedDataset.load(data)
+    index = ds.tokenizer.item_index()
+    seqs = with_shown(ds.sequences, index, impressions)
+    names = {v: k for k, v in index.items()}
+    for row in seqs.head(10).iter_rows(named=True):
+        assert len(row["shown"]) == len(row["item"])
+        for item, shown in zip(row["item"], row["shown"]):
+            assert shown == index[f"i{(int(names[item][1:]) + 20) % 40}"]
+
+
+def test_shown_task_learns_which_shown_title_is_chosen(base, data, impressions, tmp_path):
+    res = finetune(base, task("shown", impressions=str(impressions), max_steps=60),
+                   tmp_path / "shown")
+    assert res.test["auc"] > 0.9 and res.test["positive_rate"] == 0.5
+    tm = TaskModel.from_pretrained(tmp_path / "shown")
+    ds = PreparedDataset.load(data)
+    test = leave_one_out(with_shown(ds.sequences, ds.tokenizer.item_index(), impressions)).test
+    pu = tm.per_user(test)
+    assert len(pu["logit"]) == 2 * res.test["users"]
+    assert auc_score(pu["logit"], pu["label"]) == pytest.approx(res.test["auc"])
+    p = tm.predict([["i1", "i2"], ["i1", "i2"]], ["i3", "i23"])  # the ring's next vs far
+    assert p[0] > p[1]
+
+
+def test_malformed_impressions_file_names_the_file(base, tmp_path):
+    bad = tmp_path / "imp.csv"
+    bad.write_text("user_id,item_id\nu0,i1\n")
+    with pytest.raises(InputError, match="imp.csv"):
+        finetune(base, task("shown", impressions=str(bad)), tmp_path / "x")
+
+
 def test_frozen_layers_stay_bit_identical(base, tmp_path):
     finetune(base, task("binary", trainable_layers=1, max_steps=20), tmp_path / "top1")
     before = load_file(str(base / "model.safetensors"))
@@ -186,6 +235,8 @@ def test_head_only_steps_keep_the_backbone_then_release_it(base, tmp_path):
     ('kind = "binary"\n[train]\nlr = "fast"\n', "lr"),
     ('kind = "binary"\nmax_steps = 0\n', "max_steps"),
     ('kind = "binary"\ntrain_users = 0.0\n', "train_users"),
+    ('kind = "shown"\n', "impressions"),
+    ('kind = "binary"\nimpressions = "imp.parquet"\n', "impressions"),
     ('kind = = "binary"\n', None),
 ])
 def test_bad_task_files_are_refused(tmp_path, text, key):
