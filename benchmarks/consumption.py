@@ -126,11 +126,7 @@ def run_finetune(work_dir: Path, threads: int) -> list[dict[str, Any]]:
     out = []
     for steps in STEP_BUDGETS:
         out += _finetune_rows(base, work_dir, steps)
-    from recfm.data.splits import leave_one_out
-    from recfm.prepare import PreparedDataset
-
-    test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
-    out.append(_scarce_row(base, work_dir, test))
+    out.append(_scarce_row(base, work_dir))
     return out
 
 
@@ -309,9 +305,8 @@ def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any
         row["finetuned"][f"minus_scratch_{key}_ci95"] = [round(lo, 4), round(hi, 4)]
         row["ci95_of"] = (f"{key} of fine-tuned minus from scratch, averaged over the "
                           f"{len(seeds)} seed(s); test users resampled (1000 paired draws)")
-        if task.has_head:
-            if steps == min(STEP_BUDGETS):
-                row["lr_sweep"] = _summary(_lr_sweep(base, work_dir, name, fields, seeds)[0])
+        if task.has_head and steps == min(STEP_BUDGETS):
+            row["lr_sweep"] = _summary(_lr_sweep(base, work_dir, name, fields, seeds)[0])
         if task.kind == "shown":
             row["task_is"] = SHOWN_TASK
         if task.kind == "binary":
@@ -368,9 +363,13 @@ below its 5e-4 on validation, fine-tuned level), so each variant gets the rate o
 ``SCARCE_LRS`` with the best mean validation AUC."""
 
 
-def _scarce_row(base: Path, work_dir: Path, test: Any) -> dict[str, Any]:
+def _scarce_row(base: Path, work_dir: Path) -> dict[str, Any]:
     """The will-complete task trained on ``SCARCE_USERS`` of the users, fine-tuned vs from
     scratch, each at its learning rate chosen on validation."""
+    from recfm.data.splits import leave_one_out
+    from recfm.prepare import PreparedDataset
+
+    test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
     steps = max(STEP_BUDGETS)
     fields = {**finetune_tasks(steps, work_dir)["will-complete"], "train_users": SCARCE_USERS}
     name = f"will-complete-{round(SCARCE_USERS * 100)}pct-users"
