@@ -59,16 +59,19 @@ def _window_gain(ranked: list[int], future: set[int], k: int) -> tuple[float, fl
 @torch.no_grad()
 def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = None,
                     k: int = 10, batch_size: int = 512, pooling: str | None = None,
-                    window_horizon: str = "window") -> dict[str, float]:
+                    window_horizon: str = "window", rollout_depth: int = 2
+                    ) -> dict[str, float]:
     """Next-item and window NDCG@k / HR@k, and the completed share of the top k.
 
     The next item and the completed share are ranked by the next-item head. The window is
     ranked with ``model.score(u, window_horizon)``: by default the model's future-window or
     multi-token head when it has one (``window_scored_by`` says which,
     :func:`recfm.model.objectives.window_head`); then ``window_ndcg@10_next_head`` is the
-    window ranked by the next-item head too.
+    window ranked by the next-item head too. ``window_ndcg@10_rollout`` ranks the window by
+    decoding the next-item head ``rollout_depth`` items ahead
+    (:func:`recfm.model.objectives.rollout_scores`; 0, or a ``pooling``, skips it).
     """
-    from recfm.model.objectives import window_head
+    from recfm.model.objectives import rollout_scores, window_head
 
     model.eval()
     head = window_head(model.heads) if window_horizon == "window" else "next"
@@ -79,6 +82,9 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
     keys = ["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10", "completed_share@10"]
     if head != "next":
         keys += ["window_ndcg@10_next_head", "window_hr@10_next_head"]
+    rollout = rollout_depth > 0 and pooling is None
+    if rollout:
+        keys += ["window_ndcg@10_rollout", "window_hr@10_rollout"]
     sums = dict.fromkeys(keys, 0.0)
     n = 0
     for rows, batch in history_batches(store, model.cfg.max_len, batch_size, by_length=True):
@@ -93,6 +99,11 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
             ws = model.score(u, window_horizon).clone()
             ws[seen_idx] = float("-inf")
             top_w = torch.topk(ws, k, dim=1).indices.numpy()  # (B, k)
+        if rollout:
+            exclude = torch.zeros(len(rows), model.cfg.n_items, dtype=torch.bool)
+            exclude[seen_idx] = True
+            top_r = torch.topk(rollout_scores(model, batch, exclude, rollout_depth), k,
+                               dim=1).indices.numpy()  # (B, k)
         for i, r in enumerate(rows):
             ranked = list(top[i])
             t = int(target[r])
@@ -109,6 +120,10 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
                     ndcg, hr = _window_gain(ranked, future, k)
                     sums["window_ndcg@10_next_head"] += ndcg
                     sums["window_hr@10_next_head"] += hr
+                if rollout:
+                    ndcg, hr = _window_gain(list(top_r[i]), future, k)
+                    sums["window_ndcg@10_rollout"] += ndcg
+                    sums["window_hr@10_rollout"] += hr
             if acts is not None and complete_code is not None:
                 done = {it for it, a in zip(win[r], acts[r]) if a == complete_code}
                 sums["completed_share@10"] += len(done & set(ranked)) / k

@@ -381,11 +381,17 @@ class FoundationModel(nn.Module):
         ``horizon``: ``next`` ranks the next item; ``window`` ranks the items of the next
         events with the future-window or multi-token head the model was trained with
         (:func:`recfm.model.objectives.window_scores`; next-item scores if it has neither).
+        ``rollout`` decodes from histories, not user vectors: see :meth:`recommend`.
         """
         if horizon != "next":
             from recfm.model.objectives import HORIZONS, window_scores
             if horizon not in HORIZONS:
-                raise ValueError(f"unknown horizon {horizon!r}: expected next or window")
+                raise ValueError(f"unknown horizon {horizon!r}: expected "
+                                 f"{', '.join(HORIZONS)}")
+            if horizon == "rollout":
+                raise ValueError("the rollout horizon ranks from histories, not user vectors: "
+                                 "use recommend(…, horizon='rollout') or "
+                                 "recfm.model.objectives.rollout_scores")
             return window_scores(self, users)
         scores = users @ self.item_table().T
         bias = self._hierarchy_bias(users)
@@ -467,16 +473,29 @@ class FoundationModel(nn.Module):
         Returns a frame with ``item_id``, ``score`` and, when the catalog has them, titles.
         ``prompt``: condition on a soft prompt (e.g. ``"kids"``, :mod:`recfm.consume.prompt`).
         ``horizon``: ``window`` ranks what the user will engage with over the next events
-        (see :meth:`score`) instead of the next item.
+        (see :meth:`score`) instead of the next item; ``rollout`` ranks the expected count
+        of each item among the next two, decoding the next-item head
+        (:func:`recfm.model.objectives.rollout_scores`; no prompt).
         """
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         store = self._store(histories)
         if len(store) != 1:
             raise ValueError(f"recommend takes one user's history; got {len(store)} users")
-        user = self.encode_store(store, prompt=prompt)
-        scores = self.score(user, horizon)[0]
+        _, seen = store.history_items(np.arange(1))
+        if horizon == "rollout":
+            from recfm.model.objectives import rollout_scores
+            if prompt is not None:
+                raise ValueError("the rollout horizon does not take a prompt")
+            self.eval()
+            _, batch = next(history_batches(store, self.context_len, 1))
+            exclude = torch.zeros(1, self.cfg.n_items, dtype=torch.bool)
+            if exclude_seen:
+                exclude[0, torch.from_numpy(seen)] = True
+            scores = rollout_scores(self, batch, exclude)[0]
+        else:
+            user = self.encode_store(store, prompt=prompt)
+            scores = self.score(user, horizon)[0]
         if exclude_seen:
-            _, seen = store.history_items(np.arange(1))
             scores[torch.from_numpy(seen)] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)

@@ -218,7 +218,7 @@ def majority_accuracy(train_targets: np.ndarray, eval_targets: np.ndarray) -> fl
     return float((eval_targets == vals[counts.argmax()]).mean()) if len(vals) else 0.0
 
 
-HORIZONS = ("next", "window")
+HORIZONS = ("next", "window", "rollout")
 
 
 def window_head(heads: ObjectiveHeads) -> str:
@@ -256,3 +256,71 @@ def window_scores(model, users: torch.Tensor) -> torch.Tensor:
         scores = torch.cat([torch.zeros(len(users), N_RESERVED_ITEMS), mix], 1)
     scores[:, :N_RESERVED_ITEMS] = float("-inf")
     return scores
+
+
+def _append_token(batch: dict[str, torch.Tensor], parent: torch.Tensor, items: torch.Tensor,
+                  max_len: int) -> dict[str, torch.Tensor]:
+    """Rows ``parent`` (N,) of a right-padded batch, each with one more token: item
+    ``items`` (N,), every other column copied from the row's last token (its action, device,
+    time). A row already ``max_len`` long drops its first token."""
+    lengths = (batch["item"] > 0).sum(1)[parent]  # (N,)
+    rows = torch.arange(len(parent))
+    out = {}
+    for name, v in batch.items():
+        v = v[parent]
+        ext = torch.cat([v, torch.zeros(len(v), 1, dtype=v.dtype)], 1)  # (N, T + 1)
+        ext[rows, lengths] = v[rows, (lengths - 1).clamp_min(0)]
+        out[name] = ext
+    out["item"][rows, lengths] = items
+    if out["item"].size(1) > max_len:
+        full = lengths + 1 > max_len
+        for name, v in out.items():
+            v[full] = torch.roll(v[full], -1, 1)
+            v[full, -1] = 0
+        out = {name: v[:, :max_len] for name, v in out.items()}
+    return out
+
+
+@torch.no_grad()
+def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
+                   depth: int = 2, beam: int = 10) -> torch.Tensor:
+    """(B, n_items) expected number of times each item is among the user's next ``depth``
+    items, by decoding the model's own next-item distribution (multi-token prediction at
+    inference): a beam of the ``beam`` likeliest continuations, each appended as a token
+    and scored again.
+
+    ``batch``: right-padded (B, T) histories; ``exclude``: (B, n_items) bool, items that
+    cannot come (the history); an item appended on a path is excluded on that path after it.
+    Appended tokens copy the facets of the history's last token. Depth 1 is the next-item
+    distribution itself. On the habit worlds of ``benchmarks/objectives.py`` depth 2 ranked
+    the next 10 events better than depth 1 (next-item model, worlds 0 / 2: +3.4% / +1.4%
+    window NDCG@10) and deeper beams lost it again (depth 3: +2.7% / +0.4%).
+    """
+    if depth < 1 or beam < 1:
+        raise ValueError(f"rollout needs depth >= 1 and beam >= 1; got {depth}, {beam}")
+    B, V = exclude.shape
+    max_len = model.context_len
+
+    def next_probs(b: dict[str, torch.Tensor], excl: torch.Tensor) -> torch.Tensor:
+        s = model.score(model.last_hidden(b)).clone()  # (N, V)
+        s[excl] = float("-inf")
+        return torch.softmax(s, -1)
+
+    p = next_probs(batch, exclude)  # (B, V)
+    count = p.clone()
+    state, excl = batch, exclude
+    path_w = torch.ones(B, 1)  # (B, paths): probability of each path, normalised
+    for _ in range(depth - 1):
+        n_paths = path_w.size(1)
+        joint = (path_w[..., None] * p.view(B, n_paths, V)).view(B, -1)  # (B, paths·V)
+        w, flat = torch.topk(joint, min(beam, joint.size(1)), 1)  # (B, beam)
+        path_w = w / w.sum(1, keepdim=True).clamp_min(1e-30)
+        parent = (torch.arange(B)[:, None] * n_paths + flat // V).reshape(-1)  # (B·beam,)
+        item = (flat % V).reshape(-1)
+        state = _append_token(state, parent, item, max_len)
+        excl = excl[parent].clone()
+        excl[torch.arange(len(item)), item] = True
+        p = next_probs(state, excl)  # (B·beam, V)
+        count += (path_w[..., None] * p.view(B, -1, V)).sum(1)
+    count[:, :N_RESERVED_ITEMS] = float("-inf")
+    return count

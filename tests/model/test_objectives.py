@@ -196,3 +196,81 @@ def test_recommend_window_and_holdout_heads(world):
     assert m_next["window_scored_by"] == "next" and "window_ndcg@10_next_head" not in m_next
     assert m_next["window_ndcg@10"] == pytest.approx(m["window_ndcg@10_next_head"])
     assert m_next["ndcg@10"] == pytest.approx(m["ndcg@10"])
+
+
+def test_rollout_is_the_expected_count_of_the_next_items(world):
+    """Depth 1 is the next-item distribution; depth 2 with a beam over every item is
+    p1 + sum_a p1(a) p(. | history + a), computed here one continuation at a time."""
+    from recfm.model.objectives import rollout_scores
+    from recfm.tokenizer import N_RESERVED_ITEMS as R
+
+    model, _ = make_model(world)
+    model.eval()
+    store = SequenceStore(leave_one_out(world.sequences).train, ["item"])
+    batch = store.gather(store.spans(12)[:3])
+    V = model.cfg.n_items
+    exclude = torch.zeros(3, V, dtype=torch.bool)
+    exclude[:, :R] = True
+    exclude[0, batch["item"][0][batch["item"][0] > 0]] = True  # row 0: its history is out
+
+    def probs(items: torch.Tensor, excl: torch.Tensor) -> torch.Tensor:
+        s = model.score(model.last_hidden({"item": items}))
+        return torch.softmax(s.masked_fill(excl, float("-inf")), -1)
+
+    with torch.no_grad():
+        p1 = probs(batch["item"], exclude)
+        torch.testing.assert_close(rollout_scores(model, batch, exclude, depth=1)[:, R:],
+                                   p1[:, R:])
+        two = rollout_scores(model, batch, exclude, depth=2, beam=V)  # exact: every path
+        for row in range(3):
+            hist = batch["item"][row][batch["item"][row] > 0]
+            expect = p1[row].clone()
+            for a in range(R, V):
+                if exclude[row, a]:
+                    continue
+                excl = exclude[row].clone()
+                excl[a] = True
+                expect += p1[row, a] * probs(torch.cat([hist, torch.tensor([a])])[None],
+                                             excl[None])[0]
+            torch.testing.assert_close(two[row, R:], expect[R:], rtol=1e-4, atol=1e-6)
+        history0 = exclude[0].clone()
+        history0[:R] = False
+        assert history0.any() and (two[0, history0] == 0).all()
+        assert torch.isinf(two[:, :R]).all()
+        torch.testing.assert_close(two[:, R:].sum(-1), torch.full((3,), 2.0))  # two items
+        narrow = rollout_scores(model, batch, exclude, depth=3, beam=4)
+        torch.testing.assert_close(narrow[:, R:].sum(-1), torch.full((3,), 3.0))
+    with pytest.raises(ValueError, match="depth >= 1"):
+        rollout_scores(model, batch, exclude, depth=0)
+
+
+def test_rollout_appends_after_the_last_token_and_keeps_the_context_length():
+    from recfm.model.objectives import _append_token
+
+    batch = {"item": torch.tensor([[5, 6, 0], [7, 8, 9]]),
+             "action": torch.tensor([[2, 3, 0], [4, 4, 2]])}
+    out = _append_token(batch, torch.tensor([0, 0, 1]), torch.tensor([11, 12, 13]), max_len=3)
+    # row 0 had room: the item goes after its last token, which lends it its action;
+    # row 1 was full: it drops its first token
+    assert out["item"].tolist() == [[5, 6, 11], [5, 6, 12], [8, 9, 13]]
+    assert out["action"].tolist() == [[2, 3, 3], [2, 3, 3], [4, 2, 2]]
+
+
+def test_recommend_and_holdout_rollout(world):
+    split, holdout = future_holdout(world.sequences, window=5)
+    model, _ = make_model(world)
+    model.eval()
+    history = world.tokenizer.item_ids[:4]
+    rolled = model.recommend(history, k=5, horizon="rollout")
+    assert rolled.height == 5 and not set(history) & set(rolled["item_id"].to_list())
+    assert rolled["score"].to_list() == sorted(rolled["score"].to_list(), reverse=True)
+    with pytest.raises(ValueError, match="from histories"):
+        model.score(model.encode_users([history]), "rollout")
+    with pytest.raises(ValueError, match="prompt"):
+        model.recommend(history, horizon="rollout", prompt="kids")
+    m = holdout_metrics(model, holdout)
+    assert 0 <= m["window_ndcg@10_rollout"] <= 1
+    # a rollout of depth 1 ranks by the next-item head: the window number is the same
+    one = holdout_metrics(model, holdout, rollout_depth=1)
+    assert one["window_ndcg@10_rollout"] == pytest.approx(m["window_ndcg@10"])
+    assert "window_ndcg@10_rollout" not in holdout_metrics(model, holdout, rollout_depth=0)
