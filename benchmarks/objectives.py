@@ -7,6 +7,8 @@ Beauty.
     python -m benchmarks.objectives --datasets synthetic \
         --variants facets engagement layer-mix mean-last last-attention all
     python -m benchmarks.objectives --datasets ml-latest-small beauty
+    python -m benchmarks.objectives --datasets synthetic --world-seeds 1 2 \
+        --variants next-item multi-token        # other draws of the world: objectives_worlds.json
 
 Each invocation merges its runs into ``results/objectives.json`` (a run of the same dataset,
 variant and seed is replaced) and records its command and wall time as one *part*; the
@@ -20,7 +22,9 @@ early stopping uses a leave-one-out validation inside the rest (never the held-o
 Reported on the held-out future: next-item NDCG@10 (its first token, ranked by the
 next-item head), window NDCG@10 (all 10 tokens, ranked by the model's future-window head,
 else the mixture of its multi-token heads, else its next-item head: ``window_scored_by``;
-``window_ndcg@10_next_head`` ranks them with the next-item head of the same model),
+``window_ndcg@10_next_head`` ranks them with the next-item head of the same model;
+``window_ndcg@10_rollout`` by decoding the next-item head two items ahead, for the variants
+of ``ROLLOUT``),
 completed share@10 (next-item top-10 items the user goes on to complete), facet-head
 accuracy vs the majority class, and stability (cosine / top-10 overlap after appending 1,
 5, 20 real events).
@@ -57,6 +61,9 @@ gap-bucket and action heads could only match the majority class (default world, 
 gap bucket 0.210 vs 0.221 on the first held-out token, where a user's own most frequent
 past gap bucket scores 0.140; action 0.585 vs 0.585 over all ten held-out tokens). Both
 draw from their own random streams; the rest of the world is the default one."""
+ROLLOUT = ("next-item", "multi-token", "future-window")
+"""Variants whose window is also ranked by rollout (``recfm.model.objectives.rollout_scores``):
+the comparisons of the window objectives. The others skip it, to keep the ablation's time."""
 ENGAGEMENT = {"complete": 1.0, "thumbs_up": 1.0, "add_to_list": 0.5, "play": 0.5,
               "trailer": 0.1, "search": 0.1}
 
@@ -73,7 +80,7 @@ def variants(dataset: str, facets: list[str], actions: list[str]) -> dict[str, d
         "last-attention": {"user_repr": "last_attention"},
     }
     heads = {f: 0.2 for f in ("action", "value_bucket", "device", "gap_bucket") if f in facets}
-    if dataset == "synthetic":
+    if dataset.startswith("synthetic"):
         heads.update(entity_type=0.2, genres=0.2)
     if heads:
         out["facets"] = {"objectives": ObjectiveConfig(facet_heads=heads)}
@@ -113,14 +120,15 @@ SEEDED = ("next-item", "multi-token", "future-window", "engagement", "layer-mix"
 
 
 def prepare_dataset(name: str, data_dir: Path, work: Path, seed: int) -> Path:
+    """The prepared dataset ``name``; ``seed`` draws the synthetic world."""
     from recfm.data import synthetic
     from recfm.prepare import load_raw, prepare
 
     out = work / f"{name}-prepared"
-    if name == "synthetic":
+    if name.startswith("synthetic"):
         cfg = synthetic.SynthConfig(seed=seed, **WORLD)
-        synthetic.write_world(synthetic.generate(cfg), work / "world", cfg)
-        prepare(synthetic.load_world(work / "world"), out)
+        synthetic.write_world(synthetic.generate(cfg), work / f"{name}-world", cfg)
+        prepare(synthetic.load_world(work / f"{name}-world"), out)
     else:
         rel, fmt = DATASETS[name]
         prepare(load_raw(data_dir / rel, fmt=fmt), out)
@@ -139,13 +147,15 @@ def run_variant(prepared: Path, work: Path, dataset: str, variant: str, override
     run = work / f"{dataset}-{variant}-s{seed}"
     shutil.rmtree(run, ignore_errors=True)
     t = time.perf_counter()
-    mcfg = ModelConfig(**{**MODEL[dataset], **overrides})
-    train(prepared, run, mcfg, TrainConfig(**TRAIN[dataset], seed=seed, tensorboard=False),
+    kind = "synthetic" if dataset.startswith("synthetic") else dataset
+    mcfg = ModelConfig(**{**MODEL[kind], **overrides})
+    train(prepared, run, mcfg, TrainConfig(**TRAIN[kind], seed=seed, tensorboard=False),
           split=split, evaluate_test=False)
     fm = FoundationModel.from_pretrained(run)
     actions = ds.tokenizer.facets.get("action", [])
     complete = actions.index("complete") + 2 if "complete" in actions else None
-    metrics = holdout_metrics(fm, holdout, complete)
+    metrics = holdout_metrics(fm, holdout, complete,
+                              rollout_depth=2 if variant in ROLLOUT else 0)
     metrics.update(facet_accuracy(fm, holdout, split.train))
     # stability on the histories the model trained on plus their real continuation
     metrics.update(stability(fm, ds.sequences, (1, 5, 20)))
@@ -189,6 +199,14 @@ def must_show(by: dict[tuple[str, str], list[dict]]) -> dict:
                 "window_change_pct": win, "ndcg_change_pct": nxt, "seeds": len(ms),
                 "window_scored_by": ms[0].get("window_scored_by"),
                 "met": win is not None and nxt is not None and win >= 5 and nxt >= -2}
+            if all("window_ndcg@10_rollout" in m for m in base + ms):
+                # the window ranked by decoding each model's next-item head instead
+                rolled = [{"window_ndcg@10": m["window_ndcg@10_rollout"]} for m in ms]
+                base_rolled = [{"window_ndcg@10": m["window_ndcg@10_rollout"]} for m in base]
+                out[f"{var}: window_ndcg@10 >= +5% and ndcg@10 >= -2%"].update(
+                    rollout_window_change_pct=_change(base, rolled, "window_ndcg@10"),
+                    rollout_over_next_item_rollout_pct=_change(base_rolled, rolled,
+                                                               "window_ndcg@10"))
     for var in ("facets", "all"):
         ms = by.get(("synthetic", var))
         if ms:
@@ -218,8 +236,8 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
     by: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         by.setdefault((r["dataset"], r["variant"]), []).append(r["metrics"])
-    keys = ("ndcg@10", "window_ndcg@10", "window_ndcg@10_next_head", "completed_share@10",
-            "stability_cos@5", "stability_overlap@5")
+    keys = ("ndcg@10", "window_ndcg@10", "window_ndcg@10_next_head", "window_ndcg@10_rollout",
+            "completed_share@10", "stability_cos@5", "stability_overlap@5")
     lines = ["| dataset | variant | seeds | epochs | " + " | ".join(keys)
              + " | window ranked by | facet acc (majority) |",
              "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
@@ -233,7 +251,8 @@ def summarize(runs: list[dict]) -> tuple[dict, str]:
                      + f" | {ms[0].get('window_scored_by', 'next')} head | {facets} |")
         base = by.get((ds, "next-item"))
         if base and var != "next-item":
-            for k in ("ndcg@10", "window_ndcg@10", "completed_share@10", "stability_cos@5"):
+            for k in ("ndcg@10", "window_ndcg@10", "window_ndcg@10_next_head",
+                      "window_ndcg@10_rollout", "completed_share@10", "stability_cos@5"):
                 ch = _change(base, ms, k)
                 if ch is not None:
                     headline[f"{ds}/{var}/{k}_change_pct"] = ch
@@ -256,14 +275,24 @@ def main() -> None:
                     help="run only these variants (default: every one the dataset has)")
     ap.add_argument("--fresh", action="store_true",
                     help="start a new result file instead of merging into the existing one")
+    ap.add_argument("--world-seeds", type=int, nargs="+", default=[0],
+                    help="draws of the synthetic world; any but 0 writes objectives_worlds.json "
+                         "(datasets synthetic-w<seed>), not the ablation's result")
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "objectives")
     args = ap.parse_args()
     torch.set_num_threads(2)
     from benchmarks.common import RESULTS, command_line
 
+    name = "objectives" if args.world_seeds == [0] else "objectives_worlds"
+    todo = []  # (dataset label, name in DATASETS, world seed)
+    for d in args.datasets:
+        if d == "synthetic":
+            todo += [(d if ws == 0 else f"{d}-w{ws}", d, ws) for ws in args.world_seeds]
+        else:
+            todo.append((d, d, 0))
     previous = {}
-    path = RESULTS / "objectives.json"
+    path = RESULTS / f"{name}.json"
     if path.is_file() and not args.fresh:
         previous = json.loads(path.read_text())
         if previous.get("extra", {}).get("interrupted"):  # an older, incomplete format
@@ -274,20 +303,20 @@ def main() -> None:
 
     t0 = time.perf_counter()
     runs = []
-    for dataset in args.datasets:
+    for dataset, kind, world_seed in todo:
         t_ds = time.perf_counter()
-        prepared = prepare_dataset(dataset, args.data_dir, args.work, seed=0)
+        prepared = prepare_dataset(dataset, args.data_dir, args.work, seed=world_seed)
         from recfm.model.foundation import facet_sizes
         from recfm.prepare import PreparedDataset
         ds = PreparedDataset.load(prepared)
         tok = ds.tokenizer
         facets = list(facet_sizes(tok, ds.sequences))  # the facets that vary in this dataset
         for variant, overrides in variants(dataset, facets, tok.facets.get("action", [])).items():
-            if variant not in ONLY.get(dataset, (variant,)):
+            if variant not in ONLY.get(kind, (variant,)):
                 continue
             if args.variants is not None and variant not in args.variants:
                 continue
-            seeds = args.seeds if dataset == "synthetic" and variant in SEEDED else args.seeds[:1]
+            seeds = args.seeds if kind == "synthetic" and variant in SEEDED else args.seeds[:1]
             for seed in seeds:
                 r = run_variant(prepared, args.work, dataset, variant, overrides, seed)
                 print(json.dumps(r), flush=True)
@@ -297,12 +326,12 @@ def main() -> None:
         part["wall_s"] = round(time.perf_counter() - t0, 1)
         merged = _merge(old_runs, runs)
         headline, table = summarize(merged)
-        done = [d for d in DATASETS if any(r["dataset"] == d for r in merged)]
-        write_result("objectives", ", ".join(done), args.seeds[0],
+        done = sorted({r["dataset"] for r in merged}, key=lambda d: (d not in DATASETS, d))
+        write_result(name, ", ".join(done), args.seeds[0],
                      sum(p["wall_s"] for p in parts),
                      {"runs": len(merged), **headline},
                      {"window": WINDOW, "train": TRAIN, "model": MODEL, "parts": parts,
-                      "synthetic_world": WORLD,
+                      "synthetic_world": WORLD, "world_seeds": args.world_seeds,
                       "wall_s_note": "sum of the parts' wall times (each part one invocation "
                                      "holding both cores)"},
                      top={"runs": merged}, table_md=table)
