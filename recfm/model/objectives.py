@@ -294,7 +294,7 @@ def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
     Appended tokens copy the facets of the history's last token. Depth 1 is the next-item
     distribution itself. On the habit worlds of ``benchmarks/objectives.py`` depth 2 ranked
     the next 10 events better than depth 1 (next-item model, worlds 0 / 1 / 2: +3.3% / +2.6%
-    / +1.5% window NDCG@10; deeper beams lost it again, depth 3: +2.7% / - / +0.4%), where
+    / +1.5% window NDCG@10; deeper beams lost it again, depth 3: +3.0% / - / -0.7%), where
     franchises make one title follow another; on ml-latest-small and Beauty it ranked them
     slightly worse (-0.6% / -1.1%): use it where such chains exist.
     """
