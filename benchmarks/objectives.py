@@ -178,11 +178,14 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def _change(base: list[dict], ms: list[dict], key: str) -> float | None:
-    """Relative change (%) of the mean of ``key`` over ``base``'s mean, or None."""
-    if not all(key in m for m in base + ms):
+def _change(base: list[dict], ms: list[dict], key: str, base_key: str | None = None
+            ) -> float | None:
+    """Relative change (%) of the mean of ``key`` over ``base``'s mean of ``base_key``
+    (default: the same key), or None."""
+    base_key = base_key or key
+    if not all(base_key in m for m in base) or not all(key in m for m in ms):
         return None
-    b = statistics.mean(m[key] for m in base)
+    b = statistics.mean(m[base_key] for m in base)
     return round(100 * (statistics.mean(m[key] for m in ms) - b) / abs(b), 2) if b else None
 
 
@@ -202,12 +205,10 @@ def must_show(by: dict[tuple[str, str], list[dict]]) -> dict:
                 "met": win is not None and nxt is not None and win >= 5 and nxt >= -2}
             if all("window_ndcg@10_rollout" in m for m in base + ms):
                 # the window ranked by decoding each model's next-item head instead
-                rolled = [{"window_ndcg@10": m["window_ndcg@10_rollout"]} for m in ms]
-                base_rolled = [{"window_ndcg@10": m["window_ndcg@10_rollout"]} for m in base]
+                rolled = "window_ndcg@10_rollout"
                 out[f"{var}: window_ndcg@10 >= +5% and ndcg@10 >= -2%"].update(
-                    rollout_window_change_pct=_change(base, rolled, "window_ndcg@10"),
-                    rollout_over_next_item_rollout_pct=_change(base_rolled, rolled,
-                                                               "window_ndcg@10"))
+                    rollout_window_change_pct=_change(base, ms, rolled, "window_ndcg@10"),
+                    rollout_over_next_item_rollout_pct=_change(base, ms, rolled))
     for var in ("facets", "all"):
         ms = by.get(("synthetic", var))
         if ms:

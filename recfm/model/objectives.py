@@ -304,7 +304,7 @@ def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
     max_len = model.context_len
 
     def next_probs(b: dict[str, torch.Tensor], excl: torch.Tensor) -> torch.Tensor:
-        s = model.score(model.last_hidden(b)).clone()  # (N, V)
+        s = model.score(model.last_hidden(b))  # (N, V), a new tensor
         s[excl] = float("-inf")
         return torch.softmax(s, -1)
 
