@@ -27,7 +27,8 @@ from torch import nn
 from recfm import __version__
 from recfm.batching import SequenceStore, history_batches
 from recfm.io import atomic_write_json
-from recfm.model.backbone import Backbone, KVCache, backbone_extend
+from recfm.model.attention import KVCache
+from recfm.model.backbone import Backbone
 from recfm.model.config import ModelConfig
 from recfm.model.embeddings import EventEmbedding, ItemEncoder
 from recfm.model.heads import full_softmax_loss, sample_negatives, sampled_softmax_loss
@@ -42,6 +43,7 @@ from recfm.model.objectives import (
     target_weights,
     window_loss,
 )
+from recfm.model.prompt import check_vectors, prompted_backbone, read_prompt, read_prompts
 from recfm.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class FoundationModel(nn.Module):
         self.register_buffer("log_q", torch.full((cfg.n_items,), -float(np.log(max(cfg.n_items, 1)))))
         self.input_columns = ["item"] + sorted(self.embed.facets.keys())
         self.run_dir: Path | None = None  # set by from_pretrained; soft prompts live there
-        self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.consume.prompt
+        self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.model.prompt
         self._init_objectives(cfg, tokenizer, items)
         if self.context_len > cfg.max_len and cfg.positions == "learned":
             from recfm.errors import ConfigError
@@ -191,7 +193,6 @@ class FoundationModel(nn.Module):
         vecs = self.item_encoder(items)  # (B, T, d)
         x = self.embed(batch, vecs)
         if "soft_prompt" in batch:  # (k, d) learned tokens before the history
-            from recfm.consume.prompt import prompted_backbone
             return prompted_backbone(self.backbone, x, valid, batch["soft_prompt"], all_layers)
         return self.backbone(x, valid, all_layers=all_layers)
 
@@ -449,19 +450,16 @@ class FoundationModel(nn.Module):
 
     def add_prompt(self, name: str, vectors: torch.Tensor) -> None:
         """Use (k, d) soft-prompt ``vectors`` for ``prompt=name`` (replaces one so named)."""
-        from recfm.consume.prompt import check_vectors
         self.prompts[name] = check_vectors(vectors, self.cfg, name)
 
     def load_prompts(self, path: str | Path | None = None) -> list[str]:
         """(Re)read every prompt of the run's ``prompts/`` (or ``path``); returns all names."""
-        from recfm.consume.prompt import read_prompts
         self.prompts.update(read_prompts(self, path))
         return sorted(self.prompts)
 
     def prompt_vectors(self, name: str) -> torch.Tensor:
         """(k, d) vectors of prompt ``name``, read from the run on first use."""
         if name not in self.prompts:
-            from recfm.consume.prompt import read_prompt
             self.prompts[name] = read_prompt(self, name)
         return self.prompts[name]
 
@@ -554,8 +552,8 @@ class FoundationModel(nn.Module):
         x = self.embed(batch, vecs, start=P)  # (B, T - P, d)
         valid = items > 0
         # only the last real token's output is needed: the last block skips the others
-        h, cache = backbone_extend(self.backbone, x, valid if past is None else None, past,
-                                   last_only=True)
+        h, cache = self.backbone.extend(x, valid if past is None else None, past,
+                                        last_only=True)
         return h[:, 0], cache  # (B, d)
 
     # ------------------------------------------------------------------ save / load

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from recfm.model.attention import reference_attention
+
 
 def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, n_global: int
              ) -> torch.Tensor:
@@ -39,7 +41,7 @@ def local_attention_mask(valid: torch.Tensor, window: int, n_global: int = 0) ->
     """Boolean (B, 1, T, T) mask of the local + global pattern (the reference path).
 
     Padding keys are masked; the diagonal stays open so no row is empty (as in
-    :func:`recfm.model.backbone.attention_mask`, which this equals when window ≥ T).
+    :func:`recfm.model.attention.attention_mask`, which this equals when window ≥ T).
     """
     B, T = valid.shape
     pos = torch.arange(T, device=valid.device)
@@ -60,8 +62,6 @@ def reference_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               valid: torch.Tensor, window: int, n_global: int = 0,
                               dropout: float = 0.0) -> torch.Tensor:
     """softmax(QKᵀ/√d + local mask) V with the full (T, T) mask. q, k, v: (B, H, T, Dh)."""
-    from recfm.model.backbone import reference_attention  # backbone imports this module
-
     return reference_attention(q, k, v, local_attention_mask(valid, window, n_global), dropout)
 
 

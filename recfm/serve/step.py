@@ -13,7 +13,7 @@ torch ops, 0.15 ms in numpy; measured on 2026-12-07 on an AMD EPYC core):
   1/√Dh folded into the query rows of the fused qkv projection;
 * learned position rows, or rotary cos/sin rows, looked up by index instead of built;
 * single-query attention without a mask (the new token sees every cached key);
-* the new key/value written into the cache's reserved buffers (``_Room``) in place,
+* the new key/value written into the cache's reserved buffers (:class:`~recfm.model.attention.Room`) in place,
   through numpy views of the same memory.
 
 It is exact up to float rounding: ``tests/serve/test_step.py`` holds it to
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recfm.model.backbone import KVCache
+from recfm.model.attention import KVCache
 from recfm.model.foundation import FoundationModel
 
 
@@ -93,7 +93,7 @@ class OneTokenStep:
         self.norm = _ln(emb.norm)
         self.pos = _np(emb.positions.weight) if emb.positions is not None else None
         self.rope = cfg.positions == "rope"
-        if self.rope:  # rotary_from's angles, one row per position
+        if self.rope:  # rotary's angles, one row per position
             half = self.Dh // 2
             freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
             angles = torch.arange(self.max_len, dtype=torch.float32)[:, None] * freqs
@@ -110,7 +110,7 @@ class OneTokenStep:
                 and room.keys[0].dtype == torch.float32)
 
     def _rotate(self, x: np.ndarray, pos: int) -> np.ndarray:
-        """rotary_from for one position. x: (H, Dh)."""
+        """rotary for one position. x: (H, Dh)."""
         half = self.Dh // 2
         cos, sin = self.cos[pos], self.sin[pos]  # (half,)
         x1, x2 = x[:, :half], x[:, half:2 * half]

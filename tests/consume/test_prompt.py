@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from recfm.consume.prompt import (PromptConfig, prompt_metadata, prompt_names, prompt_tune,
-                                  prefix_from_tokens, prompted_backbone,
-                                  state_sha256, surface_items,
-                                  surface_share, top_k_items, weights_sha256)
+from recfm.consume.prompt import PromptConfig, prompt_tune, surface_items, surface_share, top_k_items
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
+from recfm.model.prompt import (
+    prefix_from_tokens,
+    prompt_metadata,
+    prompt_names,
+    prompted_backbone,
+    state_sha256,
+    weights_sha256,
+)
 from recfm.prepare import PreparedDataset
 from recfm.train.loop import TrainConfig, train
 

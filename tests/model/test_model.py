@@ -8,7 +8,7 @@ import torch
 
 from recfm.batching import SequenceStore
 from recfm.data.splits import leave_one_out
-from recfm.model.backbone import attention_mask, reference_attention
+from recfm.model.attention import attention_mask, reference_attention
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.prepare import PreparedDataset

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from recfm.data.splits import leave_one_out
-from recfm.model.backbone import Backbone, attention_mask, backbone_extend
+from recfm.model.attention import attention_mask
+from recfm.model.backbone import Backbone
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.model.sparse import (
@@ -102,9 +103,9 @@ def test_incremental_encoding_matches_full_forward():
     x = torch.randn(2, 15, 16)
     with torch.no_grad():
         full = bb(x, torch.ones(2, 15, dtype=torch.bool))
-        h1, cache = backbone_extend(bb, x[:, :9])
-        h2, cache = backbone_extend(bb, x[:, 9:14], past=cache)
-        h3, _ = backbone_extend(bb, x[:, 14:], past=cache)
+        h1, cache = bb.extend(x[:, :9])
+        h2, cache = bb.extend(x[:, 9:14], past=cache)
+        h3, _ = bb.extend(x[:, 14:], past=cache)
     torch.testing.assert_close(torch.cat([h1, h2, h3], 1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from recfm.model.backbone import KVCache
+from recfm.model.attention import KVCache
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.prepare import PreparedDataset
