@@ -26,6 +26,7 @@ from torch import nn
 
 from recfm import __version__
 from recfm.batching import SequenceStore, history_batches
+from recfm.errors import ConfigError, InputError
 from recfm.io import atomic_write_json
 from recfm.model.attention import KVCache
 from recfm.model.backbone import Backbone
@@ -129,7 +130,6 @@ class FoundationModel(nn.Module):
         self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.model.prompt
         self._init_objectives(cfg, tokenizer, items)
         if self.context_len > cfg.max_len and cfg.positions == "learned":
-            from recfm.errors import ConfigError
             raise ConfigError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
                              "positions = 'rope' or 'none' (learned positions end at max_len)")
 
@@ -577,20 +577,21 @@ class FoundationModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors"
                         ) -> "FoundationModel":
-        path = Path(path)
-        from recfm.errors import InputError
+        """The network of a run directory (its vocabularies build the objective tables)."""
+        tok, items = read_vocabulary(Path(path))
+        return cls.load(path, tok, items, weights)
 
+    @classmethod
+    def load(cls, path: str | Path, tok: Tokenizer | None, items: pl.DataFrame | None,
+             weights: str = "model.safetensors") -> "FoundationModel":
+        """``config.json`` + ``weights`` of ``path``, with the run's vocabularies given."""
+        path = Path(path)
         for name in ("config.json", weights):
             if not (path / name).is_file():
                 raise InputError(str(path / name), None, None, "a recfm run file",
                                  "nothing at that path")
         meta = json.loads((path / "config.json").read_text())
         cfg = ModelConfig.from_dict(meta["model"], str(path / "config.json"))
-        items = pl.read_parquet(path / "items.parquet") if (path / "items.parquet").is_file() \
-            else None
-        tok = None
-        if (path / "tokenizer.json").is_file() and items is not None:
-            tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
         model = cls(cfg, tok, items)
         state = load_file(str(path / weights))
         model.item_encoder.set_attributes(state["item_encoder.attr_offsets"],
@@ -599,3 +600,13 @@ class FoundationModel(nn.Module):
         model.eval()
         model.run_dir = path
         return model
+
+
+def read_vocabulary(path: Path) -> tuple[Tokenizer | None, pl.DataFrame | None]:
+    """The tokenizer and item catalog saved in a run directory (None where absent)."""
+    items = pl.read_parquet(path / "items.parquet") if (path / "items.parquet").is_file() \
+        else None
+    tok = None
+    if (path / "tokenizer.json").is_file() and items is not None:
+        tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
+    return tok, items
