@@ -66,8 +66,10 @@ import polars as pl
 import torch
 
 from benchmarks.common import RESULTS, ROOT, SHARED_DATA, peak_rss_mb, write_result
-from recfm.batching import SequenceStore, history_batches
-from recfm.evaluate.metrics import ranks_of
+from recfm.data.splits import event_rows, last_token_split
+from recfm.evaluate.evaluator import VectorScorer, model_scorer, random_scorer
+from recfm.evaluate.metrics import rank_summary
+from recfm.evaluate.ranks import target_ranks
 from recfm.model.config import ModelConfig
 from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.loop import TrainConfig
@@ -115,52 +117,10 @@ def other_benchmarks() -> list[str]:
 # ----------------------------------------------------------------------------- metrics
 
 
-def event_ranks(score_fn, frame: pl.DataFrame, n_items: int, max_len: int, columns: list[str],
-                candidates: torch.Tensor | None = None, batch_size: int = 256) -> np.ndarray:
-    """0-based pessimistic rank of each row's target (the evaluator's protocol), per event.
-
-    ``candidates``: (n_items,) bool — rank among these items only (None: every item).
-    """
-    store = SequenceStore(frame, columns)
-    targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
-    out = np.zeros(len(store), dtype=np.int64)
-    with torch.no_grad():
-        for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
-            scores = score_fn(rows, batch).float().clone()  # (B, V)
-            scores[:, :N_RESERVED_ITEMS] = float("-inf")
-            b, items = store.history_items(rows)
-            scores[torch.from_numpy(b), torch.from_numpy(items)] = float("-inf")
-            if candidates is not None:
-                scores[:, ~candidates] = float("-inf")
-            out[rows] = ranks_of(scores, targets[rows]).numpy()
-    return out
-
-
 def summarize(ranks: np.ndarray, prefix: str, seed: int = 0) -> dict[str, float]:
-    """HR@10, NDCG@10 (+ a 95% bootstrap interval of NDCG@10) from per-event ranks."""
-    if len(ranks) == 0:
-        return {f"{prefix}_events": 0}
-    ndcg = np.where(ranks < K, 1.0 / np.log2(ranks + 2.0), 0.0)
-    rng = np.random.default_rng(seed)
-    boot = ndcg[rng.integers(0, len(ndcg), (1000, len(ndcg)))].mean(1)
-    return {f"{prefix}_ndcg@10": float(ndcg.mean()), f"{prefix}_hr@10": float((ranks < K).mean()),
-            f"{prefix}_ndcg@10_ci95": [float(np.quantile(boot, 0.025)),
-                                       float(np.quantile(boot, 0.975))],
-            f"{prefix}_events": int(len(ranks))}
-
-
-def model_fn(model):
-    model.eval()
-    return lambda rows, batch: model.score(model.last_hidden(batch))
-
-
-def constant_fn(vec: torch.Tensor):
-    return lambda rows, batch: vec.expand(len(rows), -1)
-
-
-def random_fn(n_items: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    return lambda rows, batch: torch.rand(len(rows), n_items, generator=g)
+    """HR@10, NDCG@10 (+ a 95% bootstrap interval of NDCG@10) from per-event ranks, keyed
+    ``<prefix>_<metric>``."""
+    return {f"{prefix}_{k}": v for k, v in rank_summary(ranks, K, seed=seed).items()}
 
 
 # ----------------------------------------------------------------------------- data
@@ -238,20 +198,11 @@ def sequences_for(raw, run: Path) -> pl.DataFrame:
 def test_period_rows(seqs: pl.DataFrame, cuts: pl.DataFrame) -> pl.DataFrame:
     """One row per test-period token with a non-empty history: the whole history before
     it (list columns) and its ``target``; ``pos`` is the token's position."""
-    from recfm.data.splits import list_columns
-
-    cols = list_columns(seqs)
     s = seqs.join(cuts, on="user_id", how="inner").with_row_index("_row")
     before = (s.select("_row", "ts", "cut").explode("ts")
               .group_by("_row").agg((pl.col("ts") < pl.col("cut")).sum().alias("_p")))
     s = s.join(before, on="_row", how="left")  # _p: the user's first test-period position
-    long = (s.with_columns(pl.int_ranges(pl.col("_p").clip(1), pl.col("length")).alias("pos"))
-            .explode("pos").drop_nulls("pos"))
-    return long.select(
-        [pl.col("user_idx"), pl.col("user_id"), pl.col("pos"),
-         pl.col("item").list.get(pl.col("pos")).alias("target")]
-        + [pl.col(c).list.head(pl.col("pos")) for c in cols]
-    ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
+    return event_rows(s, pl.col("_p"))
 
 
 def eval_events(raw, run: Path, cuts: pl.DataFrame, new_ids: set[str], seed: int
@@ -273,21 +224,6 @@ def eval_events(raw, run: Path, cuts: pl.DataFrame, new_ids: set[str], seed: int
     mask = np.zeros(frame.height, dtype=bool)
     mask[:cold.height] = True
     return frame, mask, new_idx
-
-
-def last_token_split(seqs: pl.DataFrame):
-    """Train on every token but each user's last, which validates (early stopping only):
-    the test period is elsewhere, so no token of the training period is kept back."""
-    from recfm.data.splits import Split, _history, list_columns
-
-    n = pl.col("length")
-    ok = seqs.filter(n >= 2)
-    cols = list_columns(seqs)
-    train = pl.concat([ok.with_columns([pl.col(c).list.head(n - 1) for c in cols])
-                       .with_columns((n - 1).alias("length")),
-                       seqs.filter(n < 2)]).sort("user_idx")
-    valid = _history(ok, n - 1, n - 1)
-    return Split(train, valid, valid, {"users": seqs.height, "users_validating": ok.height})
 
 
 # ----------------------------------------------------------------------------- one dataset
@@ -353,13 +289,13 @@ def evaluate_model(run: Path, test: pl.DataFrame, cold_mask: np.ndarray, new_idx
                    seed: int) -> dict:
     from recfm.model.foundation import FoundationModel
 
-    fm = FoundationModel.from_pretrained(run)
+    fm = FoundationModel.from_pretrained(run).eval()
     n, L, cols = fm.cfg.n_items, fm.cfg.max_len, fm.input_columns
-    ranks = event_ranks(model_fn(fm), test, n, L, cols)
+    ranks = target_ranks(model_scorer(fm), test, L, cols)
     cand = torch.zeros(n, dtype=torch.bool)
     cand[new_idx] = True
     cold = test.filter(pl.Series(cold_mask))
-    row_ranks = event_ranks(model_fn(fm), cold, n, L, cols, candidates=cand)
+    row_ranks = target_ranks(model_scorer(fm), cold, L, cols, candidates=cand)
     return {**summarize(ranks[cold_mask], "cold", seed),
             **summarize(ranks[~cold_mask], "warm", seed), **summarize(row_ranks, "newrow", seed)}
 
@@ -420,7 +356,6 @@ def run_dataset(name: str, args, work: Path) -> dict:
     some_run2 = runs2[("content", DEFAULT_CONTENT_INIT)]
     test, cold_mask, new_idx = eval_events(raw, some_run2, cuts, set(held), args.seed)
     from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
     n_items = FoundationModel.from_pretrained(some_run2).cfg.n_items
     n_warm_items = n_items - len(held)
     assert int(new_idx.min()) == n_warm_items
@@ -435,17 +370,19 @@ def run_dataset(name: str, args, work: Path) -> dict:
     cand[new_idx] = True
     cold_frame = test.filter(pl.Series(cold_mask))
     baselines = (
-        ("random", random_fn(n_items, args.seed), random_fn(n_items, args.seed + 1), None),
-        ("popularity", constant_fn(torch.from_numpy(counts.astype(np.float32))), None,
+        ("random", random_scorer(n_items, args.seed), random_scorer(n_items, args.seed + 1),
+         None),
+        ("popularity", VectorScorer(torch.from_numpy(counts.astype(np.float32))), None,
          "training-period event counts of every item, the held-out items' included (what a "
          "live system has counted when the test period starts; the never-trained models "
          "are not given them)"),
-        ("popularity-day-one", constant_fn(torch.from_numpy(day_one.astype(np.float32))), None,
+        ("popularity-day-one", VectorScorer(torch.from_numpy(day_one.astype(np.float32))),
+         None,
          "warm training counts only: a never-trained item has none, so it is never ranked"),
     )
     for method, fn, row_fn, note in baselines:
-        ranks = event_ranks(fn, test, n_items, 200, ["item"])
-        row = event_ranks(row_fn or fn, cold_frame, n_items, 200, ["item"], candidates=cand)
+        ranks = target_ranks(fn, test, 200, ["item"])
+        row = target_ranks(row_fn or fn, cold_frame, 200, ["item"], candidates=cand)
         m = {**summarize(ranks[cold_mask], "cold", args.seed),
              **summarize(ranks[~cold_mask], "warm", args.seed),
              **summarize(row, "newrow", args.seed)}

@@ -65,7 +65,7 @@ def base_run(work_dir: Path, threads: int) -> Path:
     half-trained base run behind.
     """
     from recfm.data import synthetic
-    from recfm.demo import DEMO_MODEL
+    from recfm.cli.demo import DEMO_MODEL
     from recfm.prepare import prepare
     from recfm.train.loop import TrainConfig, train
 
@@ -196,9 +196,10 @@ def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any
     """
     import polars as pl
 
-    from recfm.batching import SequenceStore, history_batches
     from recfm.consume.finetune import auc_score
+    from recfm.evaluate.ranks import target_log_probs
     from recfm.model.foundation import FoundationModel
+    from recfm.tokenizer import N_RESERVED_ITEMS
 
     w = Path(work_dir) / "world"
     cfg = json.loads((w / "world.json").read_text())["config"]
@@ -221,26 +222,25 @@ def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any
                             frame["item"]):
         tau = min(max((ts - cfg["start_ts"]) / span, 0.0), 1.0)
         taste.append(t0[u] + tau * (t1[u] - t0[u]))
-        cand.append(factor[ids[it - 3]])
-        hist.append(np.mean([factor[ids[i - 3]] for i in h[-fm.cfg.max_len:]], axis=0))
+        cand.append(factor[ids[it - N_RESERVED_ITEMS]])
+        hist.append(np.mean([factor[ids[i - N_RESERVED_ITEMS]] for i in h[-fm.cfg.max_len:]],
+                            axis=0))
     taste, cand, hist = np.array(taste), np.array(cand), np.array(hist)
-    ent = np.array([base_p[entity[ids[i - 3]]] for i in frame["target"]])
+    ent = np.array([base_p[entity[ids[i - N_RESERVED_ITEMS]]] for i in frame["target"]])
 
     def p_of(a: np.ndarray) -> np.ndarray:
         z = (a - a.mean()) / a.std()
         return np.minimum(ent * 2.0 / (1.0 + np.exp(-z)), 0.97)
 
     aff = (taste * cand).sum(1)
-    store = SequenceStore(frame, fm.input_columns)
-    target = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
-    logp = np.zeros(len(frame))
     users_h = np.zeros((len(frame), fm.cfg.d_model))
-    with torch.no_grad():
-        for rows, batch in history_batches(store, fm.cfg.max_len, 512, by_length=True):
-            h = fm.last_hidden(batch)
-            users_h[rows] = h.numpy()
-            logp[rows] = torch.log_softmax(fm.score(h), -1).gather(
-                1, target[rows][:, None])[:, 0].numpy()
+
+    def scorer(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = fm.last_hidden(batch)
+        users_h[rows] = h.numpy()  # the user states too, from the same pass
+        return fm.score(h)
+
+    logp = target_log_probs(scorer, frame, fm.cfg.max_len, fm.input_columns, batch_size=512)
     order = np.random.default_rng(0).permutation(len(frame))
     tr, te = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
     x = np.c_[users_h, np.ones(len(frame))]

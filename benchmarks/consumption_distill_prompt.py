@@ -42,6 +42,7 @@ import polars as pl
 import torch
 
 from recfm.model.config import ModelConfig
+from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.loop import TrainConfig
 
 log = logging.getLogger("benchmarks.consumption_distill_prompt")
@@ -214,14 +215,15 @@ def run_prompt(work_dir: Path, threads: int) -> dict[str, Any]:
     top_before = top_k_items(fm, test, k=10)
     sample = test.head(100)["item"].to_list()
     ids = fm.tokenizer.item_ids
-    recs_before = [fm.recommend([ids[i - 3] for i in h], k=10) for h in sample]
+    sample = [[ids[i - N_RESERVED_ITEMS] for i in h] for h in sample]  # item ids
+    recs_before = [fm.recommend(h, k=10) for h in sample]
 
     t = time.perf_counter()
     res = prompt_tune(run, PromptConfig(**PROMPT, seed=SEED))
     tune_s = time.perf_counter() - t
     fm.load_prompts()  # the same loaded model: no reload
     top_after = top_k_items(fm, test, k=10)
-    recs_after = [fm.recommend([ids[i - 3] for i in h], k=10) for h in sample]
+    recs_after = [fm.recommend(h, k=10) for h in sample]
     unchanged = bool(np.array_equal(top_before, top_after)
                      and all(a.equals(b) for a, b in zip(recs_before, recs_after)))
     hash_equal = bool(weights_sha256(run) == file_before and state_sha256(fm) == state_before)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT, SHARED_DATA
+from benchmarks.scale_tables import tables
 
 # (d_model, n_layers, n_heads): one family, widening and deepening together.
 SIZES = [(16, 1, 1), (32, 1, 2), (48, 2, 2), (64, 2, 2), (96, 2, 4), (128, 3, 4),
@@ -99,14 +100,16 @@ def param_counts(model: torch.nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def validation_loss(model, frame, batch_size: int = 512) -> float:
     """Mean cross-entropy of each validation target given its history (full softmax)."""
-    from recfm.batching import SequenceStore, history_batches
+    from recfm.batching import SequenceStore
+    from recfm.evaluate.evaluator import model_scorer
+    from recfm.evaluate.ranks import frame_targets, scored_batches
 
     model.eval()
     store = SequenceStore(frame, model.input_columns)
-    targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
+    targets = frame_targets(frame)
     total, n = 0.0, 0
-    for rows, batch in history_batches(store, model.cfg.max_len, batch_size, by_length=True):
-        logits = model.score(model.last_hidden(batch))  # (B, V), reserved ids -inf
+    for rows, logits, _ in scored_batches(model_scorer(model), store, model.cfg.max_len,
+                                          batch_size, exclude_seen=False):  # (B, V)
         total += float(torch.nn.functional.cross_entropy(logits, targets[rows],
                                                          reduction="sum"))
         n += len(rows)
@@ -430,12 +433,7 @@ def merge_results(parts: dict[str, Any], wall: float, seed: int) -> Path:
     extra["commands"].pop("scaling.py", None)
     for name in parts:
         commands[name] = command
-    table = scaling_table(keep)
-    try:  # the attention / catalog tables of benchmarks/scale.py (same file)
-        from benchmarks.scale import tables
-        table = "\n".join(t for t in (tables(keep), table) if t)
-    except ImportError:
-        pass
+    table = "\n".join(t for t in (tables(keep), scaling_table(keep)) if t)
     argv = sys.argv
     if not parts and old.get("command", "").startswith("python -m benchmarks."):
         # a re-render measures nothing: the row keeps the last measuring command

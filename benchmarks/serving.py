@@ -55,6 +55,7 @@ import torch
 from benchmarks.common import ROOT, SHARED_DATA, peak_rss_mb, write_result
 from recfm.model.config import ModelConfig
 from recfm.serve.config import ServeConfig
+from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.loop import TrainConfig
 
 WORK = ROOT / ".work" / "serving"
@@ -96,21 +97,23 @@ def million_run(base: Path, out: Path, n_items: int, seed: int = 0) -> Path:
     n_real = len(tok.item_ids)
     n_new = n_items - n_real
     with torch.no_grad():
-        table = fm.item_table().detach()  # (n_real + 3, d)
+        table = fm.item_table().detach()  # (n_real + N_RESERVED_ITEMS, d)
         g = torch.Generator().manual_seed(seed)
-        parents = torch.randint(3, n_real + 3, (n_new,), generator=g)
-        scale = 0.5 * table[3:].std()
+        first = N_RESERVED_ITEMS  # the real items' rows
+        parents = torch.randint(first, n_real + first, (n_new,), generator=g)
+        scale = 0.5 * table[first:].std()
         new = table[parents] + scale * torch.randn(n_new, table.size(1), generator=g)
     state = fm.state_dict()
     state["item_encoder.ids.weight"] = torch.cat([state["item_encoder.ids.weight"], new])
     offsets = state["item_encoder.attr_offsets"]
     offsets = torch.cat([offsets, offsets[-1:].repeat(n_new)])  # empty bags
     state["item_encoder.attr_offsets"] = offsets
-    n_total = n_real + 3 + n_new
+    n_total = n_real + N_RESERVED_ITEMS + n_new
     state["log_q"] = torch.full((n_total,), -float(np.log(n_total)))
     cfg = ModelConfig.from_dict({**asdict(fm.cfg), "n_items": n_total})
     tok.item_ids = tok.item_ids + [f"synthetic-{j}" for j in range(n_new)]
-    extra = pl.DataFrame({"idx": np.arange(n_real + 3, n_total, dtype=np.int32),
+    first_new = n_real + N_RESERVED_ITEMS
+    extra = pl.DataFrame({"idx": np.arange(first_new, n_total, dtype=np.int32),
                           "item_id": tok.item_ids[n_real:]})
     big_items = pl.concat([items, extra.cast({"idx": items["idx"].dtype})], how="diagonal")
     big = FoundationModel(cfg, tok, big_items)
@@ -507,7 +510,7 @@ def measure_hnsw(run_1m: Path, prepared: Path, port: int, seconds: float, work: 
     engine.index.ef_search = ef_search
     engine.exact.search(users[:50], 100, allowed[:50])
     exact_ms = (time.perf_counter() - t1) / 50 * 1000
-    n_items = engine.n_items - 3
+    n_items = engine.n_items - N_RESERVED_ITEMS
     build_s = engine.index.build_s
     loaded = engine.index.loaded
     del engine, qs, users, allowed

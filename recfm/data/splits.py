@@ -7,6 +7,14 @@
 * **Global temporal split**: tokens before time ``T`` train; each user's first token at
   or after ``T`` is the test target, with everything before ``T`` as its history. Users
   with no history before ``T`` (cold) and users with nothing after ``T`` are counted.
+* **Last-token split**: every token but each user's last trains, the last validates
+  (early stopping only, when the test lies elsewhere, e.g. a later time period).
+
+The building blocks are public, so that every "hold out the last k" in recfm and the
+benchmarks is written once: :func:`drop_last` (the sequences without their last k
+tokens), :func:`history_rows` (one row per user: the history before a position and the
+target at it) and :func:`event_rows` (one row per token from a position on: every event
+ranked from the whole history before it).
 
 Sequences are rows of list columns (see :func:`recfm.tokenizer.tokenize`); the split
 slices every list column the same way, so facets stay aligned with items.
@@ -37,13 +45,53 @@ class Split:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _history(seqs: pl.DataFrame, keep: pl.Expr, target_at: pl.Expr) -> pl.DataFrame:
+def drop_last(seqs: pl.DataFrame, k: int | pl.Expr) -> pl.DataFrame:
+    """Each row without its last ``k`` tokens: every list column cut, ``length`` updated.
+
+    ``k``: a number or a per-row expression. A row with fewer than ``k`` tokens is left
+    empty (callers filter short rows out first, or drop empty ones after).
+
+    Example:
+        >>> seqs = pl.DataFrame({"user_idx": [0], "length": [3], "item": [[4, 5, 6]]})
+        >>> drop_last(seqs, 1)["item"].to_list()
+        [[4, 5]]
+    """
+    keep = (pl.col("length") - k).clip(lower_bound=0)
+    return (seqs.with_columns([pl.col(c).list.head(keep) for c in list_columns(seqs)])
+            .with_columns(keep.alias("length")))
+
+
+def history_rows(seqs: pl.DataFrame, at: pl.Expr, extra: list[pl.Expr] | tuple = ()
+                 ) -> pl.DataFrame:
+    """One row per user: the tokens before position ``at`` (every list column), the item at
+    ``at`` as ``target`` and the target token's other facets as ``target_<facet>``.
+
+    ``extra``: more columns computed from the whole sequences (e.g. the held-out window
+    of :func:`recfm.evaluate.objectives.future_holdout`), placed after the targets.
+    """
     cols = list_columns(seqs)
     return seqs.select(
         [pl.col("user_idx"), pl.col("user_id"),
-         pl.col("item").list.get(target_at).alias("target")]
-        + [pl.col(c).list.get(target_at).alias(f"target_{c}") for c in cols if c != "item"]
-        + [pl.col(c).list.head(keep) for c in cols]
+         pl.col("item").list.get(at).alias("target")]
+        + [pl.col(c).list.get(at).alias(f"target_{c}") for c in cols if c != "item"]
+        + list(extra)
+        + [pl.col(c).list.head(at) for c in cols]
+    ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
+
+
+def event_rows(seqs: pl.DataFrame, first: pl.Expr) -> pl.DataFrame:
+    """One row per token at position ≥ ``first`` (and ≥ 1, so that a history is never
+    empty): the whole history before it (list columns), ``target`` (its item) and ``pos``
+    (its position). Every event of a test period ranked from everything before it, where
+    :func:`history_rows` gives one event per user.
+    """
+    cols = list_columns(seqs)
+    long = (seqs.with_columns(pl.int_ranges(first.clip(1), pl.col("length")).alias("pos"))
+            .explode("pos").drop_nulls("pos"))
+    return long.select(
+        [pl.col("user_idx"), pl.col("user_id"), pl.col("pos"),
+         pl.col("item").list.get(pl.col("pos")).alias("target")]
+        + [pl.col(c).list.head(pl.col("pos")) for c in cols]
     ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
 
 
@@ -52,14 +100,9 @@ def leave_one_out(seqs: pl.DataFrame, min_length: int = 3) -> Split:
     n = pl.col("length")
     eligible = seqs.filter(n >= min_length)
     short = seqs.filter(n < min_length)
-    cols = list_columns(seqs)
-    train = pl.concat([
-        eligible.with_columns([pl.col(c).list.head(n - 2) for c in cols])
-        .with_columns((n - 2).alias("length")),
-        short,
-    ]).sort("user_idx")
-    valid = _history(eligible, n - 2, n - 2)
-    test = _history(eligible, n - 1, n - 1)
+    train = pl.concat([drop_last(eligible, 2), short]).sort("user_idx")
+    valid = history_rows(eligible, n - 2)
+    test = history_rows(eligible, n - 1)
     counts = {
         "users": seqs.height,
         "users_evaluated": eligible.height,
@@ -67,6 +110,20 @@ def leave_one_out(seqs: pl.DataFrame, min_length: int = 3) -> Split:
         "min_length": min_length,
     }
     return Split(train, valid, test, counts)
+
+
+def last_token_split(seqs: pl.DataFrame, min_length: int = 2) -> Split:
+    """Train on every token but each user's last, which validates (early stopping only).
+
+    For protocols whose test lies elsewhere (a later time period, new items), so that no
+    token is kept back for a test here; ``test`` is the validation frame too. Users with
+    fewer than ``min_length`` tokens train on everything.
+    """
+    n = pl.col("length")
+    ok = seqs.filter(n >= min_length)
+    train = pl.concat([drop_last(ok, 1), seqs.filter(n < min_length)]).sort("user_idx")
+    valid = history_rows(ok, n - 1)
+    return Split(train, valid, valid, {"users": seqs.height, "users_validating": ok.height})
 
 
 def temporal_split(seqs: pl.DataFrame, t: int) -> Split:
@@ -80,7 +137,7 @@ def temporal_split(seqs: pl.DataFrame, t: int) -> Split:
              .with_columns(nb.alias("length")).drop("_nb"))
     has_future = nb < pl.col("length")
     evaluable = seqs.filter(has_future & (nb > 0))
-    test = _history(evaluable, nb, nb)
+    test = history_rows(evaluable, nb)
     counts = {
         "users": seqs.height,
         "users_evaluated": evaluable.height,

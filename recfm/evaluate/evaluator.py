@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import polars as pl
 import torch
 
 from recfm.batching import SequenceStore, history_batches
 from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
+from recfm.evaluate.ranks import Scorer, frame_targets, scored_batches
 from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
 from recfm.tokenizer import N_RESERVED_ITEMS
-
-Scorer = Callable[[np.ndarray, dict[str, torch.Tensor]], torch.Tensor]
 
 
 # Catalogs larger than this are scored in chunks of this many items (when the scorer can).
@@ -37,18 +34,15 @@ def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: 
         return _evaluate_chunked(scorer, frame, n_items, max_len, columns, exclude_seen,
                                  batch_size, ks, sampled_negatives, item_chunk)
     store = SequenceStore(frame, columns)
-    targets = torch.from_numpy(frame["target"].fill_null(-1).to_numpy().astype(np.int64))
+    targets = frame_targets(frame)
     acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
     repeats = 0
     with torch.no_grad():
-        for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
-            scores = scorer(rows, batch).float().clone()  # (B, V)
-            scores[:, :N_RESERVED_ITEMS] = float("-inf")
-            if exclude_seen:
-                b, items = store.history_items(rows)
-                b_t, i_t = torch.from_numpy(b), torch.from_numpy(items)
+        for rows, scores, seen in scored_batches(scorer, store, max_len, batch_size,
+                                                 exclude_seen):
+            if seen is not None:
+                b_t, i_t = seen
                 repeats += int((i_t == targets[rows][b_t]).sum())
-                scores[b_t, i_t] = float("-inf")
             acc.add(scores, targets[rows])
     out = acc.result()
     out["targets_seen_before"] = repeats
@@ -61,7 +55,7 @@ def _evaluate_chunked(scorer, frame: pl.DataFrame, n_items: int, max_len: int,
                       ) -> dict[str, float]:
     """:func:`evaluate_scorer` streaming over item chunks (memory O(B × chunk))."""
     store = SequenceStore(frame, columns)
-    targets = torch.from_numpy(frame["target"].fill_null(-1).to_numpy().astype(np.int64))
+    targets = frame_targets(frame)
     acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
     repeats = 0
     with torch.no_grad():
@@ -138,6 +132,12 @@ class VectorScorer:
 
         score_chunk.rows = lambda r, start, end: vec[start:end].expand(len(r), -1).clone()
         return score_chunk
+
+
+def random_scorer(n_items: int, seed: int) -> Scorer:
+    """Uniform random scores, a fresh draw per batch (seeded): the chance baseline."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda rows, batch: torch.rand(len(rows), n_items, generator=gen)
 
 
 def popularity_scorer(train: pl.DataFrame, n_items: int) -> Scorer:

@@ -11,7 +11,10 @@ A target that the seen-item filter removed (a repeat) scores -inf and counts as 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from recfm.tokenizer import N_RESERVED_ITEMS
 
 KS = (1, 5, 10, 20, 50, 100)
 
@@ -33,6 +36,30 @@ def sampled_rank(neg_scores: torch.Tensor, negs: torch.Tensor, t: torch.Tensor,
     return ((neg_scores > t) | ((neg_scores == t) & (negs != targets[:, None]))).sum(1)
 
 
+def rank_summary(ranks: np.ndarray, k: int = 10, n_boot: int = 1000, seed: int = 0
+                 ) -> dict[str, float | int | list[float]]:
+    """HR@k, NDCG@k and a 95% bootstrap interval of NDCG@k from per-event 0-based ranks.
+
+    For per-event ranks (:func:`recfm.evaluate.ranks.target_ranks`) of a few thousand
+    events, where the interval says how far apart two methods must be to differ: events
+    are resampled with replacement ``n_boot`` times (seeded). No events: ``{"events": 0}``.
+
+    Example:
+        >>> out = rank_summary(np.array([0, 1, 20]))
+        >>> round(out["hr@10"], 4), round(out["ndcg@10"], 4), out["events"]
+        (0.6667, 0.5437, 3)
+    """
+    if len(ranks) == 0:
+        return {"events": 0}
+    ndcg = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    rng = np.random.default_rng(seed)
+    boot = ndcg[rng.integers(0, len(ndcg), (n_boot, len(ndcg)))].mean(1)
+    return {f"ndcg@{k}": float(ndcg.mean()), f"hr@{k}": float((ranks < k).mean()),
+            f"ndcg@{k}_ci95": [float(np.quantile(boot, 0.025)),
+                               float(np.quantile(boot, 0.975))],
+            "events": int(len(ranks))}
+
+
 class RankingAccumulator:
     """HR@K, NDCG@K, MRR and catalog coverage@K over a stream of batches.
 
@@ -43,7 +70,7 @@ class RankingAccumulator:
         0.6309
     """
 
-    def __init__(self, n_items: int, n_reserved: int = 3, ks: tuple[int, ...] = KS,
+    def __init__(self, n_items: int, n_reserved: int = N_RESERVED_ITEMS, ks: tuple[int, ...] = KS,
                  sampled_negatives: int = 0, seed: int = 0) -> None:
         self.ks = ks
         self.n = 0

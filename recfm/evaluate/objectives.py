@@ -16,7 +16,7 @@ import polars as pl
 import torch
 
 from recfm.batching import SequenceStore, history_batches
-from recfm.data.splits import Split, leave_one_out, list_columns
+from recfm.data.splits import Split, drop_last, history_rows, leave_one_out, list_columns
 from recfm.model.objectives import majority_accuracy
 from recfm.tokenizer import N_RESERVED_ITEMS
 
@@ -33,19 +33,11 @@ def future_holdout(seqs: pl.DataFrame, window: int = 10, min_history: int = 3
     long = seqs.filter(n >= window + min_history)
     short = seqs.filter(n < window + min_history)
     cut = n - window
-    truncated = pl.concat([
-        long.with_columns([pl.col(c).list.head(cut) for c in cols]).with_columns(cut.alias("length")),
-        short,
-    ]).sort("user_idx")
-    split = leave_one_out(truncated)
-    holdout = long.select(
-        [pl.col("user_idx"), pl.col("user_id"), pl.col("item").list.get(cut).alias("target")]
-        + [pl.col(c).list.get(cut).alias(f"target_{c}") for c in cols if c != "item"]
-        + [pl.col("item").list.slice(cut, window).alias("window_item")]
-        + ([pl.col("action").list.slice(cut, window).alias("window_action")]
-           if "action" in cols else [])
-        + [pl.col(c).list.head(cut) for c in cols]
-    ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
+    split = leave_one_out(pl.concat([drop_last(long, window), short]).sort("user_idx"))
+    held = [pl.col("item").list.slice(cut, window).alias("window_item")]
+    if "action" in cols:
+        held.append(pl.col("action").list.slice(cut, window).alias("window_action"))
+    holdout = history_rows(long, cut, extra=held)
     return split, holdout
 
 

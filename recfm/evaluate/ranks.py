@@ -1,0 +1,105 @@
+"""Per-event ranks and target log-probabilities, streaming over batches of users.
+
+:func:`recfm.evaluate.evaluator.evaluate_scorer` reduces a split to mean metrics; the
+functions here keep one number per row of the frame instead — the target's rank, or its
+log-probability — for protocols that slice the events afterwards (cold vs warm items, a
+bootstrap interval, a paired comparison of two models on the same events). All of them
+score the same batches the same way (:func:`scored_batches`), so a rank here is the rank
+the evaluator counts: full ranking over every item, reserved ids never ranked, the items
+of the history excluded, ties against the target (:func:`recfm.evaluate.metrics.ranks_of`).
+Memory is O(batch × items); nothing builds a users × items matrix.
+
+A frame is one row per evaluated event: history list columns and ``target`` (the item
+index, as :func:`recfm.data.splits.history_rows` and :func:`~recfm.data.splits.event_rows`
+build them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import polars as pl
+import torch
+
+from recfm.batching import SequenceStore, history_batches
+from recfm.evaluate.metrics import ranks_of
+from recfm.tokenizer import N_RESERVED_ITEMS
+
+Scorer = Callable[[np.ndarray, dict[str, torch.Tensor]], torch.Tensor]
+"""``scorer(rows, batch)`` → (B, n_items) scores of the batch's histories."""
+
+Seen = tuple[torch.Tensor, torch.Tensor]
+"""(batch row, item) index pairs of the items in each history."""
+
+
+def frame_targets(frame: pl.DataFrame) -> torch.Tensor:
+    """(n,) int64 target item of each row; -1 where the row has none (null)."""
+    return torch.from_numpy(frame["target"].fill_null(-1).to_numpy().astype(np.int64))
+
+
+@torch.no_grad()
+def scored_batches(scorer: Scorer, store: SequenceStore, max_len: int, batch_size: int,
+                   exclude_seen: bool = True, candidates: torch.Tensor | None = None
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, Seen | None]]:
+    """``(rows, scores, seen)`` per batch of histories, grouped by length.
+
+    ``scores``: (B, n_items) float scores with the reserved ids at -inf, and the items of
+    each history too with ``exclude_seen`` (``seen`` then holds their index pairs, else
+    None). ``candidates``: (n_items,) bool, rank among these items only (the others -inf).
+    """
+    for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
+        scores = scorer(rows, batch).float().clone()  # (B, V)
+        scores[:, :N_RESERVED_ITEMS] = float("-inf")
+        seen = None
+        if exclude_seen:
+            b, items = store.history_items(rows)
+            seen = (torch.from_numpy(b), torch.from_numpy(items))
+            scores[seen] = float("-inf")
+        if candidates is not None:
+            scores[:, ~candidates] = float("-inf")
+        yield rows, scores, seen
+
+
+def target_ranks(scorer: Scorer, frame: pl.DataFrame, max_len: int, columns: list[str],
+                 exclude_seen: bool = True, candidates: torch.Tensor | None = None,
+                 batch_size: int = 256) -> np.ndarray:
+    """(n,) 0-based pessimistic rank of each row's target, in frame order.
+
+    A target that is excluded (seen before, or not a candidate) ranks last (n_items); a
+    row without a target gets -1. ``columns``: the history columns the scorer reads.
+
+    Example:
+        >>> ranks = target_ranks(model_scorer(model), split.test, model.cfg.max_len,
+        ...                      model.input_columns)                # doctest: +SKIP
+        >>> rank_summary(ranks)["ndcg@10"]                           # doctest: +SKIP
+    """
+    store = SequenceStore(frame, columns)
+    targets = frame_targets(frame)
+    out = np.full(len(store), -1, dtype=np.int64)
+    for rows, scores, _ in scored_batches(scorer, store, max_len, batch_size, exclude_seen,
+                                          candidates):
+        t = targets[rows]
+        has = t >= 0
+        if not has.all():
+            rows, scores, t = rows[has.numpy()], scores[has], t[has]
+        out[rows] = ranks_of(scores, t).numpy()
+    return out
+
+
+def target_log_probs(scorer: Scorer, frame: pl.DataFrame, max_len: int, columns: list[str],
+                     batch_size: int = 512) -> np.ndarray:
+    """(n,) log p(target | history) of each row under a full softmax over every item
+    (seen ones included: a repeat is a real event here), in frame order; rows without a
+    target get NaN."""
+    store = SequenceStore(frame, columns)
+    targets = frame_targets(frame)
+    out = np.full(len(store), np.nan)
+    for rows, scores, _ in scored_batches(scorer, store, max_len, batch_size,
+                                          exclude_seen=False):
+        t = targets[rows]
+        has = t >= 0
+        if not has.all():
+            rows, scores, t = rows[has.numpy()], scores[has], t[has]
+        out[rows] = torch.log_softmax(scores, -1).gather(1, t[:, None])[:, 0].numpy()  # (B,)
+    return out
