@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,12 +395,12 @@ def _title_words(genres: list[int], entity: int, u: np.ndarray,
     return stem, adj, noun, noun2
 
 
-def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
-    n, d, n_g = cfg.n_items, cfg.dim, len(GENRES)
-    start_year = int(time.gmtime(cfg.start_ts).tm_year)
-    span = cfg.days * 86400
+def _draw_works(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Works (franchises): entity type, primary genre and number of installments of each.
 
-    # Works (franchises): entity type, primary genre, number of installments.
+    As many works as items are drawn (each has at least one installment), then cut at the
+    work that reaches ``n`` items, whose installments are trimmed to make exactly ``n``.
+    """
     w_max = n
     entity_w = _draw(_cdf(ENTITY_P), rng.random(w_max))
     genre_p = np.array([[_ENTITY_GENRES[e].get(g, 0.0) for g in GENRES]
@@ -416,8 +417,15 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
     n_works = int(np.searchsorted(cum, n)) + 1
     entity_w, genre_w, n_inst = entity_w[:n_works], genre_w[:n_works], n_inst[:n_works].copy()
     n_inst[-1] -= int(cum[n_works - 1] - n)
+    return entity_w, genre_w, n_inst
 
-    # Secondary genres (kids-friendly ones for kids primaries), kids flag, language.
+
+def _work_genres(rng: np.random.Generator, entity_w: np.ndarray,
+                 genre_w: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    """Genres of each work (primary first; kids-friendly secondaries for a kids primary) and
+    its kids flag. A catalog without a kids title turns its first work into a family movie
+    (in place in ``entity_w`` and ``genre_w``): kids profiles need something to watch."""
+    n_works = len(genre_w)
     weight = np.array([_GENRE_WEIGHT[g] for g in GENRES])
     friendly = np.array([g in KIDS_FRIENDLY for g in GENRES])
     n_second = _draw(_cdf([0.35, 0.45, 0.20]), rng.random(n_works))
@@ -442,25 +450,32 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
             kids_w[w] = u_kids[w] < 0.85
         elif friendly[g] and entity_w[w] != LIVE:
             kids_w[w] = any(GENRES[s] in KIDS_GENRES for s in gs[1:])
-    if not kids_w.any():                    # tiny catalogs: kids profiles need something
+    if not kids_w.any():
         family = GENRE_INDEX["family"]
         genre_w[0], entity_w[0], work_genres[0] = family, MOVIE, [family]
         kids_w[0] = True
-    lang_w = _draw(_cdf(_LANGUAGE_P), rng.random(n_works))
-    log_pop_w = rng.normal(0.0, cfg.popularity_sigma, n_works)
-    original_w = rng.random(n_works) < 0.2
-    available_w = rng.random(n_works) >= 0.03
+    return work_genres, kids_w
 
-    # Years and launches: the last installment of some works is new this period.
-    q_new = min(1.0, cfg.new_item_fraction * n / max(n_works, 1))
+
+def _work_launches(cfg: SynthConfig, rng: np.random.Generator, kids_w: np.ndarray,
+                   start_year: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per work: whether its last installment is new this period (never every kids title),
+    the release year of its last installment otherwise, and the launch time if new."""
+    n_works = len(kids_w)
+    q_new = min(1.0, cfg.new_item_fraction * cfg.n_items / max(n_works, 1))
     is_new_w = rng.random(n_works) < q_new
     if not (kids_w & ~is_new_w).any():      # some kids title is there from the start
         is_new_w[np.argmax(kids_w)] = False
     last_year_w = start_year - 1 - np.floor(rng.exponential(6.0, n_works)).astype(np.int64)
     last_year_w = np.maximum(last_year_w, 1960)
-    launch_new_w = cfg.start_ts + (0.05 + 0.9 * rng.random(n_works)) * span
+    launch_new_w = cfg.start_ts + (0.05 + 0.9 * rng.random(n_works)) * cfg.days * 86400
+    return is_new_w, last_year_w, launch_new_w
 
-    # Runtimes (seconds): one per work (the episode length of a series).
+
+def _work_runtimes(rng: np.random.Generator, entity_w: np.ndarray,
+                   kids_w: np.ndarray) -> np.ndarray:
+    """Runtime of each work in whole minutes (as seconds); a series' is its episode length."""
+    n_works = len(kids_w)
     rt = np.where(kids_w, rng.normal(88, 8, n_works), rng.normal(105, 18, n_works))
     rt = np.clip(rt, 70, 170) * 60
     episode = np.where(kids_w, rng.choice([11, 22], n_works),
@@ -468,9 +483,16 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
     rt = np.where(entity_w == SERIES, episode, rt)
     rt = np.where(entity_w == GAME, rng.uniform(20, 90, n_works) * 60, rt)
     rt = np.where(entity_w == LIVE, rng.uniform(90, 180, n_works) * 60, rt)
-    runtime_w = np.round(rt / 60.0) * 60.0
+    return np.round(rt / 60.0) * 60.0
 
-    # Clusters inside each primary genre; factors around cluster centroids.
+
+def _work_factors(cfg: SynthConfig, rng: np.random.Generator, genre_w: np.ndarray,
+                  n_inst: np.ndarray, work_genres: list[list[int]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Genre centroids (G, d); each work's cluster inside its primary genre (about
+    ``cluster_size`` items each); its factor (W, d): near the cluster's centroid, pulled
+    towards its secondary genres' centroids."""
+    n_g, d, n_works = len(GENRES), cfg.dim, len(genre_w)
     centroids = _unit(rng.normal(size=(n_g, d)))
     cluster_w = np.zeros(n_works, dtype=np.int64)
     n_clusters = 0
@@ -493,48 +515,53 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
             second_mix[w] += 0.3 * centroids[s]
     work_factor = (cluster_centroid[cluster_w] + second_mix
                    + 0.4 * rng.normal(size=(n_works, d)) / math.sqrt(d))
+    return centroids, cluster_w, work_factor
 
-    # Items: one per installment.
-    work = np.repeat(np.arange(n_works), n_inst)
+
+def _unique_stem(stems: set[str], genres: list[int], entity: int, u: np.ndarray,
+                 year: int) -> tuple[str, str, str, str]:
+    """A title stem no earlier work has, and its words (see :func:`_title_words`).
+
+    A fresh combination of words if the first one is taken, the year if all are, then a
+    number. The stem is added to ``stems``.
+    """
+    for attempt in range(12):
+        stem, adj, noun, noun2 = _title_words(genres, entity, u, attempt)
+        if stem not in stems:
+            break
+    else:
+        stem = f"{stem} ({year})"
+    base, k = stem, 2
+    while stem in stems:
+        stem = f"{base} {k}"
+        k += 1
+    stems.add(stem)
+    return stem, adj, noun, noun2
+
+
+def _texts(rng: np.random.Generator, n_inst: np.ndarray, entity_w: np.ndarray,
+           work_genres: list[list[int]], kids_w: np.ndarray, original_w: np.ndarray,
+           last_year_w: np.ndarray, year: np.ndarray, new_item: np.ndarray
+           ) -> tuple[list[str], list[str], list[list[str]], list[list[str]]]:
+    """Title, description, tags and genre names of every item, in work-major order.
+
+    One stem per work; its installments are seasons, yearly live events or numbered
+    sequels, and their descriptions are made of the same words (a title tells its genre).
+    """
+    u_words = rng.random((len(n_inst), 5))
     starts = _group_starts(n_inst)
-    pos = np.arange(n) - starts[work]                       # 0-based installment
-    last = pos == n_inst[work] - 1
-    successor_old = np.where(last, -1, np.arange(n) + 1)
-    step_w = rng.integers(1, 3, n_works)                      # years between installments
-    year = last_year_w[work] - (n_inst[work] - 1 - pos) * step_w[work]
-    year = np.where(is_new_w[work] & last, start_year, np.maximum(year, 1950))
-    new_item = is_new_w[work] & last
-    year_start_ts = cfg.start_ts - (start_year - year) * 31_557_600
-    launch = np.where(new_item, launch_new_w[work], year_start_ts).astype(np.int64)
-    log_pop = log_pop_w[work] - 0.25 * pos + 0.5 * new_item + 0.1 * rng.normal(size=n)
-    factor = work_factor[work] + 0.15 * rng.normal(size=(n, d)) / math.sqrt(d)
-
-    # Texts.
-    u_words = rng.random((n_works, 5))
     stems: set[str] = set()
     titles: list[str] = []
     descriptions: list[str] = []
     attributes: list[list[str]] = []
     genres_items: list[list[str]] = []
-    for w in range(n_works):
-        gs = work_genres[w]
-        # A fresh combination of words if the first one is taken, the year if all are.
-        for attempt in range(12):
-            stem, adj, noun, noun2 = _title_words(gs, int(entity_w[w]), u_words[w], attempt)
-            if stem not in stems:
-                break
-        else:
-            stem = f"{stem} ({int(last_year_w[w])})"
-        base, k = stem, 2
-        while stem in stems:
-            stem = f"{base} {k}"
-            k += 1
-        stems.add(stem)
+    for w, gs in enumerate(work_genres):
+        stem, adj, noun, noun2 = _unique_stem(stems, gs, int(entity_w[w]), u_words[w],
+                                              int(last_year_w[w]))
         genre_names = [GENRES[g] for g in gs]
         genre_text = (genre_names[0] if len(genre_names) == 1 else
                       f"{', '.join(genre_names[:-1])} and {genre_names[-1]}")
         article = "An" if adj[0].lower() in "aeiou" else "A"
-        mood = GENRE_MOOD[genre_names[0]]
         for p in range(int(n_inst[w])):
             i = int(starts[w]) + p
             if entity_w[w] == SERIES:
@@ -553,7 +580,7 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
                 text += " Fun for the whole family."
             if entity_w[w] == LIVE:
                 text += " Streamed live."
-            tags = [mood]
+            tags = [GENRE_MOOD[genre_names[0]]]
             if kids_w[w]:
                 tags.append("kids")
             if original_w[w]:
@@ -564,6 +591,43 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
             descriptions.append(text)
             attributes.append(tags)
             genres_items.append(genre_names)
+    return titles, descriptions, attributes, genres_items
+
+
+def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
+    """The catalog: works (franchises) first, then one item per installment, shuffled.
+
+    The steps draw from ``rng`` in this fixed order (part of the output): works, genres,
+    language, popularity and flags, launches, runtimes, factors, installments, texts, order.
+    """
+    n, d = cfg.n_items, cfg.dim
+    start_year = int(time.gmtime(cfg.start_ts).tm_year)
+    entity_w, genre_w, n_inst = _draw_works(n, rng)
+    n_works = len(n_inst)
+    work_genres, kids_w = _work_genres(rng, entity_w, genre_w)
+    lang_w = _draw(_cdf(_LANGUAGE_P), rng.random(n_works))
+    log_pop_w = rng.normal(0.0, cfg.popularity_sigma, n_works)
+    original_w = rng.random(n_works) < 0.2
+    available_w = rng.random(n_works) >= 0.03
+    is_new_w, last_year_w, launch_new_w = _work_launches(cfg, rng, kids_w, start_year)
+    runtime_w = _work_runtimes(rng, entity_w, kids_w)
+    centroids, cluster_w, work_factor = _work_factors(cfg, rng, genre_w, n_inst, work_genres)
+
+    # Items: one per installment; the last installment of a new work launches this period.
+    work = np.repeat(np.arange(n_works), n_inst)
+    pos = np.arange(n) - _group_starts(n_inst)[work]           # 0-based installment
+    last = pos == n_inst[work] - 1
+    successor_old = np.where(last, -1, np.arange(n) + 1)
+    step_w = rng.integers(1, 3, n_works)                      # years between installments
+    year = last_year_w[work] - (n_inst[work] - 1 - pos) * step_w[work]
+    year = np.where(is_new_w[work] & last, start_year, np.maximum(year, 1950))
+    new_item = is_new_w[work] & last
+    year_start_ts = cfg.start_ts - (start_year - year) * 31_557_600
+    launch = np.where(new_item, launch_new_w[work], year_start_ts).astype(np.int64)
+    log_pop = log_pop_w[work] - 0.25 * pos + 0.5 * new_item + 0.1 * rng.normal(size=n)
+    factor = work_factor[work] + 0.15 * rng.normal(size=(n, d)) / math.sqrt(d)
+    titles, descriptions, attributes, genres_items = _texts(
+        rng, n_inst, entity_w, work_genres, kids_w, original_w, last_year_w, year, new_item)
 
     # Shuffle so that an item's id says nothing about its franchise.
     order = rng.permutation(n)
@@ -581,6 +645,7 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
         description=[descriptions[j] for j in order],
         attributes=[attributes[j] for j in order], centroids=centroids,
     )
+
 
 
 # ----------------------------------------------------------------------------- users
@@ -771,6 +836,64 @@ def _cluster_cdf(cat: _Catalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, within + cl, ends
 
 
+_Valid = Callable[[np.ndarray], np.ndarray]  # candidates → which the user may take now
+
+
+def _rule_continue(cfg: SynthConfig, crossing: np.ndarray, u: np.ndarray, p: np.ndarray,
+                   stay: np.ndarray, act: np.ndarray, chosen: np.ndarray,
+                   why: np.ndarray) -> None:
+    """1. Another episode of the series ``p`` being watched, while its binge (``stay``
+    episodes left per user) lasts; across a session boundary (``crossing``) only with
+    ``p_continue_next_session`` (``u``: uniforms). Fills ``chosen``/``why`` in place."""
+    keep = ~crossing | (u < cfg.p_continue_next_session)
+    stay[act[crossing & ~keep]] = 0
+    m = (p >= 0) & (stay[act] > 0)
+    chosen[m] = p[m]
+    why[m] = R_CONTINUE
+    stay[act[m]] -= 1
+
+
+def _rule_cluster(cfg: SynthConfig, cat: _Catalog, tables: tuple[np.ndarray, ...],
+                  u: np.ndarray, u_cluster: np.ndarray, p: np.ndarray, valid: _Valid,
+                  chosen: np.ndarray, why: np.ndarray) -> None:
+    """3. With ``p_same_cluster`` (``u``: uniforms), a popular title of the cluster of the
+    last title ``p``: the first ``valid`` of ``_CLUSTER_CANDIDATES`` popularity-weighted
+    draws (``u_cluster``: (A, candidates) uniforms; ``tables``: :func:`_cluster_cdf`)."""
+    want = (chosen < 0) & (p >= 0) & (u < cfg.p_same_cluster)
+    if not want.any():
+        return
+    cl_order, cl_cdf, cl_ends = tables
+    cl = cat.cluster[np.maximum(p, 0)]
+    for r in range(_CLUSTER_CANDIDATES):
+        idx = np.searchsorted(cl_cdf, cl + u_cluster[:, r], side="right")
+        idx = np.minimum(idx, cl_ends[cl] - 1)
+        cand = cl_order[idx]
+        m = want & (chosen < 0) & valid(cand)
+        chosen[m] = cand[m]
+        why[m] = R_CLUSTER
+
+
+def _rule_taste(cat: _Catalog, by_pop: np.ndarray, free: np.ndarray, t: np.ndarray,
+                kids: np.ndarray, valid: _Valid, chosen: np.ndarray, why: np.ndarray) -> None:
+    """4. The user's own (drifting) taste: the first ``valid`` of the free draws ``free``
+    (A, K). When all were seen already, a re-watch of a launched one; failing that (rare),
+    the most popular title on offer at time ``t`` (``by_pop``: titles by popularity)."""
+    for r in range(free.shape[1]):
+        cand = free[:, r]
+        m = (chosen < 0) & valid(cand)
+        chosen[m] = cand[m]
+        why[m] = R_TASTE
+    for r in range(free.shape[1]):
+        cand = free[:, r]
+        m = (chosen < 0) & (cat.launch_ts[cand] <= t)
+        chosen[m] = cand[m]
+    m = np.nonzero(chosen < 0)[0]
+    if len(m):
+        ok = ((cat.launch_ts[by_pop][None, :] <= t[m, None])
+              & (cat.kids[by_pop][None, :] | ~kids[m, None]))  # (m, N)
+        chosen[m] = by_pop[np.argmax(ok, axis=1)]
+
+
 def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Users,
               plan: _Plan, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Walk every user's choices in order: continue, successor, same cluster, or taste.
@@ -782,7 +905,7 @@ def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
     u_step = rng.random((n_c, 3))
     u_cluster = rng.random((n_c, _CLUSTER_CANDIDATES))
     binge = rng.geometric(1.0 / (1.0 + cfg.binge_mean), n_c) - 1
-    cl_order, cl_cdf, cl_ends = _cluster_cdf(cat)
+    tables = _cluster_cdf(cat)
     is_series = cat.entity == SERIES
     by_pop = np.argsort(-cat.log_pop, kind="stable")
     item = np.full(n_c, -1, dtype=np.int64)
@@ -795,13 +918,12 @@ def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
         kids_u = users.kids[u0:u1]
         seen = np.zeros((u1 - u0, n), dtype=bool)
         prev = np.full(u1 - u0, -1, dtype=np.int64)
-        stay = np.zeros(u1 - u0, dtype=np.int64)
+        stay = np.zeros(u1 - u0, dtype=np.int64)                    # episodes left to binge
         for k in range(int(counts.max())):
             act = np.nonzero(counts > k)[0]                         # local users
             slot = offs[act] + k                                    # global choice index
             t = plan.t[slot]
             p = prev[act]
-            has_prev = p >= 0
             chosen = np.full(len(act), -1, dtype=np.int64)
             why = np.zeros(len(act), dtype=np.int64)
 
@@ -810,47 +932,16 @@ def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
                 return ((cand >= 0) & ~seen[act, c] & (cat.launch_ts[c] <= t)
                         & (cat.kids[c] | ~kids_u[act]))
 
-            # 1. Another episode of the series being watched (across a session boundary
-            #    only sometimes).
-            crossing = plan.new_session[slot]
-            keep = ~crossing | (u_step[slot, 2] < cfg.p_continue_next_session)
-            stay[act[crossing & ~keep]] = 0
-            m = has_prev & (stay[act] > 0)
-            chosen[m] = p[m]
-            why[m] = R_CONTINUE
-            stay[act[m]] -= 1
+            _rule_continue(cfg, plan.new_session[slot], u_step[slot, 2], p, stay, act,
+                           chosen, why)
             # 2. The next installment of the franchise.
-            s = np.where(has_prev, cat.successor[np.maximum(p, 0)], -1)
+            s = np.where(p >= 0, cat.successor[np.maximum(p, 0)], -1)
             m = (chosen < 0) & (u_step[slot, 0] < cfg.p_successor) & valid(s)
             chosen[m] = s[m]
             why[m] = R_SUCCESSOR
-            # 3. A popular title of the same cluster.
-            want = (chosen < 0) & has_prev & (u_step[slot, 1] < cfg.p_same_cluster)
-            if want.any():
-                cl = cat.cluster[np.maximum(p, 0)]
-                for r in range(_CLUSTER_CANDIDATES):
-                    idx = np.searchsorted(cl_cdf, cl + u_cluster[slot, r], side="right")
-                    idx = np.minimum(idx, cl_ends[cl] - 1)
-                    cand = cl_order[idx]
-                    m = want & (chosen < 0) & valid(cand)
-                    chosen[m] = cand[m]
-                    why[m] = R_CLUSTER
-            # 4. The user's own (drifting) taste.
-            for r in range(free.shape[1]):
-                cand = free[slot, r]
-                m = (chosen < 0) & valid(cand)
-                chosen[m] = cand[m]
-                why[m] = R_TASTE
-            # Everything drawn was seen already: re-watch (a launched title if possible).
-            for r in range(free.shape[1]):
-                cand = free[slot, r]
-                m = (chosen < 0) & (cat.launch_ts[cand] <= t)
-                chosen[m] = cand[m]
-            m = np.nonzero(chosen < 0)[0]      # rare: the most popular title on offer
-            if len(m):
-                ok = ((cat.launch_ts[by_pop][None, :] <= t[m, None])
-                      & (cat.kids[by_pop][None, :] | ~kids_u[act[m], None]))  # (m, N)
-                chosen[m] = by_pop[np.argmax(ok, axis=1)]
+            _rule_cluster(cfg, cat, tables, u_step[slot, 1], u_cluster[slot], p, valid,
+                          chosen, why)
+            _rule_taste(cat, by_pop, free[slot], t, kids_u[act], valid, chosen, why)
 
             started = (why != R_CONTINUE) & is_series[chosen]
             stay[act[started]] = binge[slot[started]]
@@ -862,7 +953,140 @@ def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
     return item, reason
 
 
+
 # ----------------------------------------------------------------------------- events
+
+
+# Slots of a choice's events after the ``_MAX_DISTRACTORS`` impressions of other titles;
+# the play segments start at _I_PLAY, followed by complete and thumbs_up (see _emit).
+_I_IMP, _I_SEARCH, _I_LIST, _I_TRAILER, _I_PLAY = range(_MAX_DISTRACTORS, _MAX_DISTRACTORS + 5)
+
+
+def _surfaces(rng: np.random.Generator, kids_u: np.ndarray, kids_item: np.ndarray,
+              reason: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Surface of each choice, the row its title sat in, and that surface's number of rows.
+
+    Kids profiles browse the kids surface, others home; continuations and sequels come
+    mostly from continue_watching; a share of all choices start with a search.
+    """
+    n_c = len(reason)
+    r = rng.random(n_c)
+    base_surface = np.where(kids_u, KIDS, HOME)
+    surface = np.where(r < 0.15, SEARCH, base_surface)
+    surface = np.where(~kids_u & kids_item & (r > 0.95), KIDS, surface)
+    surface = np.where(reason == R_SUCCESSOR,
+                       np.where(r < 0.3, CONTINUE, np.where(r < 0.45, SEARCH, base_surface)),
+                       surface)
+    surface = np.where(reason == R_CONTINUE, np.where(r < 0.75, CONTINUE, base_surface),
+                       surface)
+    row_c = np.select(
+        [surface == HOME, surface == SEARCH, surface == KIDS],
+        [np.minimum(rng.geometric(0.3, n_c) - 1, 19), np.minimum(rng.geometric(0.5, n_c) - 1, 9),
+         np.minimum(rng.geometric(0.4, n_c) - 1, 9)], 0)
+    max_row = np.select([surface == HOME, surface == SEARCH, surface == KIDS], [20, 10, 10], 1)
+    return surface, row_c, max_row
+
+
+def _outcomes(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Users,
+              plan: _Plan, item: np.ndarray, reason: np.ndarray, surface: np.ndarray
+              ) -> tuple[np.ndarray, ...]:
+    """What happens around each chosen title, (C,) each: abandoned, trailer, listed, shown,
+    completed, seconds watched, thumbs_up, and how many other titles were shown.
+
+    A continued series has no trailer or add-to-list; completion is likelier the better
+    the title fits the user's taste at the time (and the user's own ``completion_sigma``
+    offset, drawn from its own stream so a world without it is drawn as before).
+    """
+    n_c, user = len(item), plan.user
+    ent = cat.entity[item]
+    fresh = reason != R_CONTINUE
+    abandoned = fresh & (rng.random(n_c) < 0.06)
+    p_trailer = np.array([0.25, 0.15, 0.2, 0.05])[ent]
+    trailer = fresh & (rng.random(n_c) < np.where(abandoned, 0.6, p_trailer))
+    listed = fresh & (rng.random(n_c) < 0.04)
+    # An abandoned choice leaves at least its impression.
+    shown = (surface == CONTINUE) | abandoned | (rng.random(n_c) < 0.92)
+    tau = plan.tau
+    taste = users.taste_start[user] + tau[:, None] * (users.taste_end[user]
+                                                       - users.taste_start[user])
+    affinity = np.einsum("cd,cd->c", taste, cat.factor[item])
+    affinity = (affinity - affinity.mean()) / (affinity.std() + 1e-9)
+    lift = affinity
+    if cfg.completion_sigma > 0:
+        finisher = np.random.default_rng([cfg.seed, 1011]).standard_normal(cfg.n_users)
+        lift = affinity + cfg.completion_sigma * finisher[user]
+    p_complete = np.array([0.65, 0.75, 0.05, 0.45])[ent] * 2.0 / (1.0 + np.exp(-lift))
+    completed = ~abandoned & (rng.random(n_c) < np.minimum(p_complete, 0.97))
+    watched = np.where(completed, rng.uniform(0.93, 0.99, n_c), rng.uniform(0.03, 0.85, n_c))
+    watched = np.maximum(np.round(watched * cat.runtime[item]), 30.0)
+    thumbs = completed & (rng.random(n_c) < 0.1 + 0.1 * (affinity > 0.5))
+    n_dist = np.minimum(rng.poisson(cfg.impressions_per_choice, n_c), _MAX_DISTRACTORS)
+    return abandoned, trailer, listed, shown, completed, watched, thumbs, n_dist
+
+
+def _segments(watched: np.ndarray, abandoned: np.ndarray,
+              max_seg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Play segments of each viewing: (C, max_seg) seconds — the first at most
+    ``_FIRST_SEGMENT_S``, the rest split evenly (each at most ``_SEGMENT_S``) — and (C,)
+    how many there are (none for an abandoned choice)."""
+    n_c = len(watched)
+    rest = np.maximum(watched - _FIRST_SEGMENT_S, 0.0)
+    n_rest = np.ceil(rest / _SEGMENT_S).astype(np.int64)
+    n_seg = np.where(abandoned, 0, 1 + n_rest)
+    seg_len = np.floor(rest / np.maximum(n_rest, 1))
+    segs = np.repeat(seg_len[:, None], max_seg, axis=1)              # (C, max_seg)
+    segs[:, 0] = np.minimum(watched, _FIRST_SEGMENT_S)
+    segs[np.arange(n_c), n_rest] += rest - seg_len * n_rest           # remainder
+    return segs, n_seg
+
+
+def _slot_values(rng: np.random.Generator, runtime: np.ndarray,
+                 segs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, slots) event values — trailer seconds, seconds of each play segment, about the
+    runtime for complete, NaN elsewhere — and (C,) the trailer seconds."""
+    n_c, max_seg = segs.shape
+    i_complete = _I_PLAY + max_seg
+    value = np.full((n_c, i_complete + 2), np.nan)
+    trailer_s = np.round(rng.uniform(30, 150, n_c))
+    value[:, _I_TRAILER] = trailer_s
+    value[:, _I_PLAY:i_complete] = segs
+    value[:, i_complete] = np.round(runtime * rng.uniform(0.97, 1.0, n_c))
+    return value, trailer_s
+
+
+def _slot_offsets(rng: np.random.Generator, present: np.ndarray, trailer_s: np.ndarray,
+                  segs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, slots) seconds from a choice's start to each of its events, and (C,) the
+    choice's duration: a random gap before each present slot plus the time its activity
+    takes (events are stamped when it ends)."""
+    n_c, max_seg = segs.shape
+    m_d, i_complete = _MAX_DISTRACTORS, _I_PLAY + max_seg
+    gap = np.zeros(present.shape, dtype=np.int64)
+    gap[:, :m_d] = rng.integers(1, 7, (n_c, m_d))
+    gap[:, _I_IMP] = rng.integers(1, 7, n_c)
+    gap[:, _I_SEARCH] = rng.integers(2, 9, n_c)
+    gap[:, _I_LIST] = rng.integers(2, 11, n_c)
+    gap[:, _I_TRAILER] = rng.integers(3, 21, n_c) + trailer_s.astype(np.int64)
+    gap[:, _I_PLAY] = rng.integers(2, 16, n_c)
+    gap[:, _I_PLAY + 1:i_complete] = rng.integers(0, 61, (n_c, max_seg - 1))
+    gap[:, _I_PLAY:i_complete] += segs.astype(np.int64)
+    gap[:, i_complete] = 1
+    gap[:, i_complete + 1] = rng.integers(5, 61, n_c)                 # thumbs_up
+    offset = np.cumsum(np.where(present, gap, 0), axis=1)            # (C, slots)
+    duration = offset[:, -1] + rng.integers(20, 301, n_c)
+    return offset, duration
+
+
+def _choice_starts(plan: _Plan, duration: np.ndarray) -> np.ndarray:
+    """(C,) start of each choice: back to back inside a session, and sessions of a user
+    at least ``_MIN_SESSION_GAP_S`` apart (pushed later where they would overlap)."""
+    cum = np.cumsum(duration)
+    before = cum - duration
+    s_first = np.nonzero(plan.new_session)[0]
+    in_session = before - before[s_first][plan.session]
+    s_dur = np.add.reduceat(duration, s_first)
+    s_start = _non_overlapping(plan.s_user, plan.s_start, s_dur + _MIN_SESSION_GAP_S)
+    return s_start[plan.session] + in_session
 
 
 def _emit(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Users,
@@ -875,128 +1099,48 @@ def _emit(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Use
     complete, thumbs_up. Each slot has a gap before it and a duration; events are
     stamped when their activity ends.
     """
-    n_c = len(item)
-    user = plan.user
-    kids_u = users.kids[user]
-    ent = cat.entity[item]
-    runtime = cat.runtime[item]
-    m_d = _MAX_DISTRACTORS
+    n_c, m_d = len(item), _MAX_DISTRACTORS
     max_seg = 1 + int(math.ceil(max(float(cat.runtime.max()) - _FIRST_SEGMENT_S, 0.0)
                                 / _SEGMENT_S))
-    i_imp, i_search, i_list, i_trailer = m_d, m_d + 1, m_d + 2, m_d + 3
-    i_play = m_d + 4
-    i_complete = i_play + max_seg
+    i_complete = _I_PLAY + max_seg
     i_thumbs = i_complete + 1
     n_slots = i_thumbs + 1
-
-    # Surface and row of the choice.
-    r = rng.random(n_c)
-    base_surface = np.where(kids_u, KIDS, HOME)
-    surface = np.where(r < 0.15, SEARCH, base_surface)
-    surface = np.where(~kids_u & cat.kids[item] & (r > 0.95), KIDS, surface)
-    surface = np.where(reason == R_SUCCESSOR,
-                       np.where(r < 0.3, CONTINUE, np.where(r < 0.45, SEARCH, base_surface)),
-                       surface)
-    surface = np.where(reason == R_CONTINUE, np.where(r < 0.75, CONTINUE, base_surface),
-                       surface)
-    row_c = np.select(
-        [surface == HOME, surface == SEARCH, surface == KIDS],
-        [np.minimum(rng.geometric(0.3, n_c) - 1, 19), np.minimum(rng.geometric(0.5, n_c) - 1, 9),
-         np.minimum(rng.geometric(0.4, n_c) - 1, 9)], 0)
-    max_row = np.select([surface == HOME, surface == SEARCH, surface == KIDS], [20, 10, 10], 1)
-
-    # What happens around the chosen title.
-    fresh = reason != R_CONTINUE
-    abandoned = fresh & (rng.random(n_c) < 0.06)
-    p_trailer = np.array([0.25, 0.15, 0.2, 0.05])[ent]
-    trailer = fresh & (rng.random(n_c) < np.where(abandoned, 0.6, p_trailer))
-    listed = fresh & (rng.random(n_c) < 0.04)
-    # An abandoned choice leaves at least its impression.
-    shown = (surface == CONTINUE) | abandoned | (rng.random(n_c) < 0.92)
-    searched = surface == SEARCH
-    tau = plan.tau
-    taste = users.taste_start[user] + tau[:, None] * (users.taste_end[user]
-                                                       - users.taste_start[user])
-    affinity = np.einsum("cd,cd->c", taste, cat.factor[item])
-    affinity = (affinity - affinity.mean()) / (affinity.std() + 1e-9)
-    lift = affinity
-    if cfg.completion_sigma > 0:  # its own stream: a world without it is drawn as before
-        finisher = np.random.default_rng([cfg.seed, 1011]).standard_normal(cfg.n_users)
-        lift = affinity + cfg.completion_sigma * finisher[user]
-    p_complete = np.array([0.65, 0.75, 0.05, 0.45])[ent] * 2.0 / (1.0 + np.exp(-lift))
-    completed = ~abandoned & (rng.random(n_c) < np.minimum(p_complete, 0.97))
-    watched = np.where(completed, rng.uniform(0.93, 0.99, n_c), rng.uniform(0.03, 0.85, n_c))
-    watched = np.maximum(np.round(watched * runtime), 30.0)
-    # Segments: the first at most _FIRST_SEGMENT_S, the rest split evenly (≤ _SEGMENT_S).
-    rest = np.maximum(watched - _FIRST_SEGMENT_S, 0.0)
-    n_rest = np.ceil(rest / _SEGMENT_S).astype(np.int64)
-    n_seg = np.where(abandoned, 0, 1 + n_rest)
-    thumbs = completed & (rng.random(n_c) < 0.1 + 0.1 * (affinity > 0.5))
-    n_dist = np.minimum(rng.poisson(cfg.impressions_per_choice, n_c), m_d)
+    surface, row_c, max_row = _surfaces(rng, users.kids[plan.user], cat.kids[item], reason)
+    abandoned, trailer, listed, shown, completed, watched, thumbs, n_dist = _outcomes(
+        cfg, rng, cat, users, plan, item, reason, surface)
+    segs, n_seg = _segments(watched, abandoned, max_seg)
 
     present = np.zeros((n_c, n_slots), dtype=bool)
     # Other titles shown around the choice (never one that has not launched yet).
     present[:, :m_d] = ((np.arange(m_d)[None, :] < n_dist[:, None])
                         & (cat.launch_ts[distract] <= plan.t[:, None]))
-    present[:, i_imp] = shown
-    present[:, i_search] = searched
-    present[:, i_list] = listed
-    present[:, i_trailer] = trailer
-    present[:, i_play:i_complete] = np.arange(max_seg)[None, :] < n_seg[:, None]
+    present[:, _I_IMP] = shown
+    present[:, _I_SEARCH] = surface == SEARCH
+    present[:, _I_LIST] = listed
+    present[:, _I_TRAILER] = trailer
+    present[:, _I_PLAY:i_complete] = np.arange(max_seg)[None, :] < n_seg[:, None]
     present[:, i_complete] = completed
     present[:, i_thumbs] = thumbs
-
-    items2d = np.repeat(item[:, None], n_slots, axis=1)
+    items2d = np.repeat(item[:, None], n_slots, axis=1)              # (C, slots)
     items2d[:, :m_d] = distract
     action = np.empty(n_slots, dtype=np.int64)
     action[:m_d] = A_IMPRESSION
-    action[[i_imp, i_search, i_list, i_trailer]] = [A_IMPRESSION, A_SEARCH, A_LIST, A_TRAILER]
-    action[i_play:i_complete] = A_PLAY
+    action[[_I_IMP, _I_SEARCH, _I_LIST, _I_TRAILER]] = [A_IMPRESSION, A_SEARCH, A_LIST,
+                                                         A_TRAILER]
+    action[_I_PLAY:i_complete] = A_PLAY
     action[[i_complete, i_thumbs]] = [A_COMPLETE, A_THUMBS]
 
-    value = np.full((n_c, n_slots), np.nan)
-    trailer_s = np.round(rng.uniform(30, 150, n_c))
-    value[:, i_trailer] = trailer_s
-    first = np.minimum(watched, _FIRST_SEGMENT_S)
-    seg_len = np.floor(rest / np.maximum(n_rest, 1))
-    segs = np.repeat(seg_len[:, None], max_seg, axis=1)
-    segs[:, 0] = first
-    segs[np.arange(n_c), n_rest] += rest - seg_len * n_rest           # remainder
-    value[:, i_play:i_complete] = segs
-    value[:, i_complete] = np.round(runtime * rng.uniform(0.97, 1.0, n_c))
-
-    # Gaps before each slot and durations (the time the activity takes).
-    gap = np.zeros((n_c, n_slots), dtype=np.int64)
-    gap[:, :m_d] = rng.integers(1, 7, (n_c, m_d))
-    gap[:, i_imp] = rng.integers(1, 7, n_c)
-    gap[:, i_search] = rng.integers(2, 9, n_c)
-    gap[:, i_list] = rng.integers(2, 11, n_c)
-    gap[:, i_trailer] = rng.integers(3, 21, n_c) + trailer_s.astype(np.int64)
-    gap[:, i_play] = rng.integers(2, 16, n_c)
-    gap[:, i_play + 1:i_complete] = rng.integers(0, 61, (n_c, max_seg - 1))
-    gap[:, i_play:i_complete] += segs.astype(np.int64)
-    gap[:, i_complete] = 1
-    gap[:, i_thumbs] = rng.integers(5, 61, n_c)
-    offset = np.cumsum(np.where(present, gap, 0), axis=1)            # (C, slots)
-    duration = offset[:, -1] + rng.integers(20, 301, n_c)
-
+    value, trailer_s = _slot_values(rng, cat.runtime[item], segs)
+    offset, duration = _slot_offsets(rng, present, trailer_s, segs)
     # Rows: the chosen title's row for its own events, random rows for the others.
     rows = np.repeat(row_c[:, None], n_slots, axis=1)
     rows[:, :m_d] = (rng.random((n_c, m_d)) * max_row[:, None]).astype(np.int64)
+    start = _choice_starts(plan, duration)
 
-    # Choice starts: back to back inside a session; sessions of a user never overlap.
-    cum = np.cumsum(duration)
-    before = cum - duration
-    s_first = np.nonzero(plan.new_session)[0]
-    in_session = before - before[s_first][plan.session]
-    s_dur = np.add.reduceat(duration, s_first)
-    s_start = _non_overlapping(plan.s_user, plan.s_start, s_dur + _MIN_SESSION_GAP_S)
-    start = s_start[plan.session] + in_session
-
-    flat = present.ravel()
+    flat = present.ravel()                                            # (C · slots,)
     c_idx = np.repeat(np.arange(n_c), n_slots)[flat]
     events = {
-        "user": user[c_idx],
+        "user": plan.user[c_idx],
         "item": items2d.ravel()[flat],
         "timestamp": (start[:, None] + offset).ravel()[flat],
         "action": np.tile(action, n_c)[flat],
