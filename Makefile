@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test layers venv clean
 
 venv: $(STAMP)
 
@@ -22,5 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The import contract alone ([tool.importlinter] in pyproject.toml); `make test` runs it too
+# (tests/test_layers.py).
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache .import_linter_cache

@@ -42,7 +42,7 @@ TRAIN_MINUTES = 2.0
 def embed_run(work_dir: Path, threads: int) -> tuple[Path, Path]:
     """(run, prepared dataset): the shared base run if present, else a small one of our own."""
     from recfm.data import synthetic
-    from recfm.demo import DEMO_MODEL
+    from recfm.cli.demo import DEMO_MODEL
     from recfm.prepare import prepare
     from recfm.train.loop import TrainConfig, train
 

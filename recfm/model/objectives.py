@@ -101,8 +101,8 @@ class ObjectiveHeads(nn.Module):
         self.pool_gate = (nn.Parameter(torch.zeros(d)) if cfg.user_repr == "last_attention"
                           else None)
         """last_attention: per-dimension weight of the pooled history beside the last state,
-        zero at first (the model starts as ``last``; on the synthetic world an initial 0.3
-        or 1.0 cost 2.3% / 4.8% next-item NDCG@10, 0 cost 0.6%)."""
+        zero at first (the model starts as ``last``; a non-zero start cost next-item
+        NDCG@10 on the synthetic world, benchmarks/objectives.py)."""
         self.layer_logits = (nn.Parameter(torch.zeros(cfg.n_layers))
                              if cfg.user_repr == "layer_mix" else None)
 
@@ -292,11 +292,10 @@ def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
     ``batch``: right-padded (B, T) histories; ``exclude``: (B, n_items) bool, items that
     cannot come (the history); an item appended on a path is excluded on that path after it.
     Appended tokens copy the facets of the history's last token. Depth 1 is the next-item
-    distribution itself. On the habit worlds of ``benchmarks/objectives.py`` depth 2 ranked
-    the next 10 events better than depth 1 (next-item model, worlds 0 / 1 / 2: +3.3% / +2.6%
-    / +1.5% window NDCG@10; deeper beams lost it again, depth 3: +3.0% / - / -0.7%), where
-    franchises make one title follow another; on ml-latest-small and Beauty it ranked them
-    slightly worse (-0.6% / -1.1%): use it where such chains exist.
+    distribution itself. Where franchises make one title follow another (the habit worlds of
+    ``benchmarks/objectives.py``), depth 2 ranks the next events better than depth 1 and
+    deeper beams lose the gain; without such chains (ml-latest-small, Beauty) it ranks them
+    slightly worse: use it where such chains exist (figures in benchmarks/RESULTS.md).
     """
     if depth < 1 or beam < 1:
         raise ValueError(f"rollout needs depth >= 1 and beam >= 1; got {depth}, {beam}")

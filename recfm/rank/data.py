@@ -281,6 +281,153 @@ def user_vectors(fm, store: SequenceStore, rows: np.ndarray, positions: np.ndarr
     return out
 
 
+def _request_tokens(store: SequenceStore, cfg: RankDataConfig, n_items: int,
+                    counts: dict[str, int]) -> tuple[np.ndarray, ...]:
+    """The request tokens: each user's last ``holdout`` after ``min_history``, less the
+    re-watches (label already in the history; counted in ``counts``).
+
+    Returns (R,) user rows, positions, flat token indices and labels, and (n_items,)
+    popularity: token counts in the part of the data the foundation model trained on.
+    """
+    lengths = store.lengths
+    first = np.maximum(lengths - cfg.holdout, cfg.min_history)
+    n_req = np.maximum(lengths - first, 0)
+    rows = np.repeat(np.arange(len(lengths)), n_req)
+    pos = first[rows] + (np.arange(n_req.sum()) - np.repeat(np.cumsum(n_req) - n_req, n_req))
+    flat = store.offsets[rows] + pos
+    label = store.values["item"][flat]
+    train_len = np.maximum(lengths - cfg.holdout, 0)
+    in_train = np.arange(len(store.values["item"])) - np.repeat(store.offsets[:-1], lengths) \
+        < np.repeat(train_len, lengths)
+    popularity = np.bincount(store.values["item"][in_train], minlength=n_items).astype(np.float64)
+    repeat = np.zeros(len(rows), dtype=bool)
+    for i in range(len(rows)):
+        a = store.offsets[rows[i]]
+        repeat[i] = label[i] in store.values["item"][a:a + pos[i]]
+    counts["tokens_in_holdout"] = int(len(rows))
+    counts["repeats_dropped"] = int(repeat.sum())
+    return rows[~repeat], pos[~repeat], flat[~repeat], label[~repeat], popularity
+
+
+def _splits(rows: np.ndarray, pos: np.ndarray, n_users: int) -> np.ndarray:
+    """Each user's last request is ``test``, the one before ``valid``, the rest ``train``."""
+    last_pos = np.zeros(n_users, dtype=np.int64)
+    np.maximum.at(last_pos, rows, pos)
+    second = np.full(n_users, -1, dtype=np.int64)
+    for r, p in zip(rows.tolist(), pos.tolist()):
+        if p != last_pos[r] and p > second[r]:
+            second[r] = p
+    return np.where(pos == last_pos[rows], "test", np.where(pos == second[rows], "valid", "train"))
+
+
+def _request_context(ds: PreparedDataset, store: SequenceStore,
+                     flat: np.ndarray) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Surface, country, device (the label token's facets) and language (the country's) of
+    each request."""
+    def facet(name: str, default: str) -> list[str]:
+        return (_facet_strings(ds, name, store.values[name][flat]) if name in store.values
+                else [default] * len(flat))
+    surface, country = facet("surface", "home"), facet("country", "unknown")
+    device = facet("device", "unknown")
+    return surface, country, device, [COUNTRY_LANGUAGE.get(c, "unknown") for c in country]
+
+
+def _tasks(rng: np.random.Generator, cfg: RankDataConfig, surface: list[str]) -> np.ndarray:
+    """Task of each request: ``kids`` on the kids surface, ``search`` on the search surface
+    and for ``p_extra_search`` of the others, then ``more-like-this`` or ``home``."""
+    u_task = rng.random((len(surface), 2))
+    task = []
+    for i, s in enumerate(surface):
+        if s == "kids":
+            task.append("kids")
+        elif s == "search" or u_task[i, 0] < cfg.p_extra_search:
+            task.append("search")
+        elif u_task[i, 1] < cfg.p_more_like_this:
+            task.append("more-like-this")
+        else:
+            task.append("home")
+    return np.array(task)
+
+
+def _item_meta(items: pl.DataFrame, n_items: int) -> tuple[list, list, list, np.ndarray]:
+    """Per item index: title, genres, entity type and kids flag (empty for reserved ids)."""
+    kids_items = np.zeros(n_items, dtype=bool)
+    if "kids" in items.columns:
+        kids_items[items["idx"].to_numpy()] = items["kids"].cast(pl.Utf8).str.to_lowercase() \
+            .is_in(["true", "1", "yes"]).to_numpy()
+    titles = [""] * n_items
+    genres: list[list[str]] = [[] for _ in range(n_items)]
+    entity: list[str | None] = [None] * n_items
+    for row in items.iter_rows(named=True):
+        titles[row["idx"]] = row.get("title") or ""
+        genres[row["idx"]] = list(row.get("genres") or [])
+        entity[row["idx"]] = row.get("entity_type")
+    return titles, genres, entity, kids_items
+
+
+def _queries(rng: np.random.Generator, cfg: RankDataConfig, task: np.ndarray,
+             label: np.ndarray, titles: list[str], genres: list[list[str]],
+             entity: list[str | None]) -> tuple[list[str | None], list[str | None]]:
+    """Query and query kind (drawn from ``query_mix``) of each search request; None else."""
+    kinds = list(cfg.query_mix)
+    p_kind = np.array([cfg.query_mix[k] for k in kinds], dtype=np.float64)
+    p_kind = p_kind / p_kind.sum()
+    query: list[str | None] = [None] * len(task)
+    query_kind: list[str | None] = [None] * len(task)
+    for i in np.nonzero(task == "search")[0]:
+        k = kinds[int(rng.choice(len(kinds), p=p_kind))]
+        query_kind[i] = k
+        query[i] = make_query(titles[label[i]], genres[label[i]], entity[label[i]], k, rng)
+    return query, query_kind
+
+
+def _more_like_this(cfg: RankDataConfig, unit: torch.Tensor, anc: int, seen: np.ndarray,
+                    scores: torch.Tensor) -> list[int]:
+    """More-like-this candidates: the unseen items nearest to the anchor ``anc`` by the
+    model's (normalised: ``unit``) item vectors, then the user's top items by ``scores``."""
+    N = cfg.n_candidates
+    near = unit @ unit[anc]
+    near[:N_RESERVED_ITEMS] = float("-inf")
+    near[seen] = float("-inf")
+    first_part = torch.topk(near, min(cfg.anchor_candidates, N)).indices.tolist()
+    rest = [c for c in torch.topk(scores, N).indices.tolist() if c not in set(first_part)]
+    return (first_part + rest)[:N]
+
+
+def _recommend_candidates(cfg: RankDataConfig, store: SequenceStore, rows: np.ndarray,
+                          pos: np.ndarray, task: np.ndarray, user_vec: np.ndarray,
+                          item_vec: np.ndarray, kids_items: np.ndarray
+                          ) -> tuple[list[list[int]], np.ndarray]:
+    """Candidates of the home, kids and more-like-this requests: the foundation model's top
+    unseen items (kids titles only for kids; nearest to the anchor first for
+    more-like-this). Returns them (empty for search) and (R,) anchors (-1: none)."""
+    N = cfg.n_candidates
+    item_t = torch.from_numpy(item_vec)
+    unit = torch.nn.functional.normalize(item_t, dim=1)
+    anchor = np.full(len(rows), -1, dtype=np.int64)
+    cands: list[list[int]] = [[] for _ in range(len(rows))]
+    rec = np.nonzero(task != "search")[0]
+    for s in range(0, len(rec), 512):
+        idx = rec[s:s + 512]
+        scores = torch.from_numpy(user_vec[idx]) @ item_t.T  # (b, n_items)
+        scores[:, :N_RESERVED_ITEMS] = float("-inf")
+        for j, i in enumerate(idx.tolist()):
+            a = store.offsets[rows[i]]
+            seen = store.values["item"][a:a + pos[i]]
+            sc = scores[j]
+            sc[seen] = float("-inf")
+            if task[i] == "kids":
+                sc[~torch.from_numpy(kids_items)] = float("-inf")
+            if task[i] == "more-like-this":
+                anc = int(store.values["item"][a + pos[i] - 1])
+                anchor[i] = anc
+                cands[i] = _more_like_this(cfg, unit, anc, seen, sc)
+            else:
+                k = min(N, int(torch.isfinite(sc).sum()))
+                cands[i] = torch.topk(sc, k).indices.tolist()
+    return cands, anchor
+
+
 def build_requests(prepared: str | Path, fm, cfg: RankDataConfig | None = None,
                    progress=None) -> RankData:
     """Requests of every user of ``prepared`` (see the module docstring) with ``fm``'s vectors.
@@ -300,138 +447,38 @@ def build_requests(prepared: str | Path, fm, cfg: RankDataConfig | None = None,
     n_items = ds.tokenizer.n_items
     items = ds.items.sort("idx")
     counts: dict[str, int] = {}
-
-    # Which tokens are requests.
-    lengths = store.lengths
-    first = np.maximum(lengths - cfg.holdout, cfg.min_history)
-    n_req = np.maximum(lengths - first, 0)
-    rows = np.repeat(np.arange(len(lengths)), n_req)
-    pos = first[rows] + (np.arange(n_req.sum()) - np.repeat(np.cumsum(n_req) - n_req, n_req))
-    flat = store.offsets[rows] + pos
-    label = store.values["item"][flat]
-    # Popularity: tokens the foundation model trained on (before each user's holdout).
-    train_len = np.maximum(lengths - cfg.holdout, 0)
-    in_train = np.arange(len(store.values["item"])) - np.repeat(store.offsets[:-1], lengths) \
-        < np.repeat(train_len, lengths)
-    popularity = np.bincount(store.values["item"][in_train], minlength=n_items).astype(np.float64)
-    # Drop re-watches (label already in the history).
-    repeat = np.zeros(len(rows), dtype=bool)
-    for i in range(len(rows)):
-        a = store.offsets[rows[i]]
-        repeat[i] = label[i] in store.values["item"][a:a + pos[i]]
-    counts["tokens_in_holdout"] = int(len(rows))
-    counts["repeats_dropped"] = int(repeat.sum())
-    rows, pos, flat, label = rows[~repeat], pos[~repeat], flat[~repeat], label[~repeat]
+    rows, pos, flat, label, popularity = _request_tokens(store, cfg, n_items, counts)
     R = len(rows)
     if R == 0:
         raise RecfmError(f"{prepared}: no ranking requests (users need more than "
                          f"{cfg.min_history} tokens)")
-    last_pos = np.zeros(len(lengths), dtype=np.int64)
-    np.maximum.at(last_pos, rows, pos)
-    # valid: each user's second-last request position
-    second = np.full(len(lengths), -1, dtype=np.int64)
-    for r, p in zip(rows.tolist(), pos.tolist()):
-        if p != last_pos[r] and p > second[r]:
-            second[r] = p
-    split = np.where(pos == last_pos[rows], "test", np.where(pos == second[rows], "valid", "train"))
+    split = _splits(rows, pos, len(store.lengths))
+    surface, country, device, language = _request_context(ds, store, flat)
+    task_arr = _tasks(rng, cfg, surface)
 
-    surface = _facet_strings(ds, "surface", store.values["surface"][flat]) \
-        if "surface" in store.values else ["home"] * R
-    country = _facet_strings(ds, "country", store.values["country"][flat]) \
-        if "country" in store.values else ["unknown"] * R
-    device = _facet_strings(ds, "device", store.values["device"][flat]) \
-        if "device" in store.values else ["unknown"] * R
-    language = [COUNTRY_LANGUAGE.get(c, "unknown") for c in country]
-
-    # Tasks.
-    u_task = rng.random((R, 2))
-    task = []
-    for i in range(R):
-        s = surface[i]
-        if s == "kids":
-            task.append("kids")
-        elif s == "search" or u_task[i, 0] < cfg.p_extra_search:
-            task.append("search")
-        elif u_task[i, 1] < cfg.p_more_like_this:
-            task.append("more-like-this")
-        else:
-            task.append("home")
-    task_arr = np.array(task)
-
-    # The foundation model's vectors.
     if progress:
         progress("encoding histories")
     user_vec = user_vectors(fm, store, rows, pos)  # (R, d)
     with torch.no_grad():
-        table = fm.item_table().detach().float()
-    item_vec = table.numpy()  # (n_items, d)
-    kids_items = np.zeros(n_items, dtype=bool)
-    if "kids" in items.columns:
-        kids_items[items["idx"].to_numpy()] = items["kids"].cast(pl.Utf8).str.to_lowercase() \
-            .is_in(["true", "1", "yes"]).to_numpy()
+        item_vec = fm.item_table().detach().float().numpy()  # (n_items, d)
+    titles, genres, entity, kids_items = _item_meta(items, n_items)
+    query, query_kind = _queries(rng, cfg, task_arr, label, titles, genres, entity)
 
-    # Queries.
-    titles = [""] * n_items
-    genres: list[list[str]] = [[] for _ in range(n_items)]
-    entity: list[str | None] = [None] * n_items
-    for row in items.iter_rows(named=True):
-        titles[row["idx"]] = row.get("title") or ""
-        genres[row["idx"]] = list(row.get("genres") or [])
-        entity[row["idx"]] = row.get("entity_type")
-    kinds = list(cfg.query_mix)
-    p_kind = np.array([cfg.query_mix[k] for k in kinds], dtype=np.float64)
-    p_kind = p_kind / p_kind.sum()
-    query: list[str | None] = [None] * R
-    query_kind: list[str | None] = [None] * R
-    for i in np.nonzero(task_arr == "search")[0]:
-        k = kinds[int(rng.choice(len(kinds), p=p_kind))]
-        query_kind[i] = k
-        query[i] = make_query(titles[label[i]], genres[label[i]], entity[label[i]], k, rng)
-
-    # Candidates.
     if progress:
         progress("retrieving candidates")
-    N = cfg.n_candidates
     bm25 = BM25Index(titles, genres, entity)
+    cands, anchor = _recommend_candidates(cfg, store, rows, pos, task_arr, user_vec, item_vec,
+                                          kids_items)
     log_pop = np.log1p(popularity)
-    item_t = torch.from_numpy(item_vec)
-    unit = torch.nn.functional.normalize(item_t, dim=1)
-    anchor = np.full(R, -1, dtype=np.int64)
-    cands: list[list[int]] = [[] for _ in range(R)]
-    rec = np.nonzero(task_arr != "search")[0]
-    for s in range(0, len(rec), 512):
-        idx = rec[s:s + 512]
-        scores = torch.from_numpy(user_vec[idx]) @ item_t.T  # (b, n_items)
-        scores[:, :N_RESERVED_ITEMS] = float("-inf")
-        for j, i in enumerate(idx.tolist()):
-            a = store.offsets[rows[i]]
-            seen = store.values["item"][a:a + pos[i]]
-            sc = scores[j]
-            sc[seen] = float("-inf")
-            if task_arr[i] == "kids":
-                sc[~torch.from_numpy(kids_items)] = float("-inf")
-            if task_arr[i] == "more-like-this":
-                anc = int(store.values["item"][a + pos[i] - 1])
-                anchor[i] = anc
-                near = unit @ unit[anc]
-                near[:N_RESERVED_ITEMS] = float("-inf")
-                near[seen] = float("-inf")
-                first_part = torch.topk(near, min(cfg.anchor_candidates, N)).indices.tolist()
-                rest = [c for c in torch.topk(sc, N).indices.tolist() if c not in set(first_part)]
-                cands[i] = (first_part + rest)[:N]
-            else:
-                k = min(N, int(torch.isfinite(sc).sum()))
-                cands[i] = torch.topk(sc, k).indices.tolist()
     for i in np.nonzero(task_arr == "search")[0]:
-        top, _ = bm25.top(query[i], N, tie_break=log_pop)
+        top, _ = bm25.top(query[i], cfg.n_candidates, tie_break=log_pop)
         cands[i] = top.tolist()
     label_pos = np.array([c.index(int(label[i])) if int(label[i]) in c else -1
                           for i, c in enumerate(cands)], dtype=np.int64)
 
-    user_ids = seqs["user_id"].cast(pl.Utf8).to_numpy()[rows]
     requests = pl.DataFrame({
         "request": np.arange(R, dtype=np.int64),
-        "user_id": user_ids,
+        "user_id": seqs["user_id"].cast(pl.Utf8).to_numpy()[rows],
         "position": pos.astype(np.int64),
         "split": split,
         "task": task_arr,

@@ -41,6 +41,7 @@ CROSS_FEATURES = ("bm25", "bm25_share", "bm25_rank", "exact_title", "title_prefi
                   "language_match", "has_query")
 FM_FEATURES = ("fm_score", "fm_score_z", "fm_rank", "fm_anchor_cos")
 CONTEXT_COLUMNS = ("task", "country", "language", "device")
+_CROSS = {name: j for j, name in enumerate(CROSS_FEATURES)}  # feature → column
 
 
 @dataclass
@@ -163,35 +164,63 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("re,rne->rn", a, b) / np.maximum(na * nb, 1e-9)
 
 
-def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
-              bm25: BM25Index | None = None) -> Batchable:
-    """Every feature of every request of ``data`` (see the module docstring)."""
-    req = data.requests
-    R = req.height
-    cand_lists = req["candidates"].to_list()
+def _candidate_slots(cand_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(R, N) candidate item indices padded with 0 to the longest list, and the mask of
+    real slots."""
+    R = len(cand_lists)
     N = max((len(c) for c in cand_lists), default=1) or 1
     cand = np.zeros((R, N), dtype=np.int64)
     mask = np.zeros((R, N), dtype=bool)
     for i, c in enumerate(cand_lists):
         cand[i, :len(c)] = c
         mask[i, :len(c)] = True
-    tasks = req["task"].to_list()
-    ctx = np.zeros((R, 4), dtype=np.int64)
-    ctx[:, 0] = [check_task(t, "requests") for t in tasks]
+    return cand, mask
+
+
+def _context_ids(req: pl.DataFrame, vocab: Vocab) -> np.ndarray:
+    """(R, 4) ids of the request's task, country, language and device."""
+    ctx = np.zeros((req.height, 4), dtype=np.int64)
+    ctx[:, 0] = [check_task(t, "requests") for t in req["task"].to_list()]
     ctx[:, 1] = vocab.code("country", req["country"].to_list())
     ctx[:, 2] = vocab.code("language", req["language"].to_list())
     ctx[:, 3] = vocab.code("device", req["device"].to_list())
-    queries = req["query"].to_list()
-    has_q = np.array([q is not None and q != "" for q in queries])
-    qvec = np.zeros((R, embedder.dim), dtype=np.float32)
-    if has_q.any():
-        qvec[has_q] = embedder.embed_texts([q for q in queries if q])
-    if bm25 is None:
-        bm25 = BM25Index(tables.titles, [sorted(g) for g in tables.genres])
+    return ctx
 
-    F = len(CROSS_FEATURES)
-    cross = np.zeros((R, N, F), dtype=np.float32)
-    f = {name: j for j, name in enumerate(CROSS_FEATURES)}
+
+def _query_features(x: np.ndarray, q: str, row: np.ndarray, bm25: BM25Index,
+                    tables: ItemTables) -> None:
+    """Lexical features of the query ``q`` against each candidate of ``row``, written into
+    ``x`` (n, len(CROSS_FEATURES)): BM25 (raw, share of the best, rank) and title/genre
+    word matches."""
+    f = _CROSS
+    n = len(row)
+    qn = normalize(q)
+    qw = set(words(q))
+    s = bm25.scores(q)[row]
+    x[:, f["bm25"]] = s
+    x[:, f["bm25_share"]] = s / max(float(s.max()), 1e-9)
+    order = np.argsort(-s, kind="stable")
+    rank = np.empty(n)
+    rank[order] = np.arange(n)
+    x[:, f["bm25_rank"]] = rank / n  # by the request's own count, not the padding
+    for j, c in enumerate(row.tolist()):
+        t = tables.titles[c]
+        tw = tables.title_words[c]
+        x[j, f["exact_title"]] = float(qn == t)
+        x[j, f["title_prefix"]] = float(bool(qn) and t.startswith(qn))
+        x[j, f["query_in_title"]] = len(qw & tw) / max(len(qw), 1)
+        x[j, f["title_in_query"]] = len(qw & tw) / max(len(tw), 1)
+        x[j, f["genre_in_query"]] = float(bool(qw & tables.genres[c]))
+
+
+def _cross_features(req: pl.DataFrame, tables: ItemTables, cand: np.ndarray, mask: np.ndarray,
+                    qvec: np.ndarray, has_q: np.ndarray, bm25: BM25Index) -> np.ndarray:
+    """(R, N, len(CROSS_FEATURES)) the lexical and content features of every slot: text
+    cosines in one pass, then per request the language match, the anchor's genre overlap
+    and (for a query) :func:`_query_features`."""
+    R, N = cand.shape
+    cross = np.zeros((R, N, len(CROSS_FEATURES)), dtype=np.float32)
+    f = _CROSS
     cross[:, :, f["query_title_cos"]] = _cos(qvec, tables.title[cand]) * has_q[:, None]
     cross[:, :, f["query_content_cos"]] = _cos(qvec, tables.content[cand]) * has_q[:, None]
     cross[:, :, f["has_query"]] = has_q[:, None]
@@ -201,6 +230,7 @@ def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
     cross[:, :, f["anchor_content_cos"]] = (_cos(tables.content[a_safe], tables.content[cand])
                                             * has_a[:, None])
     langs = req["language"].to_list()
+    queries = req["query"].to_list()
     for i in range(R):
         row = cand[i, mask[i]]
         n = len(row)
@@ -210,29 +240,19 @@ def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
             ga = tables.genres[anchors[i]]
             cross[i, :n, f["anchor_genre_overlap"]] = [
                 len(ga & tables.genres[c]) / max(len(ga | tables.genres[c]), 1) for c in row]
-        if not has_q[i]:
-            continue
-        q = queries[i]
-        qn = normalize(q)
-        qw = set(words(q))
-        s = bm25.scores(q)[row]
-        cross[i, :n, f["bm25"]] = s
-        cross[i, :n, f["bm25_share"]] = s / max(float(s.max()), 1e-9)
-        order = np.argsort(-s, kind="stable")
-        rank = np.empty(n)
-        rank[order] = np.arange(n)
-        cross[i, :n, f["bm25_rank"]] = rank / n  # by the request's own count, not the padding
-        for j, c in enumerate(row.tolist()):
-            t = tables.titles[c]
-            tw = tables.title_words[c]
-            cross[i, j, f["exact_title"]] = float(qn == t)
-            cross[i, j, f["title_prefix"]] = float(bool(qn) and t.startswith(qn))
-            cross[i, j, f["query_in_title"]] = len(qw & tw) / max(len(qw), 1)
-            cross[i, j, f["title_in_query"]] = len(qw & tw) / max(len(tw), 1)
-            cross[i, j, f["genre_in_query"]] = float(bool(qw & tables.genres[c]))
+        if has_q[i]:
+            _query_features(cross[i, :n], queries[i], row, bm25, tables)
+    return cross
 
+
+def _fm_features(user: np.ndarray, tables: ItemTables, cand: np.ndarray, mask: np.ndarray,
+                 anchors: np.ndarray) -> np.ndarray:
+    """(R, N, len(FM_FEATURES)) the foundation model's features: the user–item score (raw,
+    z-scored and ranked among the request's candidates) and the anchor–candidate cosine."""
+    R, N = cand.shape
+    has_a = anchors >= 0
+    a_safe = np.where(has_a, anchors, 0)
     fm_cross = np.zeros((R, N, len(FM_FEATURES)), dtype=np.float32)
-    user = np.asarray(data.user_vec, dtype=np.float32)  # (R, d)
     score = np.einsum("rd,rnd->rn", user, tables.fm[cand])  # (R, N)
     big = np.where(mask, score, np.nan)
     mu = np.nanmean(big, axis=1, keepdims=True)
@@ -244,6 +264,25 @@ def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
     np.put_along_axis(rank, order, np.arange(N)[None, :].repeat(R, 0), axis=1)
     fm_cross[:, :, 2] = rank / np.maximum(mask.sum(1, keepdims=True), 1)
     fm_cross[:, :, 3] = _cos(tables.fm[a_safe], tables.fm[cand]) * has_a[:, None]
+    return fm_cross
+
+
+def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
+              bm25: BM25Index | None = None) -> Batchable:
+    """Every feature of every request of ``data`` (see the module docstring)."""
+    req = data.requests
+    cand, mask = _candidate_slots(req["candidates"].to_list())
+    ctx = _context_ids(req, vocab)
+    queries = req["query"].to_list()
+    has_q = np.array([q is not None and q != "" for q in queries])
+    qvec = np.zeros((req.height, embedder.dim), dtype=np.float32)  # (R, E)
+    if has_q.any():
+        qvec[has_q] = embedder.embed_texts([q for q in queries if q])
+    if bm25 is None:
+        bm25 = BM25Index(tables.titles, [sorted(g) for g in tables.genres])
+    cross = _cross_features(req, tables, cand, mask, qvec, has_q, bm25)
+    user = np.asarray(data.user_vec, dtype=np.float32)  # (R, d)
+    fm_cross = _fm_features(user, tables, cand, mask, req["anchor"].to_numpy())
     cross[~mask] = 0.0
     fm_cross[~mask] = 0.0
     label = req["label_pos"].to_numpy().astype(np.int64)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recfm.content.embedders import make_embedder
 from recfm.rank.data import TASKS, RankData
 from recfm.rank.features import Batchable, ItemTables, Vocab, featurize, item_tables
 from recfm.rank.lexical import BM25Index
@@ -157,8 +158,6 @@ def prepare_features(data: RankData, embedder_spec: str, embedder=None,
                      splits: tuple[str, ...] = ("train", "valid", "test")
                      ) -> tuple[dict[str, Batchable], Vocab, ItemTables, object]:
     """Vocabularies (from training requests), item tables and features of each split."""
-    from recfm.content.embedders import make_embedder
-
     embedder = embedder or make_embedder(embedder_spec)
     req = data.requests
     vocab = Vocab.fit(req.filter(req["split"] == "train"), data.items)

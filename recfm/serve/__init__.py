@@ -9,7 +9,8 @@ from recfm.serve.engine import Engine, Query
 from recfm.serve.rules import Filters
 
 
-def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - FastAPI is imported only when serving
+def create_app(*args, **kwargs):  # noqa: ANN002, ANN003
+    # FastAPI is heavy: deliberately deferred, so that importing the engine does not load it
     from recfm.serve.app import create_app as _create_app
 
     return _create_app(*args, **kwargs)

@@ -27,8 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+import recfm.serve.schemas as S
 from recfm.errors import RecfmError
-from recfm.serve import schemas as S
 from recfm.serve.batcher import MicroBatcher
 from recfm.serve.collections import (generate_collection, genre_diversity, max_genre_count,
                                      plain_top_n)
@@ -38,6 +38,7 @@ from recfm.serve.errors import NotFound, ServeError, Unprocessable
 from recfm.serve.metrics import Metrics
 from recfm.serve.rules import Filters
 from recfm.serve.tokens import EventTokenizer
+from recfm.tokenizer import N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,8 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
     @app.get("/healthz", response_model=S.Health, tags=["operations"])
     async def healthz() -> dict:
         e = service.engine
-        return {"status": "ok", "model_version": e.version, "items": e.n_items - 3,
+        return {"status": "ok", "model_version": e.version,
+                "items": e.n_items - N_RESERVED_ITEMS,
                 "retrieval": e.index.kind,
                 "known_users": len(e.histories) if e.histories else 0,
                 "uptime_s": round(time.time() - service.started, 1)}
@@ -278,7 +280,8 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
         e = service.engine
         gauges = {"recfm_user_state_cache_entries": ("Cached user states.", len(e.cache)),
                   "recfm_user_state_cache_bytes": ("Bytes of cached user states.", e.cache.bytes),
-                  "recfm_catalog_items": ("Items in the served catalog.", e.n_items - 3)}
+                  "recfm_catalog_items": ("Items in the served catalog.",
+                                          e.n_items - N_RESERVED_ITEMS)}
         text = service.metrics.render(gauges, {"version": e.version, "retrieval": e.index.kind},
                                       dict(e.cache.stats))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

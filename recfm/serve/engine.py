@@ -12,7 +12,6 @@ methods (``from_pretrained``, ``item_table``, ``input_item_table``, ``encode_inc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -27,6 +26,8 @@ import torch
 from recfm.batching import SequenceStore
 from recfm.errors import InputError, RecfmError
 from recfm.model.foundation import FoundationModel
+from recfm.rank.serve import RankerHook
+from recfm.runinfo import model_version
 from recfm.serve.config import ServeConfig
 from recfm.serve.errors import NotFound, Unprocessable
 from recfm.serve.index import ExactIndex, build_index
@@ -39,15 +40,6 @@ from recfm.tokenizer import FACET_UNK, N_RESERVED_ITEMS, gap_bucket
 log = logging.getLogger(__name__)
 
 EVENT_FIELDS = ("item_id", "timestamp", "action", "value", "device", "country", "surface", "row")
-
-
-def model_version(run: Path) -> str:
-    """``<run name>@<sha256 of config.json and the weights, 12 hex>``."""
-    h = hashlib.sha256((run / "config.json").read_bytes())
-    with open(run / "model.safetensors", "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return f"{run.name}@{h.hexdigest()[:12]}"
 
 
 def window_start(length: int, max_len: int, hop: int) -> int:
@@ -183,7 +175,6 @@ class Engine:
         self.ranker = None
         """Second pass (``cfg.ranker``): a :class:`recfm.rank.serve.RankerHook`, or None."""
         if self.cfg.ranker:
-            from recfm.rank.serve import RankerHook
             self.ranker = RankerHook(self.cfg.ranker)
             if self.ranker.n_items != self.n_items:
                 raise RecfmError(f"ranker {self.cfg.ranker}: it scores {self.ranker.n_items} "

@@ -106,7 +106,7 @@ class HNSWIndex:
     def __init__(self, table: torch.Tensor, m: int = 32, ef_construction: int = 80,
                  ef_search: int = 256, cache_dir: Path | None = None,
                  build_threads: int | None = None) -> None:
-        import faiss
+        import faiss  # heavy: deliberately deferred until an HNSW index is built
 
         self.faiss = faiss
         self.table = table.detach().contiguous()  # (N, d) for exact fallbacks and scores

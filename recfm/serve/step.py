@@ -5,9 +5,8 @@ keys/values (:meth:`FoundationModel.encode_incremental`). At serving sizes (d = 
 blocks) that token costs almost no flops; what it costs is per-op overhead — module calls,
 the batch dict, masks, shape checks. :class:`OneTokenStep` does the same arithmetic with
 everything that does not depend on the token prepared once per model version, and the
-arithmetic in numpy, whose per-call overhead on a (C,) row is a few microseconds against
-torch's five to ten (d = 128, 2 blocks, one thread, weights in cache: 0.20 ms a token with
-torch ops, 0.15 ms in numpy; measured on 2026-12-07 on an AMD EPYC core):
+arithmetic in numpy, whose per-call overhead on a (C,) row is several times smaller than
+torch's (serving rows of benchmarks/RESULTS.md):
 
 * weights as contiguous (in, out) float32 matrices for a (C,) row, the attention scale
   1/√Dh folded into the query rows of the fused qkv projection;

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 from recfm import __version__
 from recfm.errors import RecfmError
 from recfm.io import atomic_write_json
+from recfm.store.stability import stability_report
 
 log = logging.getLogger(__name__)
 
@@ -448,8 +449,6 @@ class EmbeddingStore(ABC):
 
         See :func:`recfm.store.stability.stability_report`.
         """
-        from recfm.store.stability import stability_report
-
         versions = [v.version for v in self.versions()]
         b = b if b is not None else versions[-1]
         if a is None:

@@ -32,6 +32,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,13 @@ import torch
 
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_bytes
+from recfm.model.foundation import FoundationModel
+from recfm.runinfo import model_version, run_data_dir
+from recfm.store.backends import open_store
 from recfm.store.base import EmbeddingStore, VersionInfo, table_vectors
 from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.train.distributed import current
+from recfm.train.loop import data_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +76,6 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     The version's metadata records the run, model and tokenizer hashes, data fingerprint,
     pooling, counts and the encoding throughput (``extra.users_per_s``).
     """
-    from recfm.adapt.incremental import run_data_dir
-    from recfm.model.foundation import FoundationModel
-    from recfm.store import open_store
-    from recfm.train.distributed import current
-
     ctx = current()  # None: one process
     run = Path(run)
     if pooling is not None and pooling not in POOLINGS:
@@ -217,8 +218,6 @@ def _gather_shards(staging: Path, world: int, user_ids: list[str], dim: int) -> 
 def _share_outcome(ctx, info: VersionInfo | None = None, error: str | None = None
                    ) -> VersionInfo:
     """Rank 0 sends its outcome (the published version or its error); the others get it."""
-    from dataclasses import asdict
-
     box = [None if info is None else asdict(info), error]
     torch.distributed.broadcast_object_list(box, src=0)
     if ctx.is_main:
@@ -233,9 +232,6 @@ def _publish_users_items(fm, st: EmbeddingStore, run: Path, data_dir: Path,
                          pooling: str, encode_s: float, batch_size: int, world: int
                          ) -> VersionInfo:
     """Compute the item vectors and publish them with the users' as one version."""
-    from recfm.serve.engine import model_version
-    from recfm.train.loop import data_fingerprint
-
     n = len(user_ids)
     with torch.no_grad():
         items = fm.item_table()[N_RESERVED_ITEMS:].detach().float().numpy()  # (n_items, d)

@@ -46,14 +46,14 @@ class LanceStore(EmbeddingStore):
     def db(self) -> Any:
         if self._db is None:
             os.environ.setdefault("LANCE_LOG", "error")
-            import lancedb
+            import lancedb  # heavy: deliberately deferred to the first use of a LanceDB store
 
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = lancedb.connect(str(self.root))
         return self._db
 
     def _write_table(self, name: str, table: pa.Table) -> None:
-        from lancedb.index import BTree
+        from lancedb.index import BTree  # deferred with lancedb (see db)
 
         tbl = self.db.create_table(name, table, mode="create")
         if table.num_rows:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from recfm.errors import RecfmError
 from recfm.model.foundation import FoundationModel
 from recfm.store import embed, open_store
-from recfm.store.cli import register
+from recfm.cli.store import register
 
 
 def test_two_embeds_publish_two_versions_of_the_models_vectors(runs, tmp_path):

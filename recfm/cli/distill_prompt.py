@@ -1,4 +1,4 @@
-"""`recfm distill` and `recfm prompt-tune` / `recfm prompts` (hooked into recfm.cli)."""
+"""`recfm distill`, `recfm prompt-tune` and `recfm prompts`: a student model, soft prompts."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from recfm.cli.output import console, print_train_result
+from recfm.config import read_toml
+from recfm.consume.distill import distill, load_student_config
+from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
 from recfm.errors import RecfmError
-
-console = Console()
+from recfm.pipeline.prompts import prompt_metadata, prompt_names
 
 
 def distill_cmd(
@@ -25,8 +27,6 @@ def distill_cmd(
     resume: bool = typer.Option(False, help="Continue from the student's last checkpoint."),
 ) -> None:
     """Train a small student on a teacher's item scores (KL) plus the next item (CE)."""
-    from recfm.consume.distill import distill, load_student_config
-
     mcfg, tcfg, dcfg = load_student_config(student_config)
     if epochs is not None:
         tcfg.epochs = epochs
@@ -45,8 +45,6 @@ def distill_cmd(
 
         result = distill(teacher, out, mcfg, tcfg, dcfg, data, resume=resume,
                          on_progress=on_progress, command=command)
-    from recfm.cli import print_train_result
-
     print_train_result(result, f"student {out} (teacher {teacher})")
     console.print(f"{result.n_params:,} parameters, best epoch {result.best_epoch}, "
                   f"{result.wall_s:.0f} s")
@@ -68,9 +66,6 @@ def prompt_tune_cmd(
         "best off-surface items of every history below the k-th best on-surface one."),
 ) -> None:
     """Train soft prompt tokens for one surface with every foundation weight frozen."""
-    from recfm.config import read_toml
-    from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
-
     values = dict(read_toml(config)) if config else {}
     if name is not None:
         values["name"] = name
@@ -99,8 +94,6 @@ def prompt_tune_cmd(
 
 def prompts_cmd(run: Path = typer.Argument(..., help="A run directory.")) -> None:
     """List the soft prompts stored in a run."""
-    from recfm.consume.prompt import prompt_metadata, prompt_names
-
     names = prompt_names(run)
     if not names:
         console.print(f"{run}: no prompts (train one with recfm prompt-tune)")
@@ -118,6 +111,7 @@ def prompts_cmd(run: Path = typer.Argument(..., help="A run directory.")) -> Non
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``distill``, ``prompt-tune`` and ``prompts`` to the recfm command line."""
     app.command("distill")(distill_cmd)
     app.command("prompt-tune")(prompt_tune_cmd)
     app.command("prompts")(prompts_cmd)

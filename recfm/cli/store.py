@@ -1,16 +1,22 @@
-"""`recfm embed` and `recfm store versions|diff` (hooked into recfm.cli by :func:`register`)."""
+"""`recfm embed` and `recfm store versions|diff`: the embedding store (:mod:`recfm.store`)."""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
-from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+from recfm.cli.output import console
+from recfm.store import embed, open_store
+from recfm.train.distributed import current, launch, strip_nproc
+
 store_app = typer.Typer(no_args_is_help=True,
                         help="Embedding stores: list versions, compare two versions.")
 
@@ -37,17 +43,8 @@ def embed_cmd(
     Several processes: recfm embed RUN --store S --nproc 2  (= torchrun … -m recfm.store)
     """
     if nproc > 1:
-        import sys
-
-        from recfm.train.distributed import launch, strip_nproc
         args = sys.argv[sys.argv.index("embed") + 1:] if "embed" in sys.argv else sys.argv[2:]
         raise typer.Exit(launch(nproc, strip_nproc(args), module="recfm.store"))
-    import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from recfm.store import embed, open_store
-    from recfm.train.distributed import current
-
     if threads:
         torch.set_num_threads(threads)
     st = open_store(store, keep=keep, backend=backend)
@@ -79,10 +76,6 @@ def versions_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the retained versions with their metadata."""
-    from dataclasses import asdict
-
-    from recfm.store import open_store
-
     st = open_store(path)
     versions = st.versions()
     current = st.current_version
@@ -116,8 +109,6 @@ def diff_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stability report between two versions: per-user cosine, top-k overlap, churn."""
-    from recfm.store import open_store
-
     rep = open_store(path).diff(a, b, k=k, sample_users=sample_users)
     if as_json:
         console.print_json(json.dumps(rep))

@@ -1,4 +1,4 @@
-"""`recfm rank holdout|train|evaluate|serve-hook` (hooked into recfm.cli by :func:`register`).
+"""`recfm rank holdout|train|evaluate|serve-hook`: the unified ranker (:mod:`recfm.rank`).
 
     recfm rank holdout prepared --out prepared-fm          # the FM trains on this copy
     recfm train prepared-fm --out fm-run
@@ -15,21 +15,29 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from recfm.errors import RecfmError
+from recfm.cli.output import console
+from recfm.config import read_toml
+from recfm.errors import InputError, RecfmError
+from recfm.io import atomic_write_json
+from recfm.model.foundation import FoundationModel
+from recfm.rank.data import (TASKS, RankData, RankDataConfig, build_requests, check_task,
+                              holdout_dataset)
+from recfm.rank.model import RankerConfig, UnifiedRanker
+from recfm.rank.serve import RankerHook
+from recfm.rank.train import evaluate, fit, prepare_features, tune_knobs
+from recfm.serve.engine import Engine
 
-console = Console()
 rank_app = typer.Typer(no_args_is_help=True,
                        help="Unified contextual ranker: search and recommendation, one model.")
 log = logging.getLogger(__name__)
 
 
 def _knobs(values: list[str] | None) -> dict[str, float]:
-    from recfm.rank.data import check_task
-
     out = {}
     for v in values or []:
         task, sep, num = v.partition("=")
@@ -50,8 +58,6 @@ def holdout_cmd(
     holdout: int = typer.Option(6, help="Tokens per user held out for ranking requests."),
 ) -> None:
     """Copy a prepared dataset without each user's last tokens (the ranking requests)."""
-    from recfm.rank.data import holdout_dataset
-
     counts = holdout_dataset(prepared, out, holdout)
     console.print(f"{out}: {counts['users']} users, {counts['tokens']} tokens "
                   f"({counts['tokens_held_out']} held out for ranking)")
@@ -71,16 +77,6 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch threads."),
 ) -> None:
     """Build ranking requests with the foundation model, then train the unified ranker."""
-    import torch
-
-    from recfm.config import read_toml
-    from recfm.errors import InputError
-    from recfm.io import atomic_write_json
-    from recfm.model.foundation import FoundationModel
-    from recfm.rank.data import RankDataConfig, build_requests
-    from recfm.rank.model import RankerConfig
-    from recfm.rank.train import evaluate, fit, prepare_features, tune_knobs
-
     if threads:
         torch.set_num_threads(threads)
     data_cfg, rank_cfg = RankDataConfig(), RankerConfig()
@@ -139,12 +135,6 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """NDCG@10 and MRR per task over the candidate sets of the ranker's own requests."""
-    import torch
-
-    from recfm.rank.data import TASKS, RankData
-    from recfm.rank.model import UnifiedRanker
-    from recfm.rank.train import evaluate, prepare_features
-
     if split not in ("test", "valid"):
         raise RecfmError(f"--split: expected test or valid, found {split!r}")
     model = UnifiedRanker.load(run)
@@ -174,13 +164,6 @@ def serve_hook_cmd(
     knob: Optional[float] = typer.Option(None, help="Personalization (default: the ranker's)."),
 ) -> None:
     """Rank one request as the serving engine's second pass would, and print it as JSON."""
-    import numpy as np
-    import torch
-
-    from recfm.rank.data import check_task
-    from recfm.rank.serve import RankerHook
-    from recfm.serve.engine import Engine
-
     check_task(task, "--task")
     engine = Engine(fm)
     hook = RankerHook(run)

@@ -1,7 +1,8 @@
-"""The whole path offline on the synthetic world: synth → prepare → train → evaluate → recommend.
+"""`recfm demo`: the whole path offline on the synthetic world: synth → prepare → train →
+evaluate → recommend.
 
-Used by ``recfm demo`` (``make demo``). Everything lands in one folder; ``report.json``
-holds ``{"model": {...}, "popularity": {...}, "recent": {...}}`` test metrics.
+Used by ``make demo``. Everything lands in one folder; ``report.json`` holds
+``{"model": {...}, "popularity": {...}, "recent": {...}}`` test metrics.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import typer
+from rich.table import Table
 
+from recfm.cli.data import data_describe
+from recfm.cli.output import console, print_metrics_table, steps
+from recfm.data import synthetic
+from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig
+from recfm.model.foundation import FoundationModel
+from recfm.prepare import prepare
+from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.train.loop import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +38,7 @@ DEMO_TRAIN = TrainConfig(epochs=30, batch_size=128, lr=2e-3, warmup_steps=50, pa
 
 def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | None = None,
              on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    from recfm.data import synthetic
-    from recfm.evaluate.evaluator import evaluate_run
-    from recfm.model.foundation import FoundationModel
-    from recfm.prepare import prepare
-    from recfm.train.loop import train
-
+    """Run the whole path into ``out`` and return the report also written to ``report.json``."""
     step = on_step or (lambda s: log.info(s))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +66,7 @@ def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | No
     seqs = pl.read_parquet(out / "prepared" / "tokens.parquet").head(3)
     examples = []
     for row in seqs.iter_rows(named=True):
-        hist = [fm.tokenizer.item_ids[i - 3] for i in row["item"]]
+        hist = [fm.tokenizer.item_ids[i - N_RESERVED_ITEMS] for i in row["item"]]
         recs = fm.recommend(hist, k=5)
         titles = dict(zip(fm.items["item_id"], fm.items["title"]))
         examples.append({"user_id": row["user_id"],
@@ -80,3 +85,33 @@ def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | No
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the recfm command line."""
+    app.command("demo")(demo_cmd)
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
+    seed: int = typer.Option(0, help="Seed of the world and of training."),
+) -> None:
+    """The whole path offline on the synthetic world: synth → prepare → train → evaluate."""
+    with steps("demo") as on_step:
+        def on_progress(p: dict) -> None:
+            if p.get("epoch_end"):
+                on_step(f"training: epoch {p['epoch']} valid ndcg@10 {p['valid_ndcg@10']:.4f}")
+
+        report = run_demo(out, seed, on_step=on_step, on_progress=on_progress)
+    data_describe(out / "prepared", top=5, as_json=False)
+    print_metrics_table({k: report[k] for k in ("model", "popularity", "recent")},
+                        "synthetic world, test (leave-one-out, full ranking)")
+    console.print(f"model / popularity NDCG@10: ×{report['ratio_ndcg@10_vs_popularity']:.2f}")
+    for ex in report["examples"]:
+        t = Table(title=f"user {ex['user_id']} — last watched: {'; '.join(ex['last_watched'])}")
+        t.add_column("recommended")
+        t.add_column("score", justify="right")
+        for r in ex["recommended"]:
+            t.add_row(str(r["title"]), f"{r['score']:.3f}")
+        console.print(t)
+    console.print(f"report: {out / 'report.json'}  ({report['wall_s']:.0f} s in all)")

@@ -1,0 +1,44 @@
+"""`recfm …` — the command line, the top layer: commands only (parse, call the library, print).
+
+The library logs; only this package prints. One module per group of commands, each with a
+``register(app)`` called below; what several commands print with lives in
+:mod:`recfm.cli.output`. :func:`main` (the ``recfm`` console script) turns each
+:class:`~recfm.errors.RecfmError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from recfm.cli import content, data, demo, distill_prompt, finetune, model, rank, serve, store
+from recfm.cli.output import err_console
+from recfm.errors import RecfmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="recfm: a foundation model for personalized recommendation.")
+
+# The order of registration is the order of `recfm --help`.
+data.register(app)  # data synth|describe|download, prepare
+model.register(app)  # train, evaluate, recommend
+content.register(app)  # content embed, add-items
+serve.register(app)
+demo.register(app)
+distill_prompt.register(app)  # distill, prompt-tune, prompts
+store.register(app)  # embed, store versions|diff
+finetune.register(app)
+rank.register(app)  # rank holdout|train|evaluate|serve-hook
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except RecfmError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]

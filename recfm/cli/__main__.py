@@ -1,0 +1,5 @@
+"""``python -m recfm.cli …`` = ``recfm …``."""
+
+from recfm.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""`recfm data synth|describe|download` and `recfm prepare`: datasets in, tokens out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from recfm.cli.output import console, print_json, steps
+from recfm.config import load_toml
+from recfm.data import synthetic
+from recfm.data.download import download_movielens
+from recfm.data.schema import parse_mapping
+from recfm.errors import RecfmError
+from recfm.prepare import describe, load_raw, prepare
+from recfm.tokenizer import TokenizerConfig
+
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, describe, download.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` group and ``prepare`` to the recfm command line."""
+    app.add_typer(data_app, name="data")
+    app.command("prepare")(prepare_cmd)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the world into."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same files."),
+    users: int = typer.Option(5000, help="Number of users."),
+    items: int = typer.Option(2000, help="Number of titles."),
+    events_per_user: float = typer.Option(100.0, help="Mean events per user."),
+    habit_fraction: float = typer.Option(0.0, help="Share of users whose sessions come on a "
+                                         "fixed cadence (0: uniform random days)."),
+    completion_sigma: float = typer.Option(0.0, help="Spread of users' tendency to finish "
+                                           "what they start (0: every user alike)."),
+) -> None:
+    """Generate the synthetic streaming world (events, items, ground truth)."""
+    cfg = synthetic.SynthConfig(seed=seed, n_users=users, n_items=items,
+                                events_per_user=events_per_user, habit_fraction=habit_fraction,
+                                completion_sigma=completion_sigma)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise RecfmError(f"data synth: {e}") from None
+    with steps("synthesizing"):
+        world = synthetic.generate(cfg)
+        synthetic.write_world(world, out, cfg)
+    console.print(f"wrote {out}: {world.events.height:,} events, "
+                  f"{world.events['user_id'].n_unique():,} users, {world.items.height:,} items")
+
+
+@data_app.command("describe")
+def data_describe(
+    path: Path = typer.Argument(..., help="A prepared dataset directory."),
+    top: int = typer.Option(10, help="How many of the most frequent items to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Counts, sequence-length percentiles, top items and time range."""
+    d = describe(path, top=top)
+    if as_json:
+        print_json(d)
+        return
+    t = Table(title=f"{path}", show_header=False)
+    for key in ("users", "tokens", "items_in_vocabulary", "items_with_tokens"):
+        t.add_row(key, f"{d[key]:,}")
+    t.add_row("sequence length", ", ".join(f"{k} {v:g}" for k, v in d["sequence_length"].items()))
+    if d["time_range"]:
+        t.add_row("time range", f"{d['time_range'][0]} … {d['time_range'][1]}")
+    t.add_row("facets", ", ".join(f"{k} ({n})" for k, n in d["facets"].items()) or "none")
+    rep = d["report"]
+    if rep.get("events_in") is not None:
+        t.add_row("events in → tokens", f"{rep['events_in']:,} → {rep['tokens_out']:,} "
+                  f"(×{rep['compression']})")
+        t.add_row("dropped", ", ".join(f"{k} {v:,}" for k, v in rep["dropped"].items()) or "none")
+    console.print(t)
+    top_t = Table(title=f"top {top} items")
+    top_t.add_column("item_id")
+    top_t.add_column("tokens", justify="right")
+    if d["top_items"] and "title" in d["top_items"][0]:
+        top_t.add_column("title")
+    for row in d["top_items"]:
+        cells = [str(row["item_id"]), f"{row['n']:,}"]
+        if "title" in row:
+            cells.append(str(row["title"] or ""))
+        top_t.add_row(*cells)
+    console.print(top_t)
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="ml-latest-small, ml-1m, ml-10m, ml-25m or ml-32m."),
+    dest: Path = typer.Option(Path("data"), help="Folder to extract into."),
+    sha256: Optional[str] = typer.Option(None, help="Expected SHA-256 of the zip."),
+    base_url: Optional[str] = typer.Option(None, help="Mirror to download from."),
+) -> None:
+    """Download a MovieLens dataset (needs internet) and verify its SHA-256."""
+    path = download_movielens(name, dest, base_url=base_url, sha256=sha256)
+    console.print(f"extracted to {path}")
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare_cmd(
+    events: Path = typer.Option(..., help="Event file, or a dataset folder in a known layout."),
+    out: Path = typer.Option(..., help="Prepared dataset directory to write."),
+    items: Optional[Path] = typer.Option(None, help="Item catalog file."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer config (TOML)."),
+    fmt: str = typer.Option("auto", "--format",
+                            help="auto, generic, synthetic, movielens, s3rec or amazon."),
+    map_: Optional[str] = typer.Option(None, "--map",
+                                       help="Event columns, e.g. user_id=userId,item_id=movieId."),
+    item_map: Optional[str] = typer.Option(None, "--item-map", help="Item columns, likewise."),
+) -> None:
+    """Read events (+ items), tokenize, and write a prepared dataset directory."""
+    cfg = load_toml(TokenizerConfig, tokenizer) if tokenizer else None
+    with steps("preparing") as on_step:
+        on_step("reading")
+        raw = load_raw(events, items, fmt, parse_mapping(map_), parse_mapping(item_map))
+        report = prepare(raw, out, cfg, on_step=on_step)
+    _print_report(report, out)
+
+
+def _print_report(report: dict, out: Path) -> None:
+    t = Table(title=f"prepared {out}", show_header=False)
+    t.add_row("dataset", str(report["dataset"]))
+    t.add_row("users", f"{report['users']:,}")
+    t.add_row("items with events", f"{report['items_with_events']:,}")
+    t.add_row("events in", f"{report['events_in']:,}")
+    t.add_row("tokens out", f"{report['tokens_out']:,} "
+              f"(compression ×{report['compression_from_input']})")
+    t.add_row("dropped", ", ".join(f"{k} {v:,}" for k, v in report["dropped"].items()) or "none")
+    sl = report["sequence_length"]
+    t.add_row("sequence length", f"p50 {sl['p50']:g}, p90 {sl['p90']:g}, p99 {sl['p99']:g}, "
+              f"max {sl['max']:g}")
+    loo = report["split"]["leave_one_out"]
+    t.add_row("leave-one-out", f"{loo['users_evaluated']:,} users evaluated, "
+              f"{loo['users_too_short']:,} too short (train only)")
+    t.add_row("wall time", f"{report['wall_s']:.2f} s")
+    console.print(t)

@@ -1,0 +1,50 @@
+"""What the commands print with: one console, a spinner, and the tables several commands share.
+
+The library logs; only :mod:`recfm.cli` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def steps(title: str):
+    """A spinner whose text follows the library's ``on_step`` callbacks."""
+    with console.status(f"{title}…") as status:
+        yield lambda name: status.update(f"{title}: {name}…")
+
+
+def print_json(obj) -> None:
+    console.print_json(json.dumps(obj, default=str))
+
+
+def print_train_result(result, title: str) -> None:
+    """The validation (best epoch) and test metrics of a finished training, as a table."""
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("valid (best epoch)", justify="right")
+    t.add_column("test", justify="right")
+    for key in ("ndcg@10", "hr@10", "mrr"):
+        test = f"{result.test[key]:.4f}" if result.test else "-"
+        t.add_row(key, f"{result.best_valid[key]:.4f}", test)
+    console.print(t)
+
+
+def print_metrics_table(res: dict, title: str) -> None:
+    """One column per scorer (model, baselines), one row per ranking metric."""
+    t = Table(title=title)
+    t.add_column("metric")
+    for name in res:
+        t.add_column(name, justify="right")
+    keys = [k for k in next(iter(res.values())) if "@" in k or k == "mrr"]
+    for k in keys:
+        t.add_row(k, *(f"{res[n][k]:.4f}" for n in res))
+    console.print(t)

@@ -1,0 +1,59 @@
+"""`recfm serve`: a run behind the HTTP API (:mod:`recfm.serve.app`) with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+import uvicorn
+
+from recfm.cli.output import console, steps
+from recfm.errors import RecfmError
+from recfm.serve import create_app  # loads FastAPI only when called (recfm.serve)
+from recfm.serve.config import ServeConfig, load_serve_config
+from recfm.tokenizer import N_RESERVED_ITEMS
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the recfm command line."""
+    app.command("serve")(serve_cmd)
+
+
+def serve_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (localhost by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    data: Optional[Path] = typer.Option(None, help="Prepared dataset with known users' "
+                                        "histories (default: the one the run was trained on)."),
+    config: Optional[Path] = typer.Option(None, help="TOML with ServeConfig keys "
+                                          "(recfm.serve.config)."),
+    retrieval: Optional[str] = typer.Option(None, help="auto, exact or hnsw."),
+    window_hop: Optional[int] = typer.Option(None, help="Move the context window in steps "
+                                             "of this many tokens (cacheable growth)."),
+    cache_mb: Optional[float] = typer.Option(None, help="Memory for cached user states."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for the model."),
+    log_level: str = typer.Option("warning", help="Server log level."),
+) -> None:
+    """Serve a run over HTTP: recommendations, embeddings, collections, explorer page at /."""
+    cfg = load_serve_config(config) if config else ServeConfig()
+    if retrieval is not None:
+        if retrieval not in ("auto", "exact", "hnsw"):
+            raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")
+        cfg.retrieval = retrieval  # type: ignore[assignment]
+    if window_hop is not None:
+        cfg.window_hop = window_hop
+    if cache_mb is not None:
+        cfg.cache_mb = cache_mb
+    if threads is not None:
+        cfg.threads = threads
+    logging.getLogger("recfm").setLevel(log_level.upper())
+    with steps("loading") as on_step:
+        on_step(str(run))
+        web = create_app(run, cfg, data)
+    engine = web.state.service.engine
+    console.print(f"serving {engine.version} ({engine.n_items - N_RESERVED_ITEMS:,} items, "
+                  f"{engine.index.kind} retrieval) on http://{host}:{port}  "
+                  f"(explorer at /, API docs at /docs)")
+    uvicorn.run(web, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,36 @@
+"""Facts about a saved run read from its files alone: its version tag and its training data.
+
+A plain helper at the bottom layer (standard library only, no torch), so that every layer
+above — store, serve, adapt, the CLI — reads a run's identity the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def model_version(run: Path) -> str:
+    """``<run name>@<sha256 of config.json and the weights, 12 hex>``."""
+    h = hashlib.sha256((run / "config.json").read_bytes())
+    with open(run / "model.safetensors", "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return f"{run.name}@{h.hexdigest()[:12]}"
+
+
+def run_data_dir(run: str | Path) -> Path | None:
+    """The prepared dataset a run (or the run it was derived from) was trained on, if present.
+
+    An incremental run's own data holds the recent users only, so for it this follows
+    ``init_from`` back to the run whose data holds every history.
+    """
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if meta.get("incremental") and meta.get("init_from"):
+        return run_data_dir(meta["init_from"])
+    data = meta.get("data", {}).get("path")
+    return Path(data) if data and Path(data, "tokens.parquet").is_file() else None
