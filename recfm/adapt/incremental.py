@@ -8,8 +8,8 @@ that happened since) then arrive as *recent events*. Instead of retraining from 
 tokenizes the recent events with the run's own tokenizer, appends them to each user's
 older history (the run's training data, when it is still there, as context), and
 fine-tunes the run's weights with the loss on the recent tokens only: older tokens are
-context, never targets. A ``fresh`` list column (1: recent, 0: context) marks them; the
-training loop (:func:`recfm.train.loop.train`) recognises it.
+context, never targets. A ``fresh`` list column (1: recent, 0: context) marks them;
+:func:`recfm.train.loop.train` recognises it (the training side: :mod:`recfm.train.fresh`).
 
 Validation: the last recent token of a sample of users is held out (model selection and
 early stopping only); everything else recent is trained on.
@@ -17,87 +17,30 @@ early stopping only); everything else recent is trained on.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
-from recfm.data.splits import Split, list_columns
+from recfm.data.splits import list_columns
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir, atomic_write_json
-from recfm.tokenizer import UNK
+from recfm.model.foundation import FoundationModel
+from recfm.prepare import PreparedDataset
+from recfm.runinfo import run_data_dir
+from recfm.tokenizer import N_RESERVED_ITEMS, UNK
+from recfm.train.fresh import FRESH, fresh_spans, fresh_split, mask_context_targets
+
+__all__ = ["FRESH", "INCREMENTAL_TRAIN", "build_incremental_dataset", "fresh_spans",
+           "fresh_split", "mask_context_targets", "run_data_dir"]
 
 log = logging.getLogger(__name__)
-
-FRESH = "fresh"
 
 INCREMENTAL_TRAIN: dict[str, Any] = {"lr": 1e-3, "warmup_steps": 10, "epochs": 20,
                                      "patience": 3}
 """Fine-tuning schedule used by ``recfm train --incremental`` unless a config overrides it."""
-
-
-# ----------------------------------------------------------------------------- training side
-
-
-def fresh_split(seqs: pl.DataFrame, valid_fraction: float = 0.1, seed: int = 0) -> Split:
-    """Train on every fresh token; the last (fresh) token of a sample of users validates."""
-    rng = np.random.default_rng([seed, 7])
-    pick = rng.random(seqs.height) < valid_fraction
-    n = pl.col("length")
-    ok = (pick & (seqs["length"] >= 2).to_numpy()
-          & (seqs[FRESH].list.last() == 1).fill_null(False).to_numpy())
-    seqs = seqs.with_columns(pl.Series("_valid", ok))
-    cols = list_columns(seqs)
-    held = seqs.filter(pl.col("_valid"))
-    train = pl.concat([
-        held.with_columns([pl.col(c).list.head(n - 1) for c in cols])
-        .with_columns((n - 1).alias("length")),
-        seqs.filter(~pl.col("_valid")),
-    ]).drop("_valid").sort("user_idx")
-    valid = held.select(
-        [pl.col("user_idx"), pl.col("user_id"), pl.col("item").list.get(n - 1).alias("target")]
-        + [pl.col(c).list.head(n - 1) for c in cols]
-    ).with_columns(pl.col("item").list.len().cast(pl.Int32).alias("length"))
-    counts = {"users": seqs.height, "users_validating": held.height,
-              "fresh_tokens": int(seqs[FRESH].list.sum().sum())}
-    return Split(train, valid, None, counts)  # type: ignore[arg-type]
-
-
-def fresh_spans(store, window: int) -> np.ndarray:
-    """(n, 3) (row, start, end) windows of ≤ ``window`` tokens covering every fresh target.
-
-    Walks each sequence from its end: a window ends at the last fresh token not yet
-    covered and reaches back ``window`` tokens of context; only positions ≥ 1 of a window
-    are targets, so the next window ends at the last fresh token before that.
-    """
-    fresh = store.values[FRESH]
-    out = []
-    for row, n in enumerate(store.lengths):
-        f = fresh[store.offsets[row]:store.offsets[row] + n]
-        pos = np.flatnonzero(f[1:] == 1) + 1  # fresh targets (position 0 is never a target)
-        k = len(pos) - 1
-        while k >= 0:
-            end = int(pos[k]) + 1
-            start = max(0, end - window)
-            out.append((row, start, end))
-            while k >= 0 and pos[k] >= start + 1:
-                k -= 1
-    return np.asarray(out, dtype=np.int64).reshape(-1, 3)
-
-
-def mask_context_targets(batch: dict[str, torch.Tensor]) -> None:
-    """Only fresh tokens are targets: zero (= no target) the context ones, in place."""
-    full = batch.pop(f"future_{FRESH}", None)
-    inputs = batch.pop(FRESH)
-    if full is None:  # reconstruct (B, T + 1) from inputs and the last target
-        full = torch.cat([inputs, torch.ones_like(inputs[:, :1])], dim=1)
-    batch["target"] = batch["target"].masked_fill(full[:, 1:] == 0, 0)
-    if "future_item" in batch:
-        batch["future_item"] = batch["future_item"].masked_fill(full == 0, 0)
 
 
 # ----------------------------------------------------------------------------- data side
@@ -106,7 +49,7 @@ def mask_context_targets(batch: dict[str, torch.Tensor]) -> None:
 def _remap_items(seqs: pl.DataFrame, from_ids: list[str], to_index: dict[str, int]
                  ) -> pl.DataFrame:
     """Re-express item indices of a dataset in another vocabulary (unknown → UNK)."""
-    old = list(range(3, 3 + len(from_ids)))
+    old = list(range(N_RESERVED_ITEMS, N_RESERVED_ITEMS + len(from_ids)))
     new = [to_index.get(iid, UNK) for iid in from_ids]
     dtype = seqs["item"].dtype.inner
     return seqs.with_columns(pl.col("item").list.eval(
@@ -140,9 +83,6 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
     events over-represent new titles, and a model fine-tuned on them alone learns to
     recommend new titles far more often than they are chosen (cold_start benchmark).
     """
-    from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
-
     run, out = Path(run), Path(out)
     fm = FoundationModel.from_pretrained(run)
     tok = fm.tokenizer
@@ -200,15 +140,3 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
     log.info("incremental dataset %s: %d users, %d fresh tokens, %d context tokens", out,
              report["users"], report["fresh_tokens"], n_context)
     return report
-
-
-def run_data_dir(run: str | Path) -> Path | None:
-    """The prepared dataset a run (or the run it was derived from) was trained on, if present."""
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    if meta.get("incremental") and meta.get("init_from"):  # its data holds recent users only
-        return run_data_dir(meta["init_from"])
-    data = meta.get("data", {}).get("path")
-    return Path(data) if data and Path(data, "tokens.parquet").is_file() else None

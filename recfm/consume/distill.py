@@ -8,8 +8,9 @@ Neural Network") and the observed next item (cross-entropy)::
 
 The teacher runs in eval mode without gradients on the same batches, its scores computed
 on the fly (in chunks of positions). The student shares the teacher's tokenizer and item
-vocabulary and is trained by the ordinary loop (:func:`recfm.train.loop.train`, through
-its :class:`~recfm.train.loop.LossHook`), so its run directory is a normal one::
+vocabulary and is trained by the ordinary run (:func:`recfm.train.loop.train` with a
+:class:`~recfm.train.loop.LossHook` as the Trainer's loss), so its run directory is a
+normal one::
 
     recfm distill runs/big --student-config small.toml --out runs/small
 
@@ -28,10 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recfm.config import from_dict
+from recfm.config import from_dict, read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
+from recfm.model.foundation import FoundationModel
+from recfm.prepare import PreparedDataset
 from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.train.loop import LossHook, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,8 @@ class DistillConfig:
         return cfg
 
 
-def load_student_config(path: str | Path):
+def load_student_config(path: str | Path) -> tuple[ModelConfig, TrainConfig, DistillConfig]:
     """``[model]``, ``[train]`` and ``[distill]`` tables of one TOML file."""
-    from recfm.config import read_toml
-    from recfm.train.loop import TrainConfig
-
     data = read_toml(path)
     unknown = set(data) - {"model", "train", "distill"}
     if unknown:
@@ -103,18 +104,14 @@ def distill_loss(student, teacher, batch: dict[str, torch.Tensor],
 
 
 def distill(teacher_run: str | Path, out: str | Path, student_cfg: ModelConfig,
-            train_cfg=None, cfg: DistillConfig | None = None,
+            train_cfg: TrainConfig | None = None, cfg: DistillConfig | None = None,
             data_dir: str | Path | None = None, resume: bool = False, on_progress=None,
-            command: str | None = None):
+            command: str | None = None) -> TrainResult:
     """Train ``student_cfg`` on the teacher's dataset with :func:`distill_loss`.
 
     ``data_dir``: default, the dataset the teacher was trained on (its ``config.json``).
     Returns the loop's :class:`~recfm.train.loop.TrainResult`; ``out`` is a normal run.
     """
-    from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
-    from recfm.train.loop import LossHook, TrainConfig, train
-
     cfg = cfg or DistillConfig()
     teacher_run = Path(teacher_run)
     teacher = FoundationModel.from_pretrained(teacher_run)

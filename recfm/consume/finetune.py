@@ -23,8 +23,9 @@ The task model starts from a run's backbone and embeddings (or from random init 
 ``from_scratch``, the baseline it must beat at the same number of steps), optionally with
 the lower layers frozen (``trainable_layers``), and uses the run's leave-one-out split:
 training tokens, validation events for early stopping and model selection, test events
-for the reported metrics. Batches, the learning-rate schedule and checkpoints are those of
-:mod:`recfm.train.loop`. The output is a run directory: ``FoundationModel.from_pretrained``
+for the reported metrics. Training is a configuration of the one
+:class:`recfm.train.trainer.Trainer`: the task model's loss, validation every
+``eval_every`` steps with the starting model as a candidate, ``max_steps`` steps. The output is a run directory: ``FoundationModel.from_pretrained``
 loads its backbone; :meth:`TaskModel.from_pretrained` loads the whole task model.
 
 Example ``task.toml``::
@@ -42,6 +43,7 @@ Example ``task.toml``::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -58,16 +60,21 @@ from torch import nn
 from recfm import __version__
 from recfm.batching import SequenceStore, history_batches
 from recfm.config import from_dict, read_toml
-from recfm.consume.subgraph import freeze
+from recfm.consume.subgraph import freeze, trainable_modules
+from recfm.data.readers import read_events
 from recfm.data.splits import Split, leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.evaluate.evaluator import evaluate_scorer
+from recfm.evaluate.metrics import ranks_of
 from recfm.io import atomic_write_json
 from recfm.model.foundation import FoundationModel
 from recfm.prepare import PreparedDataset
+from recfm.runinfo import run_data_dir
 from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import (Checkpointer, ProgressFn, TrainConfig, _append_csv, data_fingerprint,
-                              epoch_plan, lr_at, machine_info, make_batch)
+from recfm.train.batches import MemoryBatches
+from recfm.train.config import TrainConfig
+from recfm.train.loop import init_model, run_meta
+from recfm.train.trainer import ProgressFn, RunFiles, Trainer, Validation, decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +114,8 @@ class TaskConfig:
     head_norm: bool = True
     """binary: layer-normalise the user state and the item vector before the head (the
     pretrained features' scale differs from a random backbone's and between frequent and
-    rare titles). On the synthetic world (benchmarks.consumption, 3 seeds, test AUC): from
-    scratch at 100 steps 0.599 → 0.692; fine-tuned at 300 steps 0.686 → 0.694. Runs
-    fine-tuned before this option load without it."""
+    rare titles; benchmarks/RESULTS.md has the effect). Runs fine-tuned before this
+    option load without it."""
     backbone_lr_scale: float = 1.0
     """Learning rate of the foundation weights relative to ``train.lr`` (the task head
     always trains at ``train.lr``): below 1, fine-tuning moves the pretrained weights less
@@ -373,8 +379,6 @@ class TaskModel(nn.Module):
         and ``label``; shown → ``logit`` and ``label`` of every user's chosen title, then of
         every user's shown one (users with a shown title only). For paired comparisons of
         two task models on the same users."""
-        from recfm.evaluate.metrics import ranks_of
-
         self.eval()
         cols = self.fm.input_columns
         if self.task.kind == "binary":
@@ -465,8 +469,6 @@ class TaskModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TaskModel":
-        import json
-
         path = Path(path)
         fm = FoundationModel.from_pretrained(path)
         meta = json.loads((path / "config.json").read_text())
@@ -502,8 +504,6 @@ def with_shown(seqs: pl.DataFrame, item_index: dict[str, int], path: str | Path
     title shown to the user (an impression in ``path``) after the token before it, other
     than the token's own title; 0 when there is none. Impressions of users or titles the
     model does not know are ignored."""
-    from recfm.data.readers import read_events
-
     imp = read_events(path)
     if "action" in imp.columns:
         imp = imp.filter(pl.col("action") == "impression")
@@ -556,17 +556,12 @@ def _param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: floa
                   ) -> list[dict[str, Any]]:
     """AdamW groups as in :func:`recfm.train.loop.train` (no decay on embeddings and
     biases), foundation weights (``fm.``) at ``backbone_lr_scale`` × the learning rate."""
-    skip = ("ids", "facets", "positions", "output_items")
     groups = []
     for is_fm in (True, False):
         params = [(n, p) for n, p in model.named_parameters()
                   if p.requires_grad and n.startswith("fm.") == is_fm]
-        decay = [p for n, p in params if p.dim() >= 2 and not any(s in n for s in skip)]
-        no_decay = [p for _, p in params if all(p is not d for d in decay)]
-        scale = backbone_lr_scale if is_fm else 1.0
-        groups += [{"params": decay, "weight_decay": weight_decay, "lr_scale": scale,
-                    "fm": is_fm},
-                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale, "fm": is_fm}]
+        groups += decay_groups(params, weight_decay,
+                               lr_scale=backbone_lr_scale if is_fm else 1.0, fm=is_fm)
     return [g for g in groups if g["params"]]
 
 
@@ -591,9 +586,6 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
     ``data_dir``: the prepared dataset (default: the one ``run`` was trained on); it must
     use the run's item vocabulary. ``from_scratch`` overrides ``task.from_scratch``.
     """
-    from recfm.adapt.incremental import run_data_dir
-    from recfm.train.loop import _init_model, _recover_interrupted_checkpoint
-
     t_start = time.perf_counter()
     run, out = Path(run), Path(out)
     scratch = task.from_scratch if from_scratch is None else from_scratch
@@ -604,135 +596,88 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
     if data_dir is None:
         raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data DIR")
     ds = PreparedDataset.load(data_dir)
-    fm = _init_model(run, ds)
-    if scratch:
-        fm = _scratch_copy(fm, tcfg.seed)
-    torch.manual_seed(tcfg.seed)
-    model = TaskModel(fm, task)
-    trainable = None if scratch else task.trainable
-    freeze(fm, trainable)
-    if scratch and task.trainable is not None:
-        log.info("from scratch: every layer trains (frozen random layers would be no baseline)")
+    model, trainable = _task_model(init_model(run, ds), task, scratch)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_trainable == 0:
         raise RecfmError(f"task {task.name or task.kind}: nothing to train (trainable_layers = 0 "
                          "and a surface task has no head)")
-
     seqs = ds.sequences
     if task.kind == "shown":
-        seqs = with_shown(seqs, fm.tokenizer.item_index(), task.impressions)
+        seqs = with_shown(seqs, model.fm.tokenizer.item_index(), task.impressions)
     split = labelled_users(leave_one_out(seqs), task.train_users)
     store = SequenceStore(split.train, model.columns)
-    spans = task_spans(store, model, fm.cfg.max_len, tcfg.window)
+    spans = task_spans(store, model, model.fm.cfg.max_len, tcfg.window)
     if not len(spans):
         raise RecfmError(f"task {task.name or task.kind}: no training event has a target in "
                          f"the task (filter {task.items})")
-    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay,
-                                          1.0 if scratch else task.backbone_lr_scale),
-                            lr=tcfg.lr, betas=tuple(tcfg.betas))
-
-    out.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_checkpoint(out)
-    ckpt = Checkpointer(out)
-    state = {"epoch": 0, "batch": 0, "step": 0, "best": -float("inf"), "best_step": 0,
-             "bad_evals": 0}
-    if resume and ckpt.exists():
-        state.update(ckpt.load(model, opt))
-        log.info("resumed at step %d", state["step"])
-    elif ckpt.exists():
-        raise RecfmError(f"{out}: a run already exists here; pass --resume to continue it "
-                         "or choose another --out")
     meta = {"train": asdict(tcfg), "init_from": None if scratch else str(run),
-            "from_scratch": scratch, "base_run": str(run),
-            "data": {"path": str(data_dir), "fingerprint": data_fingerprint(data_dir),
-                     "dataset": ds.report.get("dataset")},
-            "recfm_version": __version__, "machine": machine_info(), "command": command,
+            "from_scratch": scratch, "base_run": str(run), **run_meta(data_dir, ds, command),
             "n_params": n_params, "n_trainable": n_trainable}
-    valid_frame = split.valid
-    key = model.key_metric()
-
-    def validate() -> dict[str, float]:
-        m = model.evaluate(valid_frame, tcfg.eval_batch_size)
-        model.train()
-        if trainable is not None:
-            freeze_modes(model, trainable)
-        return m
-
-    if state["step"] == 0 and not (out / "model.safetensors").exists():
-        # step 0 is a candidate: the initial model itself (fine-tuning may only help)
-        m0 = validate()
-        state.update(best=m0[key], best_step=0)
-        model.save_pretrained(out, meta)
-        _append_csv(out / "metrics.csv", {"step": 0, "train_loss": float("nan"),
-                                          f"valid_{key}": m0[key], "lr": 0.0})
-    model.train()
-    if trainable is not None:
-        freeze_modes(model, trainable)
-    loss_sum, loss_n = 0.0, 0
-    while state["step"] < task.max_steps and state["bad_evals"] < tcfg.patience:
-        plan = epoch_plan(spans, tcfg.batch_size, tcfg.seed, state["epoch"])
-        for bi in range(state["batch"], len(plan)):
-            batch = make_batch(store, spans[plan[bi]])
-            lr = lr_at(state["step"], task.max_steps, tcfg)
-            probe = not scratch and state["step"] < task.head_only_steps
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"] * (0.0 if probe and g["fm"] else 1.0)
-            loss = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], tcfg.grad_clip)
-            opt.step()
-            state["step"] += 1
-            state["batch"] = bi + 1
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            if on_progress:
-                on_progress({"step": state["step"], "steps": task.max_steps,
-                             "loss": float(loss.detach()), "lr": lr})
-            if state["step"] % task.eval_every == 0 or state["step"] == task.max_steps:
-                m = validate()
-                if m[key] > state["best"]:
-                    state.update(best=m[key], best_step=state["step"], bad_evals=0)
-                    model.save_pretrained(out, meta)
-                else:
-                    state["bad_evals"] += 1
-                row = {"step": state["step"], "train_loss": loss_sum / max(loss_n, 1),
-                       f"valid_{key}": m[key], "lr": lr}
-                _append_csv(out / "metrics.csv", row)
-                if on_progress:
-                    on_progress({"eval": True, **row, "best": state["best"],
-                                 "best_step": state["best_step"]})
-                log.info("step %d loss %.4f valid %s %.4f (best %.4f @ %d)", state["step"],
-                         row["train_loss"], key, m[key], state["best"], state["best_step"])
-                loss_sum, loss_n = 0.0, 0
-                ckpt.save(model, opt, state)
-                if state["bad_evals"] >= tcfg.patience:
-                    log.info("early stop: %d validations without improvement", tcfg.patience)
-                    break
-            if state["step"] >= task.max_steps:
-                break
-        else:
-            state.update(epoch=state["epoch"] + 1, batch=0)
-
+    trainer = _task_trainer(model, task, MemoryBatches(store, spans, tcfg.batch_size, tcfg.seed),
+                            split.valid, (out, meta), scratch, trainable)
+    trainer.on_progress = on_progress
+    trainer.resume(resume)
+    trainer.fit()
+    state = trainer.state
     best = TaskModel.from_pretrained(out)
-    best_valid = best.evaluate(valid_frame, tcfg.eval_batch_size)
+    best_valid = best.evaluate(split.valid, tcfg.eval_batch_size)
     test = best.evaluate(split.test, tcfg.eval_batch_size)
     wall = time.perf_counter() - t_start
     atomic_write_json(out / "summary.json", {
         "task": asdict(task), "from_scratch": scratch, "best_step": state["best_step"],
         "steps": state["step"], "valid": best_valid, "test": test, "n_params": n_params,
-        "n_trainable": n_trainable, "wall_s": round(wall, 2)})
+        "n_trainable": n_trainable, "wall_s": round(wall, 2), "stop_reason": trainer.reason})
     return FinetuneResult(out, state["best_step"], state["step"], best_valid, test, n_params,
                           n_trainable, wall)
 
 
+def _task_model(fm: FoundationModel, task: TaskConfig, scratch: bool
+                ) -> tuple[TaskModel, int | None]:
+    """The task model on ``fm`` (re-initialised from scratch) with its frozen layers, and
+    the number of trainable top layers (None: every layer trains)."""
+    seed = task.train.seed
+    if scratch:
+        fm = _scratch_copy(fm, seed)
+    torch.manual_seed(seed)
+    model = TaskModel(fm, task)
+    trainable = None if scratch else task.trainable
+    freeze(fm, trainable)
+    if scratch and task.trainable is not None:
+        log.info("from scratch: every layer trains (frozen random layers would be no baseline)")
+    return model, trainable
+
+
+def _task_trainer(model: TaskModel, task: TaskConfig, data: MemoryBatches,
+                  valid: pl.DataFrame, out: tuple[Path, dict[str, Any]], scratch: bool,
+                  trainable: int | None) -> Trainer:
+    """``max_steps`` steps of the task's loss, validated every ``eval_every`` steps (the
+    starting model a candidate); the foundation waits ``head_only_steps`` (LP-FT)."""
+    tcfg = task.train
+    path, meta = out
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay,
+                                          1.0 if scratch else task.backbone_lr_scale),
+                            lr=tcfg.lr, betas=tuple(tcfg.betas))
+
+    def train_mode() -> None:
+        model.train()
+        if trainable is not None:
+            freeze_modes(model, trainable)
+
+    validation = Validation(lambda: model.evaluate(valid, tcfg.eval_batch_size),
+                            key=model.key_metric(), logged=(model.key_metric(),),
+                            every=task.eval_every, initial=True)
+    files = RunFiles(path, lambda: model.save_pretrained(path, meta),
+                     tensorboard=tcfg.tensorboard)
+    # checkpoints at validations only; the step budget is max_steps (no time budget)
+    return Trainer(model, opt, replace(tcfg, checkpoint_every=0), data,
+                   lambda batch: (model.loss(batch), 1), task.max_steps, validation, files,
+                   max_steps=task.max_steps, train_mode=train_mode,
+                   hold_steps=0 if scratch else task.head_only_steps)
+
+
 def freeze_modes(model: TaskModel, trainable_layers: int) -> None:
     """Frozen parts of the backbone in eval mode (no dropout), trainable parts training."""
-    from recfm.consume.subgraph import trainable_modules
-
     model.fm.train(False)
     for m in trainable_modules(model.fm, trainable_layers):
         m.train(True)

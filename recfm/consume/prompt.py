@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,8 +57,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from recfm.batching import SequenceStore, count_batches
 from recfm.config import from_dict
+from recfm.consume.distill import item_logits
+from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
+from recfm.model.foundation import FoundationModel
 from recfm.model.prompt import (
     check_name,
     prefix_from_tokens,
@@ -67,7 +70,11 @@ from recfm.model.prompt import (
     weights_sha256,
     write_prompt,
 )
+from recfm.prepare import PreparedDataset
 from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
+from recfm.train.batches import MemoryBatches
+from recfm.train.config import TrainConfig
+from recfm.train.trainer import Budget, ProgressFn, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +221,6 @@ def surface_loss(model, h: torch.Tensor, target: torch.Tensor, keep: torch.Tenso
     h: (B, T, d); target, keep: (B, T); items: (n_items,) surface mask or None (then the
     second term is off: a facet-only surface has no item set).
     """
-    from recfm.consume.distill import item_logits
-
     rows = target > 0  # (B, T)
     logits = item_logits(model, h[rows])  # (N, V − reserved)
     ce = torch.nn.functional.cross_entropy(logits[keep[rows]],
@@ -291,7 +296,7 @@ def _init_vectors(model, surface_items_mask: torch.Tensor | None, store, k: int,
 
 
 def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None = None,
-                on_progress: Callable[[dict[str, Any]], None] | None = None) -> PromptResult:
+                on_progress: ProgressFn | None = None) -> PromptResult:
     """Train prompt ``cfg.name`` for ``run`` on its dataset; the foundation stays frozen.
 
     Trains on the leave-one-out *train* part of each history (validation and test targets
@@ -299,12 +304,6 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
     Writes ``run/prompts/<name>.safetensors`` (+ ``.json``); checks, before writing, that
     the model's weights are bit-identical to those it started with.
     """
-    from recfm.batching import SequenceStore, count_batches
-    from recfm.data.splits import leave_one_out
-    from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
-    from recfm.train.loop import TrainConfig, epoch_plan, lr_at, make_batch
-
     t0 = time.perf_counter()
     run = Path(run)
     check_name(cfg.name)
@@ -327,57 +326,31 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
     model.eval()  # frozen and deterministic: no dropout in the foundation
     state_before = state_sha256(model)
 
-    split = leave_one_out(ds.sequences)
-    store = SequenceStore(split.train, model.input_columns + list(facet_codes))
+    store = SequenceStore(leave_one_out(ds.sequences).train,
+                          model.input_columns + list(facet_codes))
     spans = store.spans(model.cfg.max_len + 1, "truncate", min_len=2)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.nn.Parameter(_init_vectors(model, item_mask, store, cfg.tokens,
-                                                    cfg.depth, gen))
-    opt = torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=0.0)
-    tcfg = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, epochs=cfg.epochs)
-    total = count_batches(len(spans), cfg.batch_size) * cfg.epochs
-    step, n_targets, losses = 0, 0, []
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    for epoch in range(cfg.epochs):
-        ep_loss, ep_n = 0.0, 0
-        for idx in epoch_plan(spans, cfg.batch_size, cfg.seed, epoch):
-            batch = make_batch(store, spans[idx])
-            keep = surface_mask(batch, item_mask, facet_codes)  # (B, T)
-            if not keep.any():
-                continue
-            inputs = {c: batch[c] for c in model.input_columns if c in batch}
-            inputs["soft_prompt"] = prompt
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, tcfg)
-            h = model.positions(inputs)  # (B, T, d)
-            loss = surface_loss(model, h, batch["target"], keep, item_mask, cfg.surface_weight)
-            if cfg.rank_weight > 0 and item_mask is not None:
-                from recfm.consume.distill import item_logits
+                                              cfg.depth, gen))
+    losses: list[float] = []
+    n_targets = {}
 
-                rows = batch["target"] > 0  # (B, T)
-                seen = seen_before(batch["item"], rows, model.cfg.n_items)  # (N, V)
-                loss = loss + cfg.rank_weight * rank_loss(
-                    item_logits(model, h[rows]), item_mask[N_RESERVED_ITEMS:],
-                    seen[:, N_RESERVED_ITEMS:], cfg.rank_k, cfg.rank_margin)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([prompt], 1.0)
-            opt.step()
-            step += 1
-            n = int(keep.sum())
-            n_targets += n if epoch == 0 else 0
-            ep_loss += float(loss.detach()) * n
-            ep_n += n
-            losses.append(float(loss.detach()))
-            if on_progress:
-                on_progress({"epoch": epoch, "step": step, "total": total,
-                             "loss": losses[-1]})
-            if budget is not None and time.perf_counter() - t0 > budget:
-                break
+    def progress(p: dict[str, Any]) -> None:
+        losses.append(p["loss"])
+        if on_progress:
+            on_progress(p)
+
+    def epoch_end(epoch: int, mean_loss: float, n: int) -> None:
+        n_targets.setdefault(0, n)  # the first epoch's surface targets
         log.info("prompt %s epoch %d: surface loss %.4f over %d targets", cfg.name, epoch,
-                 ep_loss / max(ep_n, 1), ep_n)
-        if budget is not None and time.perf_counter() - t0 > budget:
-            break
+                 mean_loss, n)
+
+    trainer = _prompt_trainer(model, prompt, cfg, (item_mask, facet_codes),
+                              MemoryBatches(store, spans, cfg.batch_size, cfg.seed))
+    trainer.on_progress, trainer.on_epoch_end = progress, epoch_end
+    trainer.state["train_s"] = time.perf_counter() - t0  # the budget counts the set-up
+    trainer.fit()
+    step = trainer.state["step"]
     if step == 0:
         raise RecfmError(f"{data_dir}: no training position has a next token on the surface "
                          f"{cfg.surface}")
@@ -389,14 +362,46 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
         "name": cfg.name, "tokens": cfg.tokens, "depth": cfg.depth,
         "d_model": model.cfg.d_model, "n_layers": model.cfg.n_layers,
         "surface": cfg.surface, "config": asdict(cfg), "data": str(data_dir),
-        "backbone_sha256": file_hash, "steps": step, "surface_targets_per_epoch": n_targets,
+        "backbone_sha256": file_hash, "steps": step,
+        "surface_targets_per_epoch": n_targets.get(0, 0),
         "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
         "wall_s": round(wall, 2),
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     path = write_prompt(run, cfg.name, prompt.detach(), result_meta)
     return PromptResult(path, cfg.name, cfg.tokens, step, result_meta["loss_first"],
-                        result_meta["loss_last"], n_targets, wall, file_hash)
+                        result_meta["loss_last"], n_targets.get(0, 0), wall, file_hash)
+
+
+def _prompt_trainer(model: FoundationModel, prompt: torch.nn.Parameter, cfg: PromptConfig,
+                    surface: tuple[torch.Tensor | None, dict[str, list[int]]],
+                    data: MemoryBatches) -> Trainer:
+    """The Trainer of a prompt: only ``prompt`` trains, on the surface loss (+ ranking)."""
+    item_mask, facet_codes = surface
+
+    def loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int] | None:
+        keep = surface_mask(batch, item_mask, facet_codes)  # (B, T)
+        if not keep.any():
+            return None  # no target on the surface: the batch teaches nothing
+        inputs = {c: batch[c] for c in model.input_columns if c in batch}
+        inputs["soft_prompt"] = prompt
+        h = model.positions(inputs)  # (B, T, d)
+        value = surface_loss(model, h, batch["target"], keep, item_mask, cfg.surface_weight)
+        if cfg.rank_weight > 0 and item_mask is not None:
+            rows = batch["target"] > 0  # (B, T)
+            seen = seen_before(batch["item"], rows, model.cfg.n_items)  # (N, V)
+            value = value + cfg.rank_weight * rank_loss(
+                item_logits(model, h[rows]), item_mask[N_RESERVED_ITEMS:],
+                seen[:, N_RESERVED_ITEMS:], cfg.rank_k, cfg.rank_margin)
+        return value, int(keep.sum())
+
+    tcfg = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, epochs=cfg.epochs)
+    budget = Budget(cfg.max_minutes, strict=True, fit_schedule=False) if cfg.max_minutes \
+        else None
+    # the trained module is the prompt alone; the foundation stays in eval mode
+    return Trainer(torch.nn.ParameterList([prompt]),
+                   torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=0.0), tcfg, data, loss,
+                   count_batches(len(data.spans), cfg.batch_size) * cfg.epochs, budget=budget)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -45,6 +46,10 @@ import polars as pl
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from recfm.errors import RecfmError
+from recfm.evaluate.evaluator import evaluate_scorer
+from recfm.train.run import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +176,6 @@ class DDPTrainer:
                  columns: list[str], batch_size: int = 512, ks: tuple[int, ...] = (10, 20)
                  ) -> dict[str, float]:
         """evaluate_scorer on rows ``rank::world`` of ``frame``, all-reduced (user means)."""
-        from recfm.evaluate.evaluator import evaluate_scorer
-
         if self.ctx.device.type != "cpu":  # histories are built on the CPU
             device, on_cpu = self.ctx.device, scorer
 
@@ -205,7 +208,6 @@ def trainer(model: nn.Module, seed: int, unsupported: str | None = None
     if ctx is None:
         return None
     if unsupported:
-        from recfm.errors import RecfmError
         raise RecfmError(f"{unsupported} is not supported with several processes yet; "
                          "train it with one process")
     log.info("distributed training: rank %d of %d (%s)", ctx.rank, ctx.world, ctx.backend)
@@ -213,11 +215,9 @@ def trainer(model: nn.Module, seed: int, unsupported: str | None = None
 
 
 class RankZeroCheckpointer:
-    """:class:`recfm.train.loop.Checkpointer` written by rank 0 only, with every rank's RNG."""
+    """:class:`recfm.train.run.Checkpointer` written by rank 0 only, with every rank's RNG."""
 
     def __init__(self, run: Path, trainer: DDPTrainer) -> None:
-        from recfm.train.loop import Checkpointer
-
         self.inner, self.trainer = Checkpointer(run), trainer
         self.dir = self.inner.dir
 
@@ -253,23 +253,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def launch_command(nproc: int, train_args: Sequence[str], port: int | None = None,
+def launch_command(nproc: int, args: Sequence[str], port: int | None = None,
                    module: str = "recfm.train") -> list[str]:
-    """The torchrun command that runs ``python -m <module> <train_args>`` (default:
-    ``recfm train``; ``recfm.store``: ``recfm embed``) on ``nproc`` processes."""
+    """The torchrun command that runs ``python -m <module> <args>`` on ``nproc`` processes
+    (``recfm.train``: ``recfm train``; ``recfm.store``: ``recfm embed``)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
-            f"--master_port={port or free_port()}", "-m", module, *train_args]
+            f"--master_port={port or free_port()}", "-m", module, *args]
 
 
-def launch(nproc: int, train_args: Sequence[str], module: str = "recfm.train") -> int:
-    """Run ``recfm train`` (or ``-m module``) on ``nproc`` local processes; the exit status."""
+def launch(nproc: int, args: Sequence[str], module: str = "recfm.train") -> int:
+    """Run ``python -m <module> <args>`` on ``nproc`` local processes; the exit status."""
     env = dict(os.environ)
     # torchrun would otherwise set 1 thread per process only when OMP_NUM_THREADS is unset;
     # share this machine's cores between the processes explicitly
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(launch_command(nproc, train_args, module=module),
-                          env=env).returncode
+    return subprocess.run(launch_command(nproc, args, module=module), env=env).returncode
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
@@ -288,18 +287,21 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run_cli_as_rank(command: str) -> None:
-    """``recfm <command> <argv>`` in a process torchrun started: join the process group from
-    the environment, silence every rank's stdout but rank 0's, leave the group at the end
-    (the ``python -m recfm.train`` / ``-m recfm.store`` entry points)."""
+def run_module_as_rank(module: str, argv: Sequence[str]) -> None:
+    """``python -m <module> <argv>`` in a process torchrun started: join the process group
+    from the environment, silence every rank's stdout but rank 0's, leave the group at the
+    end. The entry point is named, not imported, so this layer never imports the CLI."""
     ctx = init_from_env()
     if ctx is not None and not ctx.is_main:
         sys.stdout = open(os.devnull, "w")  # one progress bar and summary, rank 0's
-    from recfm.cli import main as cli_main
-
-    sys.argv = ["recfm", command, *sys.argv[1:]]
+    sys.argv = [module, *argv]
     try:
-        cli_main()
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_cli_as_rank(command: str) -> None:
+    """``recfm <command> <argv>`` as one rank (the ``python -m recfm.train`` entry point)."""
+    run_module_as_rank("recfm", [command, *sys.argv[1:]])

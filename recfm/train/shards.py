@@ -17,6 +17,7 @@ In memory (the default), the loop keeps the single-process plan and each rank ta
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,10 @@ import torch
 
 from recfm.batching import SequenceStore
 from recfm.data.splits import leave_one_out
-from recfm.tokenizer import context_windows
+from recfm.errors import RecfmError
+from recfm.prepare import PreparedDataset
+from recfm.tokenizer import Tokenizer, context_windows
+from recfm.train.batches import make_batch
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +136,11 @@ class StreamingBatches:
             self._n_epoch = (epoch, self._agree(own) if self._agree else own)
         return self._n_epoch[1]
 
-    def batch(self, epoch: int, i: int) -> dict[str, torch.Tensor]:
-        from recfm.train.loop import make_batch
+    def start(self, epoch: int, fraction: float) -> int:
+        """The data-source entry of :class:`recfm.train.trainer.Trainer`: steps of ``epoch``."""
+        return self.n_batches(epoch)
 
+    def batch(self, epoch: int, i: int) -> dict[str, torch.Tensor]:
         per_window = self._window_batches(epoch)
         i = i % max(sum(per_window), 1)  # ranks with fewer batches start over
         w = 0
@@ -158,15 +164,10 @@ class StreamingBatches:
             yield self.batch(epoch, i)
 
 
-def load_sample(path: str | Path, n_groups: int):
+def load_sample(path: str | Path, n_groups: int) -> PreparedDataset:
     """A :class:`recfm.prepare.PreparedDataset` whose sequences are only the first
     ``n_groups`` row groups of ``tokens.parquet`` (streamed training: the validation and
     test sample, facet sizes and item frequencies come from these users)."""
-    import json
-
-    from recfm.prepare import PreparedDataset
-    from recfm.tokenizer import Tokenizer
-
     path = Path(path)
     PreparedDataset.check_files(path)
     src = ParquetTokens(path / "tokens.parquet")
@@ -180,11 +181,10 @@ def load_sample(path: str | Path, n_groups: int):
 
 def streamer(data_dir: str | Path, columns: Sequence[str], max_len: int, tcfg, ddp=None
              ) -> StreamingBatches:
-    """The streamed batches of this rank for a :class:`recfm.train.loop.TrainConfig`."""
+    """The streamed batches of this rank for a :class:`recfm.train.config.TrainConfig`."""
     rank, world = (ddp.ctx.rank, ddp.ctx.world) if ddp is not None else (0, 1)
     src = ParquetTokens(Path(data_dir) / "tokens.parquet")
     if src.n_groups < world:
-        from recfm.errors import RecfmError
         raise RecfmError(f"{src.path}: {src.n_groups} row group(s) cannot be shared by "
                          f"{world} processes; stream a larger dataset or use fewer processes")
     return StreamingBatches(src, columns, max_len, tcfg.batch_size, tcfg.seed, rank, world,

@@ -23,6 +23,7 @@ Everything here depends only on (seed, epoch), so resume stays exact.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from recfm.batching import SequenceStore, count_batches
 from recfm.errors import ConfigError
@@ -91,8 +92,6 @@ def random_window_spans(lengths: np.ndarray, window: int, rng: np.random.Generat
 def mask_before_first_target(batch: dict, spans: np.ndarray) -> None:
     """Zero ``batch['target']`` (B, T) where the target token precedes the span's
     ``first_target`` (column 3): it was trained by another window this epoch."""
-    import torch
-
     if spans.shape[1] < 4:
         return
     T = batch["target"].shape[1]

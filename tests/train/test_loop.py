@@ -34,7 +34,7 @@ def test_run_directory_is_complete(tiny_prepared, tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best_epoch"] == res.best_epoch
+    assert summary["best_epoch"] == res.best_epoch and summary["stop_reason"] == "epochs"
     assert 0 <= res.test["ndcg@10"] <= 1
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["seed"] == 1 and cfg["data"]["fingerprint"]
@@ -84,7 +84,14 @@ def test_existing_run_needs_resume(tiny_prepared, tmp_path):
         train(tiny_prepared, tmp_path / "run", MODEL, tcfg(epochs=1))
 
 
-def test_early_stopping_and_schedule():
+def test_early_stopping_is_recorded(tiny_prepared, tmp_path):
+    res = train(tiny_prepared, tmp_path / "run", MODEL, tcfg(epochs=20, patience=1, lr=0.5),
+                evaluate_test=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stop_reason"] == "patience" and res.epochs_run < 20
+
+
+def test_learning_rate_schedule():
     cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, 100, cfg) == pytest.approx(0.1)
     assert lr_at(9, 100, cfg) == pytest.approx(1.0)
