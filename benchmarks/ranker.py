@@ -49,7 +49,7 @@ log = logging.getLogger("benchmarks.ranker")
 def build(work: Path, embedder: str):
     """World → prepared → holdout → FM → requests → features (each step reused if present)."""
     from recfm.data import synthetic
-    from recfm.model.foundation import FoundationModel
+    from recfm.pipeline import Recommender
     from recfm.prepare import prepare
     from recfm.rank.data import RankData, RankDataConfig, build_requests, holdout_dataset
     from recfm.rank.train import prepare_features
@@ -78,7 +78,7 @@ def build(work: Path, embedder: str):
     times["fm_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if not (work / "requests" / "requests.parquet").is_file():
-        fm = FoundationModel.from_pretrained(work / "fm")
+        fm = Recommender.from_pretrained(work / "fm")
         build_requests(work / "prepared", fm, RankDataConfig(holdout=HOLDOUT)).save(
             work / "requests")
     data = RankData.load(work / "requests")

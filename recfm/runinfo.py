@@ -11,6 +11,16 @@ import json
 from pathlib import Path
 
 
+def weights_sha256(run: str | Path) -> str:
+    """SHA-256 of a run's ``model.safetensors`` (what prompts and downstream models were
+    built on)."""
+    h = hashlib.sha256()
+    with (Path(run) / "model.safetensors").open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def model_version(run: Path) -> str:
     """``<run name>@<sha256 of config.json and the weights, 12 hex>``."""
     h = hashlib.sha256((run / "config.json").read_bytes())

@@ -27,14 +27,10 @@ import polars as pl
 from recfm.data.splits import list_columns
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir, atomic_write_json
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
-from recfm.runinfo import run_data_dir
 from recfm.tokenizer import N_RESERVED_ITEMS, UNK
-from recfm.train.fresh import FRESH, fresh_spans, fresh_split, mask_context_targets
-
-__all__ = ["FRESH", "INCREMENTAL_TRAIN", "build_incremental_dataset", "fresh_spans",
-           "fresh_split", "mask_context_targets", "run_data_dir"]
+from recfm.train.fresh import FRESH
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +80,11 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
     recommend new titles far more often than they are chosen (cold_start benchmark).
     """
     run, out = Path(run), Path(out)
-    fm = FoundationModel.from_pretrained(run)
-    tok = fm.tokenizer
+    rec = Recommender.from_pretrained(run)
+    tok = rec.tokenizer
     if tok is None:
         raise RecfmError(f"{run}: the run has no tokenizer.json; cannot tokenize events")
-    recent = fm.tokenize_events(events)
+    recent = rec.tokenize_events(events)
     recent, unknown = _drop_unknown(recent)
     if unknown:
         log.warning("%d recent events are on items the run does not know; dropped "
@@ -134,7 +130,7 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
               "unknown_item_tokens_dropped": unknown}
     with atomic_dir(out) as tmp:
         recent.write_parquet(tmp / "tokens.parquet")
-        fm.items.write_parquet(tmp / "items.parquet")
+        rec.items.write_parquet(tmp / "items.parquet")
         tok.save(tmp / "tokenizer.json")
         atomic_write_json(tmp / "report.json", report)
     log.info("incremental dataset %s: %d users, %d fresh tokens, %d context tokens", out,

@@ -24,9 +24,8 @@ from recfm.data import synthetic
 from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import prepare
-from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.loop import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -62,13 +61,13 @@ def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | No
     metrics = evaluate_run(out / "run", out / "prepared", "test")
 
     step("recommending")
-    fm = FoundationModel.from_pretrained(out / "run")
+    rec = Recommender.from_pretrained(out / "run")
     seqs = pl.read_parquet(out / "prepared" / "tokens.parquet").head(3)
     examples = []
     for row in seqs.iter_rows(named=True):
-        hist = [fm.tokenizer.item_ids[i - N_RESERVED_ITEMS] for i in row["item"]]
-        recs = fm.recommend(hist, k=5)
-        titles = dict(zip(fm.items["item_id"], fm.items["title"]))
+        hist = [rec.item_id(i) for i in row["item"]]
+        recs = rec.recommend(hist, k=5)
+        titles = dict(zip(rec.items["item_id"], rec.items["title"]))
         examples.append({"user_id": row["user_id"],
                          "last_watched": [titles[i] for i in hist[-3:]],
                          "recommended": recs.select("item_id", "title", "score").to_dicts()})

@@ -20,7 +20,7 @@ from recfm.errors import RecfmError
 from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.runinfo import run_data_dir
 from recfm.train.distributed import launch, strip_nproc
 from recfm.train.loop import TrainConfig, load_run_config, train
@@ -166,7 +166,7 @@ def recommend_cmd(
     """Recommendations for a known user or from a file of raw events."""
     if (user is None) == (events is None):
         raise RecfmError("recommend: give exactly one of --user or --events")
-    fm = FoundationModel.from_pretrained(run)
+    rec = Recommender.from_pretrained(run)
     if events is not None:
         history = read_events(events, parse_mapping(map_)).drop("_line")
     else:
@@ -177,7 +177,7 @@ def recommend_cmd(
         if history.height == 0:
             raise RecfmError(f"{data / 'tokens.parquet'}: expected user {user!r}, "
                              "found no such user")
-    recs = fm.recommend(history, k=k, exclude_seen=not include_seen, prompt=prompt)
+    recs = rec.recommend(history, k=k, exclude_seen=not include_seen, prompt=prompt)
     t = Table(title=f"top {k} for {user or events}")
     for c in recs.columns:
         t.add_column(c)

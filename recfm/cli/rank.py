@@ -24,7 +24,7 @@ from recfm.cli.output import console
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_json
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.rank.data import (TASKS, RankData, RankDataConfig, build_requests, check_task,
                               holdout_dataset)
 from recfm.rank.model import RankerConfig, UnifiedRanker
@@ -93,7 +93,7 @@ def train_cmd(
             setattr(rank_cfg, name, value)
     t0 = time.perf_counter()
     with console.status("building ranking requests") as status:
-        model_fm = FoundationModel.from_pretrained(fm)
+        model_fm = Recommender.from_pretrained(fm)
         data = build_requests(prepared, model_fm, data_cfg,
                               progress=lambda s: status.update(s))
         data.save(out / "data")

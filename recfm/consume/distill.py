@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from recfm.config import from_dict, read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.loop import LossHook, TrainConfig, TrainResult, train
@@ -79,7 +79,7 @@ def load_student_config(path: str | Path) -> tuple[ModelConfig, TrainConfig, Dis
 def item_logits(model, h: torch.Tensor) -> torch.Tensor:
     """(N, d) states → (N, n_items − reserved) scores of every real item."""
     logits = h @ model.item_table()[N_RESERVED_ITEMS:].T
-    bias = model._hierarchy_bias(h)
+    bias = model.hierarchy_bias(h)
     return logits + bias if bias is not None else logits
 
 
@@ -114,14 +114,14 @@ def distill(teacher_run: str | Path, out: str | Path, student_cfg: ModelConfig,
     """
     cfg = cfg or DistillConfig()
     teacher_run = Path(teacher_run)
-    teacher = FoundationModel.from_pretrained(teacher_run)
-    teacher.eval()
+    vocab = Recommender.from_pretrained(teacher_run)
+    teacher = vocab.model.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     if data_dir is None:
         data_dir = Path(json.loads((teacher_run / "config.json").read_text())["data"]["path"])
     ds = PreparedDataset.load(data_dir)
-    if teacher.tokenizer is None or teacher.tokenizer.item_ids != ds.tokenizer.item_ids:
+    if vocab.tokenizer is None or vocab.tokenizer.item_ids != ds.tokenizer.item_ids:
         raise RecfmError(f"{data_dir}: its item vocabulary differs from the teacher "
                          f"{teacher_run}; distill on the dataset the teacher was trained on")
     if teacher.cfg.positions == "learned" and student_cfg.max_len > teacher.cfg.max_len:

@@ -68,9 +68,9 @@ from recfm.evaluate.evaluator import evaluate_scorer
 from recfm.evaluate.metrics import ranks_of
 from recfm.io import atomic_write_json
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.runinfo import run_data_dir
-from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
 from recfm.train.loop import init_model, run_meta
@@ -267,23 +267,25 @@ class BinaryHead(nn.Module):
 class TaskModel(nn.Module):
     """The foundation model with a task's targets and objective (see module docstring)."""
 
-    def __init__(self, fm: FoundationModel, task: TaskConfig) -> None:
+    def __init__(self, rec: Recommender, task: TaskConfig) -> None:
         super().__init__()
+        fm = rec.model
         self.fm = fm
+        self.rec = rec  # the pipeline around fm: vocabularies, raw histories
         self.task = task
         self.head = (BinaryHead(fm.cfg.d_model, task.head_hidden, task.head_norm)
                      if task.has_head else None)
         if task.kind == "surface":
-            if fm.items is None:
+            if rec.items is None:
                 raise RecfmError("a surface task needs the run's items.parquet")
-            subset = item_subset(fm.items, fm.cfg.n_items, task.items)
+            subset = item_subset(rec.items, fm.cfg.n_items, task.items)
             pos = torch.full((fm.cfg.n_items,), -1, dtype=torch.long)
             pos[subset] = torch.arange(int(subset.sum()))
             self.register_buffer("subset", subset, persistent=False)
             self.register_buffer("subset_idx", subset.nonzero()[:, 0], persistent=False)
             self.register_buffer("subset_pos", pos, persistent=False)
         elif task.kind == "binary":
-            actions = fm.tokenizer.facets.get("action", []) if fm.tokenizer else []
+            actions = rec.tokenizer.facets.get("action", []) if rec.tokenizer else []
             if task.label_action not in actions:
                 raise RecfmError(f"binary task: no action {task.label_action!r} in this "
                                  f"run's data (actions: {', '.join(actions) or 'none'})")
@@ -428,13 +430,13 @@ class TaskModel(nn.Module):
         if self.task.kind != "surface":
             raise ValueError("recommend is for surface tasks; use predict for binary ones")
         self.eval()
-        store = self.fm._store(history if isinstance(history, pl.DataFrame) else [list(history)])
-        scores = self.fm.score(self.fm.encode_store(store))[0]
+        store = self.rec.store(history if isinstance(history, pl.DataFrame) else [list(history)])
+        scores = self.fm.score(self.rec.encode_store(store))[0]
         scores = scores.masked_fill(~self.subset, float("-inf"))
         _, seen = store.history_items(np.arange(1))
         scores[torch.from_numpy(seen)] = float("-inf")
         top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
-        ids = [self.fm.tokenizer.item_ids[i - N_RESERVED_ITEMS] for i in top.indices.tolist()]
+        ids = [self.rec.item_id(i) for i in top.indices.tolist()]
         return pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "item_id": ids,
                              "score": top.values.double().numpy()})
 
@@ -445,11 +447,11 @@ class TaskModel(nn.Module):
         if not self.task.has_head:
             raise ValueError("predict is for binary tasks; use recommend for surface ones")
         self.eval()
-        index = self.fm.tokenizer.item_index()
+        index = self.rec.tokenizer.item_index()
         missing = [i for i in item_ids if str(i) not in index]
         if missing:
             raise RecfmError(f"unknown item id {missing[0]!r}")
-        h = self.fm.encode_users(histories)  # (n, d)
+        h = self.rec.encode_users(histories)  # (n, d)
         items = torch.tensor([index[str(i)] for i in item_ids], dtype=torch.long)
         return torch.sigmoid(self.binary_logit(h, items)).numpy()
 
@@ -459,7 +461,8 @@ class TaskModel(nn.Module):
         """A run directory: the backbone as ``model.safetensors`` (loads as a
         FoundationModel), the task head as ``task_head.safetensors``."""
         path = Path(path)
-        self.fm.save_pretrained(path, {**extra, "task": asdict(self.task)})
+        rec = Recommender(self.fm, self.rec.tokenizer, self.rec.items)
+        rec.save_pretrained(path, {**extra, "task": asdict(self.task)})
         if self.head is not None:
             tmp = path / f".{HEAD_WEIGHTS}.tmp"
             save_file({k: v.detach().contiguous().clone()
@@ -470,13 +473,13 @@ class TaskModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TaskModel":
         path = Path(path)
-        fm = FoundationModel.from_pretrained(path)
+        rec = Recommender.from_pretrained(path)
         meta = json.loads((path / "config.json").read_text())
         if "task" not in meta:
             raise InputError(str(path / "config.json"), None, "task",
                              "a fine-tuned run (recfm finetune)", "a run without a task")
         saved = {"head_norm": False, **meta["task"]}  # runs from before head_norm had none
-        model = cls(fm, TaskConfig.from_dict(saved, str(path / "config.json")))
+        model = cls(rec, TaskConfig.from_dict(saved, str(path / "config.json")))
         if model.head is not None:
             model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
         model.eval()
@@ -540,16 +543,17 @@ def labelled_users(split: Split, share: float) -> Split:
     return replace(split, train=split.train.filter(mine), valid=valid)
 
 
-def _scratch_copy(base: FoundationModel, seed: int) -> FoundationModel:
+def _scratch_copy(rec: Recommender, seed: int) -> Recommender:
     """The same model, randomly initialised; data buffers (attributes, content, log q) kept."""
     torch.manual_seed(seed)
-    fresh = FoundationModel(base.cfg, base.tokenizer, base.items)
+    base = rec.model
+    fresh = FoundationModel(base.cfg, rec.tokenizer, rec.items)
     params = {n for n, _ in fresh.named_parameters()}
     buffers = {k: v for k, v in base.state_dict().items() if k not in params}
     fresh.item_encoder.set_attributes(buffers["item_encoder.attr_offsets"],
                                       buffers["item_encoder.attr_values"])
     fresh.load_state_dict({**fresh.state_dict(), **buffers})
-    return fresh
+    return Recommender(fresh, rec.tokenizer, rec.items, rec.run_dir)
 
 
 def _param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0
@@ -604,7 +608,7 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
                          "and a surface task has no head)")
     seqs = ds.sequences
     if task.kind == "shown":
-        seqs = with_shown(seqs, model.fm.tokenizer.item_index(), task.impressions)
+        seqs = with_shown(seqs, model.rec.tokenizer.item_index(), task.impressions)
     split = labelled_users(leave_one_out(seqs), task.train_users)
     store = SequenceStore(split.train, model.columns)
     spans = task_spans(store, model, model.fm.cfg.max_len, tcfg.window)
@@ -632,17 +636,17 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
                           n_trainable, wall)
 
 
-def _task_model(fm: FoundationModel, task: TaskConfig, scratch: bool
+def _task_model(rec: Recommender, task: TaskConfig, scratch: bool
                 ) -> tuple[TaskModel, int | None]:
-    """The task model on ``fm`` (re-initialised from scratch) with its frozen layers, and
-    the number of trainable top layers (None: every layer trains)."""
+    """The task model on the run's model (re-initialised from scratch) with its frozen
+    layers, and the number of trainable top layers (None: every layer trains)."""
     seed = task.train.seed
     if scratch:
-        fm = _scratch_copy(fm, seed)
+        rec = _scratch_copy(rec, seed)
     torch.manual_seed(seed)
-    model = TaskModel(fm, task)
+    model = TaskModel(rec, task)
     trainable = None if scratch else task.trainable
-    freeze(fm, trainable)
+    freeze(rec.model, trainable)
     if scratch and task.trainable is not None:
         log.info("from scratch: every layer trains (frozen random layers would be no baseline)")
     return model, trainable

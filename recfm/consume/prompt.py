@@ -11,9 +11,9 @@ few kilobytes::
 
     recfm prompt-tune RUN --name kids --surface item.kids=true --tokens 16
 
-    fm = FoundationModel.from_pretrained(RUN)
-    fm.recommend(history, k=10, prompt="kids")   # reads RUN/prompts/kids.safetensors once
-    fm.recommend(history, k=10)                  # the unprompted model, unchanged
+    rec = Recommender.from_pretrained(RUN)
+    rec.recommend(history, k=10, prompt="kids")  # reads RUN/prompts/kids.safetensors once
+    rec.recommend(history, k=10)                 # the unprompted model, unchanged
 
 Two depths (``PromptConfig.depth``):
 
@@ -63,14 +63,11 @@ from recfm.consume.distill import item_logits
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.foundation import FoundationModel
-from recfm.model.prompt import (
-    check_name,
-    prefix_from_tokens,
-    state_sha256,
-    weights_sha256,
-    write_prompt,
-)
+from recfm.model.prompt import prefix_from_tokens
+from recfm.pipeline import Recommender
+from recfm.pipeline.prompts import check_name, state_sha256, write_prompt
 from recfm.prepare import PreparedDataset
+from recfm.runinfo import weights_sha256
 from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
@@ -309,14 +306,15 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
     check_name(cfg.name)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = FoundationModel.from_pretrained(run)
+    rec = Recommender.from_pretrained(run)
+    model = rec.model
     if data_dir is None:
         data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
     ds = PreparedDataset.load(data_dir)
-    if model.tokenizer is None or model.tokenizer.item_ids != ds.tokenizer.item_ids:
+    if rec.tokenizer is None or rec.tokenizer.item_ids != ds.tokenizer.item_ids:
         raise RecfmError(f"{data_dir}: its item vocabulary differs from the run {run}; "
                          "prompt-tune on the dataset the model was trained on")
-    item_mask = surface_items(cfg.surface, model.items, model.cfg.n_items,
+    item_mask = surface_items(cfg.surface, rec.items, model.cfg.n_items,
                               str(run / "items.parquet"))
     facet_codes = surface_facets(cfg.surface, ds.tokenizer.facets, str(data_dir / "tokenizer.json"))
 
@@ -405,16 +403,14 @@ def _prompt_trainer(model: FoundationModel, prompt: torch.nn.Parameter, cfg: Pro
 
 
 @torch.no_grad()
-def top_k_items(model, frame: pl.DataFrame, k: int = 10, prompt: str | None = None,
+def top_k_items(rec: Recommender, frame: pl.DataFrame, k: int = 10, prompt: str | None = None,
                 batch_size: int = 256) -> np.ndarray:
-    """(n, k) top-``k`` item indices per history of ``frame`` — :meth:`recommend`, batched.
-
-    Items already in a history are excluded, as ``recommend`` does; no other filter.
+    """(n, k) top-``k`` item indices per history of ``frame`` — :meth:`Recommender.recommend`,
+    batched. Items already in a history are excluded, as ``recommend`` does; no other filter.
     """
-    from recfm.batching import SequenceStore
-
+    model = rec.model
     store = SequenceStore(frame, model.input_columns)
-    users = model.encode_store(store, batch_size=batch_size, prompt=prompt)  # (n, d)
+    users = rec.encode_store(store, batch_size=batch_size, prompt=prompt)  # (n, d)
     out = []
     for start in range(0, len(store), batch_size):
         rows = np.arange(start, min(start + batch_size, len(store)))

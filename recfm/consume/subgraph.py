@@ -28,7 +28,6 @@ foundation weights are never duplicated otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -44,21 +43,14 @@ from recfm.batching import SequenceStore, history_batches
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_dir
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
+from recfm.runinfo import weights_sha256
 
 log = logging.getLogger(__name__)
 
 DOWNSTREAM_WEIGHTS = "downstream.safetensors"
 DOWNSTREAM_CONFIG = "downstream.json"
 RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "items.parquet")
-
-
-def weights_sha256(run: str | Path) -> str:
-    """SHA-256 of a run's ``model.safetensors`` (what a downstream model was built on)."""
-    h = hashlib.sha256()
-    with (Path(run) / "model.safetensors").open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def trainable_modules(fm: FoundationModel, trainable_layers: int | None) -> list[nn.Module]:
@@ -98,10 +90,12 @@ class FoundationEncoder(nn.Module):
         torch.Size([2, 64])
     """
 
-    def __init__(self, fm: FoundationModel, trainable_layers: int | None = 0,
+    def __init__(self, rec: Recommender, trainable_layers: int | None = 0,
                  pooling: str | None = None, run: str | Path | None = None) -> None:
         super().__init__()
+        fm = rec.model
         self.fm = fm
+        self.rec = rec  # the pipeline around fm: item ids, raw events
         self.trainable_layers = trainable_layers
         self.pooling = pooling
         self.run = Path(run).resolve() if run is not None else None
@@ -112,7 +106,7 @@ class FoundationEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, run: str | Path, trainable_layers: int | None = 0,
                         pooling: str | None = None) -> "FoundationEncoder":
-        return cls(FoundationModel.from_pretrained(run), trainable_layers, pooling, run)
+        return cls(Recommender.from_pretrained(run), trainable_layers, pooling, run)
 
     @classmethod
     def from_downstream(cls, path: str | Path) -> "FoundationEncoder":
@@ -154,8 +148,8 @@ class FoundationEncoder(nn.Module):
 
     def batch(self, histories: Any) -> dict[str, torch.Tensor]:
         """One (B, T) batch of the last ``max_len`` tokens of each history (lists of item
-        ids, a sequences frame, or raw events; see :meth:`FoundationModel.encode_users`)."""
-        store = self.fm._store(histories)
+        ids, a sequences frame, or raw events; see :meth:`Recommender.store`)."""
+        store = self.rec.store(histories)
         return next(history_batches(store, self.fm.cfg.max_len, max(len(store), 1)))[1]
 
     def store(self, frame: Any) -> SequenceStore:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import torch
 
 from recfm.batching import SequenceStore, history_batches
+from recfm.data.splits import leave_one_out
+from recfm.errors import RecfmError
 from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
 from recfm.evaluate.ranks import Scorer, frame_targets, scored_batches
+from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
+from recfm.prepare import PreparedDataset
 from recfm.tokenizer import N_RESERVED_ITEMS
 
 
@@ -174,15 +180,11 @@ def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
 
     Returns ``{"model": {...}, "popularity": {...}, "recent": {...}}`` (metrics dicts).
     """
-    from recfm.data.splits import leave_one_out
-    from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
-
-    model = FoundationModel.from_pretrained(run)
+    tok, items = read_vocabulary(Path(run))
+    model = FoundationModel.load(run, tok, items)
     ds = PreparedDataset.load(data_dir)
-    if ds.tokenizer.item_ids[: len(model.tokenizer.item_ids)] != model.tokenizer.item_ids[
-            : len(ds.tokenizer.item_ids)]:
-        from recfm.errors import RecfmError
+    run_ids = tok.item_ids if tok is not None else []
+    if ds.tokenizer.item_ids[:len(run_ids)] != run_ids[:len(ds.tokenizer.item_ids)]:
         raise RecfmError(f"{data_dir}: its item vocabulary differs from the run's {run}; "
                          "evaluate on the dataset the model was trained on")
     s = leave_one_out(ds.sequences)

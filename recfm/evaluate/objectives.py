@@ -17,7 +17,7 @@ import torch
 
 from recfm.batching import SequenceStore, history_batches
 from recfm.data.splits import Split, drop_last, history_rows, leave_one_out, list_columns
-from recfm.model.objectives import majority_accuracy
+from recfm.model.objectives import majority_accuracy, rollout_scores, window_head
 from recfm.tokenizer import N_RESERVED_ITEMS
 
 
@@ -63,8 +63,6 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
     decoding the next-item head ``rollout_depth`` items ahead
     (:func:`recfm.model.objectives.rollout_scores`; 0, or a ``pooling``, skips it).
     """
-    from recfm.model.objectives import rollout_scores, window_head
-
     model.eval()
     head = window_head(model.heads) if window_horizon == "window" else "next"
     store = SequenceStore(holdout, model.input_columns)

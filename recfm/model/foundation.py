@@ -1,13 +1,13 @@
-"""FoundationModel: the causal transformer over interaction tokens, and its public API.
+"""FoundationModel: the causal transformer over interaction tokens — tensors in, tensors out.
 
     fm = FoundationModel.from_pretrained("runs/beauty")
-    users = fm.encode_users(histories)            # (n, d) user vectors
-    recs = fm.recommend(history, k=10)            # item ids and scores
+    users = fm.last_hidden({"item": items})       # (B, d) user vectors of token batches
+    scores = fm.score(users)                      # (B, n_items)
 
 The hidden state after a user's last token is the user representation; item scores are
-its dot product with the item table (tied to the input embeddings, or separate). A run
-directory holds ``config.json``, ``model.safetensors``, ``tokenizer.json`` and
-``items.parquet``; it loads without the training data and without pickle.
+its dot product with the item table (tied to the input embeddings, or separate). The
+network saves ``config.json`` and ``model.safetensors``; item ids, raw events, titles and
+prompts are the pipeline's (:class:`recfm.pipeline.Recommender`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recfm import __version__
-from recfm.batching import SequenceStore, history_batches
 from recfm.errors import ConfigError, InputError
 from recfm.io import atomic_write_json
 from recfm.model.attention import KVCache
@@ -44,8 +43,8 @@ from recfm.model.objectives import (
     target_weights,
     window_loss,
 )
-from recfm.model.prompt import check_vectors, prompted_backbone, read_prompt, read_prompts
-from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
+from recfm.model.prompt import prompted_backbone
+from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +114,6 @@ class FoundationModel(nn.Module):
                  items: pl.DataFrame | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.items = items
         self.item_encoder = ItemEncoder(cfg)
         self.embed = EventEmbedding(cfg)
         self.backbone = Backbone(cfg)
@@ -127,8 +124,6 @@ class FoundationModel(nn.Module):
         # log q(item) for sampled softmax: item frequency in the training data (smoothed).
         self.register_buffer("log_q", torch.full((cfg.n_items,), -float(np.log(max(cfg.n_items, 1)))))
         self.input_columns = ["item"] + sorted(self.embed.facets.keys())
-        self.run_dir: Path | None = None  # set by from_pretrained; soft prompts live there
-        self.prompts: dict[str, torch.Tensor] = {}  # name → (k, d), see recfm.model.prompt
         self._init_objectives(cfg, tokenizer, items)
         if self.context_len > cfg.max_len and cfg.positions == "learned":
             raise ConfigError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
@@ -215,7 +210,7 @@ class FoundationModel(nn.Module):
         sampled loss builds only the rows it needs (see :meth:`_loss_table`)."""
         cfg = self.cfg
         if cfg.loss == "full":
-            bias = self._hierarchy_bias(h)
+            bias = self.hierarchy_bias(h)
             return full_softmax_loss(h, target, table, cfg.label_smoothing, cfg.temperature,
                                      weights, bias)
         negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator,
@@ -239,7 +234,7 @@ class FoundationModel(nn.Module):
             return None
         return self.item_table()
 
-    def _hierarchy_bias(self, h: torch.Tensor) -> torch.Tensor | None:
+    def hierarchy_bias(self, h: torch.Tensor) -> torch.Tensor | None:
         """log p(entity type of each item | h), (N, n_items - reserved), when hierarchical."""
         if not self.cfg.objectives.hierarchical:
             return None
@@ -396,116 +391,11 @@ class FoundationModel(nn.Module):
                                  "recfm.model.objectives.rollout_scores")
             return window_scores(self, users)
         scores = users @ self.item_table().T
-        bias = self._hierarchy_bias(users)
+        bias = self.hierarchy_bias(users)
         if bias is not None:
             scores[:, N_RESERVED_ITEMS:] += bias
         scores[:, :N_RESERVED_ITEMS] = float("-inf")
         return scores
-
-    # ------------------------------------------------------------------ histories in, ids out
-
-    def _store(self, histories: Any) -> SequenceStore:
-        """Histories as a sequences frame, a list of item-id lists, or raw event frames."""
-        if isinstance(histories, pl.DataFrame) and "item" in histories.columns:
-            seqs = histories
-        elif isinstance(histories, pl.DataFrame):  # raw events (canonical columns)
-            seqs = self.tokenize_events(histories)
-        else:
-            index = self.tokenizer.item_index() if self.tokenizer else {}
-            rows = [[index.get(str(i), UNK) for i in h] for h in histories]
-            seqs = pl.DataFrame({"item": rows}, schema={"item": pl.List(pl.Int64)})
-        return SequenceStore(seqs, self.input_columns)
-
-    def tokenize_events(self, events: pl.DataFrame) -> pl.DataFrame:
-        """Raw events of (possibly new) users → token sequences with this model's vocabularies."""
-        from recfm.data.schema import normalize_events
-
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: load it with from_pretrained")
-        ev = normalize_events(events, "<events>")
-        return tokenize(ev, self.tokenizer.config, fitted=self.tokenizer,
-                        has_time=self.tokenizer.has_time).tokens
-
-    @torch.no_grad()
-    def encode_users(self, histories: Any, pooling: str | None = None,
-                     batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
-        """(n, d) user vectors for histories (see :meth:`_store` for accepted forms).
-
-        ``pooling``: see :meth:`last_hidden`; default: the representation the model was
-        trained (and is scored) with.
-
-        ``prompt``: the name of a soft prompt (a surface, e.g. ``"kids"``) to condition on.
-        """
-        return self.encode_store(self._store(histories), pooling, batch_size, prompt)
-
-    @torch.no_grad()
-    def encode_store(self, store: SequenceStore, pooling: str | None = None,
-                     batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
-        self.eval()
-        extra = {"soft_prompt": self.prompt_vectors(prompt)} if prompt is not None else {}
-        out = [self.last_hidden({**b, **extra}, pooling) for _, b in
-               history_batches(store, self.context_len, batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.cfg.d_model)
-
-    # ------------------------------------------------------------------ soft prompts
-
-    def add_prompt(self, name: str, vectors: torch.Tensor) -> None:
-        """Use (k, d) soft-prompt ``vectors`` for ``prompt=name`` (replaces one so named)."""
-        self.prompts[name] = check_vectors(vectors, self.cfg, name)
-
-    def load_prompts(self, path: str | Path | None = None) -> list[str]:
-        """(Re)read every prompt of the run's ``prompts/`` (or ``path``); returns all names."""
-        self.prompts.update(read_prompts(self, path))
-        return sorted(self.prompts)
-
-    def prompt_vectors(self, name: str) -> torch.Tensor:
-        """(k, d) vectors of prompt ``name``, read from the run on first use."""
-        if name not in self.prompts:
-            self.prompts[name] = read_prompt(self, name)
-        return self.prompts[name]
-
-    @torch.no_grad()
-    def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
-                  prompt: str | None = None, horizon: str = "next") -> pl.DataFrame:
-        """Top-``k`` items for one user: a list of item ids or a frame of raw events.
-
-        Returns a frame with ``item_id``, ``score`` and, when the catalog has them, titles.
-        ``prompt``: condition on a soft prompt (e.g. ``"kids"``, :mod:`recfm.consume.prompt`).
-        ``horizon``: ``window`` ranks what the user will engage with over the next events
-        (see :meth:`score`) instead of the next item; ``rollout`` ranks the expected count
-        of each item among the next two, decoding the next-item head
-        (:func:`recfm.model.objectives.rollout_scores`; no prompt).
-        """
-        histories = history if isinstance(history, pl.DataFrame) else [list(history)]
-        store = self._store(histories)
-        if len(store) != 1:
-            raise ValueError(f"recommend takes one user's history; got {len(store)} users")
-        _, seen = store.history_items(np.arange(1))
-        if horizon == "rollout":
-            from recfm.model.objectives import rollout_scores
-            if prompt is not None:
-                raise ValueError("the rollout horizon does not take a prompt")
-            self.eval()
-            _, batch = next(history_batches(store, self.context_len, 1))
-            exclude = torch.zeros(1, self.cfg.n_items, dtype=torch.bool)
-            if exclude_seen:
-                exclude[0, torch.from_numpy(seen)] = True
-            scores = rollout_scores(self, batch, exclude)[0]
-        else:
-            user = self.encode_store(store, prompt=prompt)
-            scores = self.score(user, horizon)[0]
-        if exclude_seen:
-            scores[torch.from_numpy(seen)] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        idx = top.indices.numpy()
-        ids = [self.tokenizer.item_ids[i - N_RESERVED_ITEMS] for i in idx] if self.tokenizer \
-            else [str(i) for i in idx]
-        out = pl.DataFrame({"rank": np.arange(1, k + 1), "item_id": ids,
-                            "score": top.values.numpy().astype(np.float64)})
-        if self.items is not None and "title" in self.items.columns:
-            out = out.join(self.items.select("item_id", "title"), on="item_id", how="left")
-        return out
 
     # ------------------------------------------------------------------ incremental encoding
 
@@ -560,7 +450,8 @@ class FoundationModel(nn.Module):
     # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (+ tokenizer, items) into ``path``."""
+        """Write ``config.json`` and ``model.safetensors`` into ``path``, each atomically
+        (the run's vocabularies: :meth:`recfm.pipeline.Recommender.save_pretrained`)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
@@ -568,12 +459,6 @@ class FoundationModel(nn.Module):
         save_file(state, str(tmp), metadata={"recfm_version": __version__})
         tmp.replace(path / "model.safetensors")
         atomic_write_json(path / "config.json", {"model": asdict(self.cfg), **(extra or {})})
-        if self.tokenizer is not None:
-            self.tokenizer.save(path / "tokenizer.json")
-        if self.items is not None:
-            tmp_items = path / ".items.parquet.tmp"
-            self.items.write_parquet(tmp_items)
-            tmp_items.replace(path / "items.parquet")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors"
@@ -599,7 +484,6 @@ class FoundationModel(nn.Module):
                                           state["item_encoder.attr_values"])
         model.load_state_dict(state)
         model.eval()
-        model.run_dir = path
         return model
 
 

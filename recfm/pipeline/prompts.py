@@ -120,15 +120,6 @@ def write_prompt(run: str | Path, name: str, vectors: torch.Tensor, meta: dict[s
     return path
 
 
-def weights_sha256(run: str | Path) -> str:
-    """sha256 of the run's ``model.safetensors`` (the frozen foundation weights)."""
-    h = hashlib.sha256()
-    with open(Path(run) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_sha256(model: torch.nn.Module) -> str:
     """sha256 over every tensor of ``model.state_dict()`` (names, shapes and bytes)."""
     h = hashlib.sha256()

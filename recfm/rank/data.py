@@ -30,7 +30,7 @@ Everything is drawn from one generator seeded by :attr:`RankDataConfig.seed`.
 Example:
     >>> holdout_dataset("prepared", "prepared-fm", holdout=6)     # doctest: +SKIP
     >>> # train a foundation model on prepared-fm, then:
-    >>> data = build_requests("prepared", FoundationModel.from_pretrained("run"))  # doctest: +SKIP
+    >>> data = build_requests("prepared", Recommender.from_pretrained("run"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from recfm.batching import SequenceStore
 from recfm.config import from_dict
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_dir, atomic_write_json
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.rank.lexical import STOPWORDS, BM25Index, normalize, words
 from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
@@ -428,17 +429,17 @@ def _recommend_candidates(cfg: RankDataConfig, store: SequenceStore, rows: np.nd
     return cands, anchor
 
 
-def build_requests(prepared: str | Path, fm, cfg: RankDataConfig | None = None,
+def build_requests(prepared: str | Path, rec: Recommender, cfg: RankDataConfig | None = None,
                    progress=None) -> RankData:
-    """Requests of every user of ``prepared`` (see the module docstring) with ``fm``'s vectors.
-
-    ``fm``: a :class:`~recfm.model.foundation.FoundationModel` trained on
-    :func:`holdout_dataset` of the same prepared dataset (same item indices).
+    """Requests of every user of ``prepared`` (see the module docstring) with the vectors of
+    ``rec``'s model, trained on :func:`holdout_dataset` of the same prepared dataset (same
+    item indices).
     """
     cfg = cfg or RankDataConfig()
     rng = np.random.default_rng(cfg.seed)
     ds = PreparedDataset.load(prepared)
-    if fm.tokenizer is not None and fm.tokenizer.item_ids != ds.tokenizer.item_ids:
+    fm = rec.model
+    if rec.tokenizer is not None and rec.tokenizer.item_ids != ds.tokenizer.item_ids:
         raise RecfmError(f"{prepared}: its item vocabulary differs from the foundation model's; "
                          "train the model on holdout_dataset() of this prepared dataset")
     seqs = ds.sequences

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recfm.model.backbone import KVCache
+from recfm.model.attention import KVCache
 from recfm.serve.engine import Engine, Query
 
 

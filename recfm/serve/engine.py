@@ -5,9 +5,10 @@ eligible items), encodes batches of them — through the user-state cache — an
 items. It knows nothing about HTTP; :mod:`recfm.serve.app` puts it behind FastAPI, and a
 hot reload builds a new engine beside the old one and swaps the reference.
 
-The model is used only through :class:`~recfm.model.foundation.FoundationModel`'s public
-methods (``from_pretrained``, ``item_table``, ``input_item_table``, ``encode_incremental``,
-``tokenize_events``).
+The run is loaded as a :class:`~recfm.pipeline.Recommender` (vocabularies, the reference
+tokenizer) and its network is used only through
+:class:`~recfm.model.foundation.FoundationModel`'s public methods (``item_table``,
+``input_item_table``, ``encode_incremental``, ``last_hidden``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from recfm.batching import SequenceStore
 from recfm.errors import InputError, RecfmError
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.rank.serve import RankerHook
 from recfm.runinfo import model_version
 from recfm.serve.config import ServeConfig
@@ -114,15 +115,16 @@ class Engine:
         t0 = time.perf_counter()
         self.cfg = cfg or ServeConfig()
         self.run = Path(run)
-        self.fm = FoundationModel.from_pretrained(self.run)
-        if self.fm.tokenizer is None or self.fm.items is None:
+        self.rec = Recommender.from_pretrained(self.run)
+        self.fm = self.rec.model
+        if self.rec.tokenizer is None or self.rec.items is None:
             raise RecfmError(f"{self.run}: a run directory needs tokenizer.json and "
                              "items.parquet to be served")
         self.version = model_version(self.run)
         self.columns = list(self.fm.input_columns)
         self.max_len = self.fm.cfg.max_len
-        self.has_time = self.fm.tokenizer.has_time
-        self.n_gap_buckets = self.fm.tokenizer.config.n_gap_buckets
+        self.has_time = self.rec.tokenizer.has_time
+        self.n_gap_buckets = self.rec.tokenizer.config.n_gap_buckets
         with torch.no_grad():
             self.table = self.fm.item_table().detach().contiguous()  # (N, d) scoring side
             self.input_table = self.fm.input_item_table()  # (N, d) input side
@@ -136,7 +138,7 @@ class Engine:
                                  self.cfg.hnsw_m, self.cfg.hnsw_ef_construction,
                                  self.cfg.hnsw_ef_search, cache_dir)
         self.exact = self.index if isinstance(self.index, ExactIndex) else ExactIndex(self.table)
-        items = self.fm.items
+        items = self.rec.items
         self.rules = ItemRules(items, self.n_items)
         self.pooled = self.fm.cfg.user_repr != "last"
         """The model reads users through a pooled representation (``user_repr``: mean of
@@ -148,11 +150,11 @@ class Engine:
                      if self.cfg.fast_step and not self.pooled else None)
         """The lean one-token extension of a cached state (None: the reference path only)."""
         self.item_ids = [""] * self.n_items
-        for i, iid in enumerate(self.fm.tokenizer.item_ids):
+        for i, iid in enumerate(self.rec.tokenizer.item_ids):
             self.item_ids[N_RESERVED_ITEMS + i] = iid
         self.index_of = {iid: N_RESERVED_ITEMS + i
-                         for i, iid in enumerate(self.fm.tokenizer.item_ids)}
-        self.event_tokenizer = EventTokenizer(self.fm.tokenizer, self.columns, self.index_of)
+                         for i, iid in enumerate(self.rec.tokenizer.item_ids)}
+        self.event_tokenizer = EventTokenizer(self.rec.tokenizer, self.columns, self.index_of)
         self.fast_tokens = True
         """Tokenize requests with :class:`EventTokenizer` (False: the reference tokenizer)."""
         self.titles = self._column(items, "title")
@@ -263,7 +265,7 @@ class Engine:
             if f in cols:
                 cols[f] = [None if v is None else str(v) for v in cols[f]]
         try:
-            seqs = self.fm.tokenize_events(pl.DataFrame(cols, strict=False))
+            seqs = self.rec.tokenize_events(pl.DataFrame(cols, strict=False))
         except InputError as e:
             raise Unprocessable(str(e)) from None
         if seqs.height == 0:  # every event filtered out (e.g. impressions only)

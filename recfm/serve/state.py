@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recfm.model.backbone import KVCache
+from recfm.model.attention import KVCache
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 

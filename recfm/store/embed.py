@@ -43,13 +43,13 @@ import torch
 
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_bytes
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.runinfo import model_version, run_data_dir
 from recfm.store.backends import open_store
 from recfm.store.base import EmbeddingStore, VersionInfo, table_vectors
 from recfm.tokenizer import N_RESERVED_ITEMS
 from recfm.train.distributed import current
-from recfm.train.loop import data_fingerprint
+from recfm.train.run import data_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
             raise RecfmError(f"{run}: its training data is not at the path in config.json; "
                              "give the prepared dataset with --data")
     data_dir = Path(data_dir)
-    fm = FoundationModel.from_pretrained(run)
+    rec = Recommender.from_pretrained(run)
     tokens = data_dir / "tokens.parquet"
     if not tokens.is_file():
         raise InputError(str(tokens), None, None, "a prepared dataset (run `recfm prepare`)",
@@ -94,11 +94,11 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     seqs = pl.read_parquet(tokens)
     data_items = pl.read_parquet(data_dir / "items.parquet", columns=["item_id"])
     data_ids = data_items["item_id"].cast(pl.Utf8).to_list()
-    run_ids = fm.tokenizer.item_ids if fm.tokenizer else []
+    run_ids = rec.tokenizer.item_ids if rec.tokenizer else []
     if run_ids[:len(data_ids)] != data_ids:
         raise RecfmError(f"{data_dir}: its item vocabulary differs from the run {run}; embed "
                          "users of data tokenized with that run's vocabulary")
-    pooling = pooling or fm.cfg.user_repr
+    pooling = pooling or rec.cfg.user_repr
     st = store if isinstance(store, EmbeddingStore) else open_store(store, keep=keep)
 
     # users: this process's rows (all, or r::world), encoded by _encode
@@ -114,9 +114,9 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
         torch.distributed.barrier()  # a common start for the job's users/s
     mine = np.arange(n) if ctx is None else np.arange(ctx.rank, n, ctx.world)
     t0 = time.perf_counter()
-    vectors = _encode(fm, seqs, mine, pooling, batch_size, chunk_users, on_progress)
+    vectors = _encode(rec, seqs, mine, pooling, batch_size, chunk_users, on_progress)
     if ctx is None:
-        return _publish_users_items(fm, st, run, data_dir, run_ids, user_ids, vectors,
+        return _publish_users_items(rec, st, run, data_dir, run_ids, user_ids, vectors,
                                     pooling, time.perf_counter() - t0, batch_size, 1)
     _write_shard(staging / f"users-rank{ctx.rank:05d}.parquet", mine,
                  [user_ids[i] for i in mine], vectors)
@@ -124,8 +124,8 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     if not ctx.is_main:
         return _share_outcome(ctx)
     try:
-        vectors = _gather_shards(staging, ctx.world, user_ids, fm.cfg.d_model)
-        info = _publish_users_items(fm, st, run, data_dir, run_ids, user_ids, vectors,
+        vectors = _gather_shards(staging, ctx.world, user_ids, rec.cfg.d_model)
+        info = _publish_users_items(rec, st, run, data_dir, run_ids, user_ids, vectors,
                                     pooling, time.perf_counter() - t0, batch_size, ctx.world)
     except Exception as e:
         _share_outcome(ctx, error=f"{type(e).__name__}: {e}")  # the other ranks fail too
@@ -153,19 +153,20 @@ def remove_stale_staging(root: Path, max_age_s: float = STALE_STAGING_S) -> list
     return removed
 
 
-def _encode(fm, seqs: pl.DataFrame, rows: np.ndarray, pooling: str, batch_size: int,
+def _encode(rec: Recommender, seqs: pl.DataFrame, rows: np.ndarray, pooling: str,
+            batch_size: int,
             chunk_users: int, on_progress: ProgressFn | None) -> np.ndarray:
     """(len(rows), d) user vectors of dataset rows ``rows``, in that order."""
-    order = np.argsort(np.minimum(seqs["length"].to_numpy()[rows], fm.cfg.max_len),
+    order = np.argsort(np.minimum(seqs["length"].to_numpy()[rows], rec.cfg.max_len),
                        kind="stable")
-    columns = [c for c in fm.input_columns if c in seqs.columns]
+    columns = [c for c in rec.model.input_columns if c in seqs.columns]
     frame = seqs.select(columns)
-    vectors = np.empty((len(rows), fm.cfg.d_model), dtype=np.float32)
+    vectors = np.empty((len(rows), rec.cfg.d_model), dtype=np.float32)
     done = 0
     for s in range(0, len(rows), chunk_users):
         part = order[s:s + chunk_users]  # positions in ``rows``
         try:
-            vectors[part] = fm.encode_users(frame[rows[part]], pooling=pooling,
+            vectors[part] = rec.encode_users(frame[rows[part]], pooling=pooling,
                                             batch_size=batch_size).numpy()
         except ValueError as e:  # e.g. attention pooling of a model trained without it
             raise RecfmError(f"pooling {pooling!r}: {e}") from None
@@ -227,18 +228,18 @@ def _share_outcome(ctx, info: VersionInfo | None = None, error: str | None = Non
     return VersionInfo.from_dict(box[0])
 
 
-def _publish_users_items(fm, st: EmbeddingStore, run: Path, data_dir: Path,
+def _publish_users_items(rec: Recommender, st: EmbeddingStore, run: Path, data_dir: Path,
                          run_ids: list[str], user_ids: list[str], vectors: np.ndarray,
                          pooling: str, encode_s: float, batch_size: int, world: int
                          ) -> VersionInfo:
     """Compute the item vectors and publish them with the users' as one version."""
     n = len(user_ids)
     with torch.no_grad():
-        items = fm.item_table()[N_RESERVED_ITEMS:].detach().float().numpy()  # (n_items, d)
+        items = rec.model.item_table()[N_RESERVED_ITEMS:].detach().float().numpy()  # (N, d)
     titles = None
-    if fm.items is not None and "title" in fm.items.columns:
-        title_of = dict(zip(fm.items["item_id"].cast(pl.Utf8).to_list(),
-                            fm.items["title"].cast(pl.Utf8).to_list()))
+    if rec.items is not None and "title" in rec.items.columns:
+        title_of = dict(zip(rec.items["item_id"].cast(pl.Utf8).to_list(),
+                            rec.items["title"].cast(pl.Utf8).to_list()))
         titles = [title_of.get(i) for i in run_ids]
 
     users_per_s = n / encode_s if encode_s > 0 else float("inf")
@@ -248,8 +249,8 @@ def _publish_users_items(fm, st: EmbeddingStore, run: Path, data_dir: Path,
         "pooling": pooling, "run": str(run.resolve()), "model_version": model_version(run),
         "tokenizer_sha256": _sha256_12(run / "tokenizer.json"),
         "data": str(data_dir.resolve()), "data_fingerprint": data_fingerprint(data_dir),
-        "model": {"d_model": fm.cfg.d_model, "n_layers": fm.cfg.n_layers,
-                  "max_len": fm.cfg.max_len, "user_repr": fm.cfg.user_repr},
+        "model": {"d_model": rec.cfg.d_model, "n_layers": rec.cfg.n_layers,
+                  "max_len": rec.cfg.max_len, "user_repr": rec.cfg.user_repr},
         "encode_s": round(encode_s, 4), "users_per_s": round(users_per_s, 1),
         "batch_size": batch_size, "threads": torch.get_num_threads(),
         "user_vectors": "the model's user representation after each user's last token",

@@ -34,14 +34,25 @@ from recfm.evaluate.evaluator import evaluate_scorer, model_scorer, popularity_s
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.train import distributed, shards, windows
 from recfm.train.batches import MemoryBatches, epoch_plan, make_batch
 from recfm.train.config import TrainConfig, load_run_config, lr_at
 from recfm.train.fresh import FRESH, fresh_spans, fresh_split, mask_context_targets
 from recfm.train.run import Checkpointer, data_fingerprint, machine_info
-from recfm.train.trainer import (Budget, DataSource, LossFn, ProgressFn, RunFiles, Trainer,
-                                 Validation, decay_groups, scale_groups, tokens_loss)
+from recfm.train.trainer import (
+    Budget,
+    DataSource,
+    LossFn,
+    ProgressFn,
+    RunFiles,
+    Trainer,
+    Validation,
+    decay_groups,
+    scale_groups,
+    tokens_loss,
+)
 
 __all__ = ["Checkpointer", "LossHook", "ProgressFn", "TrainConfig", "TrainResult",
            "data_fingerprint", "epoch_plan", "init_model", "load_run_config", "lr_at",
@@ -71,14 +82,14 @@ class LossHook:
     """Recorded in the run's ``config.json``."""
 
 
-def init_model(run: Path, ds: PreparedDataset) -> FoundationModel:
+def init_model(run: Path, ds: PreparedDataset) -> Recommender:
     """The model of an existing run, checked against the dataset it will be tuned on."""
-    model = FoundationModel.from_pretrained(run)
-    if model.tokenizer is None or model.tokenizer.item_ids != ds.tokenizer.item_ids:
+    rec = Recommender.from_pretrained(run)
+    if rec.tokenizer is None or rec.tokenizer.item_ids != ds.tokenizer.item_ids:
         raise RecfmError(f"{ds.path}: its item vocabulary differs from the run {run}; fine-tune "
                          "on data tokenized with that run (recfm train --init-from RUN "
                          "--events FILE)")
-    return model
+    return rec
 
 
 def run_meta(data_dir: Path, ds: PreparedDataset, command: str | None) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def run_meta(data_dir: Path, ds: PreparedDataset, command: str | None) -> dict[s
 
 
 def new_model(model_cfg: ModelConfig, ds: PreparedDataset, split: Split,
-              data_dir: Path) -> FoundationModel:
+              data_dir: Path) -> Recommender:
     """A freshly initialised model for ``ds``: attributes, content and item log-frequencies."""
     mcfg, (offsets, values) = build_config(model_cfg, ds.tokenizer, ds.items, split.train)
     content = load_dataset_content(data_dir, ds.items, mcfg.n_items) if mcfg.use_content \
@@ -104,7 +115,7 @@ def new_model(model_cfg: ModelConfig, ds: PreparedDataset, split: Split,
     counts = np.bincount(split.train["item"].explode().to_numpy(), minlength=mcfg.n_items)
     q = (counts[:mcfg.n_items] + 1.0) / (counts.sum() + mcfg.n_items)
     model.log_q.copy_(torch.from_numpy(np.log(q)).float())
-    return model
+    return Recommender(model, ds.tokenizer, ds.items)
 
 
 def data_source(data_dir: Path, split: Split, model: FoundationModel, tcfg: TrainConfig,
@@ -180,8 +191,9 @@ def train(
     elif split is None:
         split = leave_one_out(ds.sequences)
     torch.manual_seed(tcfg.seed)
-    model = init_model(Path(init_from), ds) if init_from is not None else \
+    rec = init_model(Path(init_from), ds) if init_from is not None else \
         new_model(model_cfg or ModelConfig(), ds, split, data_dir)
+    model = rec.model
     n_params = sum(p.numel() for p in model.parameters())
     ddp = distributed.trainer(model, tcfg.seed, "incremental training" if fresh else
                               "a loss hook" if loss_hook is not None else None)
@@ -193,25 +205,26 @@ def train(
     meta.update(loss_hook.meta if loss_hook is not None else {})
     if ddp is not None:
         meta["distributed"] = {"world": ddp.ctx.world, "backend": ddp.ctx.backend}
-    trainer = _trainer(model, tcfg, (source, total_steps), split, (run, meta), ddp, loss_hook,
+    trainer = _trainer(rec, tcfg, (source, total_steps), split, (run, meta), ddp, loss_hook,
                        strict_budget=fresh)
     trainer.on_progress = on_progress
     trainer.resume(resume)
     if not (run / "model.safetensors").exists() and trainer.files.main:
-        model.save_pretrained(run, meta)
+        rec.save_pretrained(run, meta)
     trainer.fit()
     if ddp is not None:
         ddp.barrier()  # rank 0's last save is complete
     return _finish(run, split, trainer, evaluate_test, t_start, n_params)
 
 
-def _trainer(model: FoundationModel, tcfg: TrainConfig, data: tuple[DataSource, int],
+def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
              split: Split, out: tuple[Path, dict[str, Any]], ddp, loss_hook: LossHook | None,
              strict_budget: bool) -> Trainer:
     """The Trainer of a foundation-model run: next-item loss (or the hook's), NDCG@10.
 
     ``strict_budget``: a fine-tune's budget (incremental data) stops inside an epoch."""
     run, meta = out
+    model = rec.model
     groups = decay_groups(list(model.named_parameters()), tcfg.weight_decay)
     if tcfg.lr_scales:
         groups = scale_groups(model, groups, tcfg.lr_scales)
@@ -230,7 +243,7 @@ def _trainer(model: FoundationModel, tcfg: TrainConfig, data: tuple[DataSource, 
             model_scorer(model), split.valid, mcfg.n_items, mcfg.max_len, model.input_columns,
             batch_size=tcfg.eval_batch_size, ks=(10, 20))
 
-    files = RunFiles(run, lambda: model.save_pretrained(run, meta),
+    files = RunFiles(run, lambda: rec.save_pretrained(run, meta),
                      ddp.checkpointer(run) if ddp is not None else None,
                      ddp is None or ddp.is_main, tcfg.tensorboard)
     budget = Budget(tcfg.max_minutes, strict=strict_budget) if tcfg.max_minutes else None

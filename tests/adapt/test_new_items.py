@@ -12,12 +12,7 @@ import polars as pl
 import pytest
 import torch
 
-from recfm.adapt.incremental import (
-    build_incremental_dataset,
-    fresh_spans,
-    fresh_split,
-    mask_context_targets,
-)
+from recfm.adapt.incremental import build_incremental_dataset
 from recfm.adapt.new_items import add_items, neighbour_mean, ridge_map
 from recfm.batching import SequenceStore
 from recfm.content.store import embed_dataset
@@ -26,7 +21,9 @@ from recfm.data.schema import normalize_events, normalize_items
 from recfm.errors import RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import prepare
+from recfm.train.fresh import fresh_spans, fresh_split, mask_context_targets
 from recfm.train.loop import TrainConfig, train
 
 HELD = ["i5", "i22"]
@@ -77,42 +74,42 @@ def runs(tmp_path_factory):
 
 
 def test_content_run_records_its_embedder(runs):
-    fm = FoundationModel.from_pretrained(runs["run"])
+    fm = Recommender.from_pretrained(runs["run"])
     assert fm.cfg.content_dim == 32 and fm.cfg.content_embedder == "hash:32"
-    assert FoundationModel.from_pretrained(runs["id_run"]).cfg.content_dim == 0
+    assert Recommender.from_pretrained(runs["id_run"]).cfg.content_dim == 0
 
 
 def test_unseen_item_gets_a_finite_non_default_score_from_content_alone(runs, tmp_path):
     add_items(runs["run"], runs["new"], tmp_path / "run2", init="zero")
-    fm = FoundationModel.from_pretrained(tmp_path / "run2")
+    fm = Recommender.from_pretrained(tmp_path / "run2")
     new = [fm.tokenizer.item_index()[i] for i in HELD]
-    assert fm.item_encoder.ids.weight[new].abs().sum() == 0  # no id: content alone
+    assert fm.model.item_encoder.ids.weight[new].abs().sum() == 0  # no id: content alone
     user = fm.encode_users([["i1", "i2", "i3"]])
-    scores = fm.score(user)[0, new]
+    scores = fm.model.score(user)[0, new]
     assert torch.isfinite(scores).all()
     # "default" = what an item without content gets: the projection of a zero vector
-    blank = fm.item_encoder.combine_content(torch.zeros(1, 16), torch.zeros(1, 32))
+    blank = fm.model.item_encoder.combine_content(torch.zeros(1, 16), torch.zeros(1, 32))
     default = (user @ blank.T)[0, 0]
     assert (scores - default).abs().min() > 1e-4
     assert (scores[0] - scores[1]).abs() > 1e-6  # different texts, different scores
     # the id-only model has nothing to go on: a new item scores exactly the default 0
     add_items(runs["id_run"], runs["new"], tmp_path / "id2", init="zero")
-    fm_id = FoundationModel.from_pretrained(tmp_path / "id2")
-    ids_only = fm_id.score(fm_id.encode_users([["i1", "i2", "i3"]]))[0]
+    fm_id = Recommender.from_pretrained(tmp_path / "id2")
+    ids_only = fm_id.model.score(fm_id.encode_users([["i1", "i2", "i3"]]))[0]
     new_id = [fm_id.tokenizer.item_index()[i] for i in HELD]
     assert torch.isfinite(ids_only[new_id]).all()
 
 
 @pytest.mark.parametrize("init", ["zero", "scaled", "random", "content", "neighbours"])
 def test_add_items_keeps_existing_items_bit_identical(runs, tmp_path, init):
-    old = FoundationModel.from_pretrained(runs["run"])
+    old = Recommender.from_pretrained(runs["run"])
     rep = add_items(runs["run"], runs["new"], tmp_path / "run2", init=init)
-    new = FoundationModel.from_pretrained(tmp_path / "run2")
+    new = Recommender.from_pretrained(tmp_path / "run2")
     n = old.cfg.n_items
     assert rep["added"] == 2 and new.cfg.n_items == n + 2
     assert new.tokenizer.item_ids[:n - 3] == old.tokenizer.item_ids  # nothing renumbered
     assert new.tokenizer.item_ids[n - 3:] == HELD
-    a, b = old.state_dict(), new.state_dict()
+    a, b = old.model.state_dict(), new.model.state_dict()
     assert a.keys() == b.keys()
     for name, t in a.items():
         if name == "item_encoder.attr_offsets":
@@ -123,24 +120,24 @@ def test_add_items_keeps_existing_items_bit_identical(runs, tmp_path, init):
             assert torch.equal(b[name][:len(t)], t)
         else:
             assert torch.equal(b[name], t), name
-    assert torch.equal(new.item_table()[:n], old.item_table())  # every existing vector
+    assert torch.equal(new.model.item_table()[:n], old.model.item_table())  # every existing vector
     old_items = pl.read_parquet(runs["run"] / "items.parquet")
     new_items = pl.read_parquet(tmp_path / "run2" / "items.parquet")
     assert new_items.head(old_items.height).select(old_items.columns).equals(old_items)
     # the same user gets the same scores on every existing item
     h = [["i1", "i2", "i3"]]
-    assert torch.allclose(new.score(new.encode_users(h))[0, :n], old.score(old.encode_users(h))[0])
+    assert torch.allclose(new.model.score(new.encode_users(h))[0, :n], old.model.score(old.encode_users(h))[0])
 
 
 def test_scaled_init_gives_new_items_a_trained_items_length(runs, tmp_path):
     add_items(runs["run"], runs["new"], tmp_path / "zero", init="zero")
     rep = add_items(runs["run"], runs["new"], tmp_path / "scaled", init="scaled")
-    zero = FoundationModel.from_pretrained(tmp_path / "zero")
-    scaled = FoundationModel.from_pretrained(tmp_path / "scaled")
+    zero = Recommender.from_pretrained(tmp_path / "zero")
+    scaled = Recommender.from_pretrained(tmp_path / "scaled")
     n = zero.cfg.n_items - len(HELD)
     with torch.no_grad():
-        t0, t1 = zero.item_table(), scaled.item_table()
-        ids = zero.item_encoder.ids.weight.detach()
+        t0, t1 = zero.model.item_table(), scaled.model.item_table()
+        ids = zero.model.item_encoder.ids.weight.detach()
     # the content-only vector, lengthened by the trained items' mean norm ratio
     trained = t0[3:n]
     s = float(trained.norm(dim=1).mean() / (trained - ids[3:n]).norm(dim=1).mean())
@@ -153,7 +150,7 @@ def test_scaled_init_gives_new_items_a_trained_items_length(runs, tmp_path):
 
 def test_new_items_are_served_at_once_and_a_second_add_skips_known_ids(runs, tmp_path):
     add_items(runs["run"], runs["new"], tmp_path / "run2", init="neighbours")
-    fm = FoundationModel.from_pretrained(tmp_path / "run2")
+    fm = Recommender.from_pretrained(tmp_path / "run2")
     recs = fm.recommend(["i1", "i2"], k=50)
     assert set(HELD) <= set(recs["item_id"].to_list())
     both = pl.concat([catalog().filter(pl.col("item_id").is_in(HELD)),
@@ -216,10 +213,10 @@ def test_incremental_training_moves_new_items_and_nothing_needs_a_retrain(runs, 
                 train_cfg=TrainConfig(epochs=2, batch_size=16, lr=1e-3, tensorboard=False),
                 init_from=tmp_path / "run2")
     assert res.test is None and res.epochs_run == 2
-    before = FoundationModel.from_pretrained(tmp_path / "run2")
-    after = FoundationModel.from_pretrained(tmp_path / "run3")
+    before = Recommender.from_pretrained(tmp_path / "run2")
+    after = Recommender.from_pretrained(tmp_path / "run3")
     new = [before.tokenizer.item_index()[i] for i in HELD]
-    assert not torch.equal(after.item_encoder.ids.weight[new], before.item_encoder.ids.weight[new])
+    assert not torch.equal(after.model.item_encoder.ids.weight[new], before.model.item_encoder.ids.weight[new])
     meta = json.loads((tmp_path / "run3" / "config.json").read_text())
     assert meta["init_from"] == str(tmp_path / "run2") and meta["incremental"] is True
     with pytest.raises(RecfmError, match="item vocabulary differs"):

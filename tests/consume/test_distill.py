@@ -12,6 +12,7 @@ from recfm.consume.distill import DistillConfig, distill, distill_loss, load_stu
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.train.loop import TrainConfig, make_batch, train
 
 TEACHER = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=8, dropout=0.0)
@@ -38,10 +39,10 @@ def test_distilled_student_trains_and_loads(teacher_run, tmp_path):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < 0.8 * losses[0]  # the distillation loss falls
-    student = FoundationModel.from_pretrained(out)  # a normal run directory
-    teacher = FoundationModel.from_pretrained(teacher_run)
+    student = Recommender.from_pretrained(out)  # a normal run directory
+    teacher = Recommender.from_pretrained(teacher_run)
     assert student.cfg.d_model == 16 and student.tokenizer.item_ids == teacher.tokenizer.item_ids
-    assert res.n_params < sum(p.numel() for p in teacher.parameters())
+    assert res.n_params < sum(p.numel() for p in teacher.model.parameters())
     meta = json.loads((out / "config.json").read_text())
     assert meta["distill"]["teacher"] == str(teacher_run) and meta["distill"]["alpha"] == 0.7
     recs = student.recommend(["i1", "i2", "i3"], k=5)
@@ -96,5 +97,5 @@ def test_cli_distill(teacher_run, tmp_path):
     r = CliRunner().invoke(app, ["distill", str(teacher_run), "--student-config", str(cfg),
                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert FoundationModel.from_pretrained(out).cfg.d_model == 16
+    assert Recommender.from_pretrained(out).cfg.d_model == 16
     assert json.loads((out / "config.json").read_text())["distill"]["temperature"] == 1.5

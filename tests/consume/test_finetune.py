@@ -13,12 +13,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recfm.consume.finetune import (TaskConfig, TaskModel, auc_score, finetune,
-                                    labelled_users, load_task, with_shown)
+from recfm.consume.finetune import (
+    TaskConfig,
+    TaskModel,
+    auc_score,
+    finetune,
+    labelled_users,
+    load_task,
+    with_shown,
+)
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.train.loop import TrainConfig, train
 from tests.conftest import chain_events
@@ -110,7 +118,7 @@ def test_a_run_saved_before_head_norm_loads_without_it(base, data, tmp_path):
     tm = TaskModel.from_pretrained(tmp_path / "old")
     assert not tm.task.head_norm and isinstance(tm.head.norm_h, torch.nn.Identity)
     assert np.isfinite(tm.predict([["i1", "i2"]], ["i3"])).all()
-    assert isinstance(TaskModel(FoundationModel.from_pretrained(base), task("binary"))
+    assert isinstance(TaskModel(Recommender.from_pretrained(base), task("binary"))
                       .head.norm_e, torch.nn.LayerNorm)  # new runs normalise
 
 
@@ -209,7 +217,7 @@ def test_head_only_steps_keep_the_backbone_then_release_it(base, tmp_path):
     (the checkpoint holds the task model after the last step)."""
     before = load_file(str(base / "model.safetensors"))
     torch.manual_seed(TRAIN["seed"])  # the head finetune starts from
-    init_head = TaskModel(FoundationModel.from_pretrained(base), task("binary")).head
+    init_head = TaskModel(Recommender.from_pretrained(base), task("binary")).head
 
     def after(steps_alone: int) -> dict[str, torch.Tensor]:
         out = tmp_path / f"alone{steps_alone}"

@@ -6,20 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from recfm.consume.prompt import PromptConfig, prompt_tune, surface_items, surface_share, top_k_items
+from recfm.consume.prompt import (
+    PromptConfig,
+    prompt_tune,
+    surface_items,
+    surface_share,
+    top_k_items,
+)
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
-from recfm.model.foundation import FoundationModel
-from recfm.model.prompt import (
-    prefix_from_tokens,
-    prompt_metadata,
-    prompt_names,
-    prompted_backbone,
-    state_sha256,
-    weights_sha256,
-)
+from recfm.model.prompt import prefix_from_tokens, prompted_backbone
+from recfm.pipeline import Recommender
+from recfm.pipeline.prompts import prompt_metadata, prompt_names, state_sha256
 from recfm.prepare import PreparedDataset
+from recfm.runinfo import weights_sha256
 from recfm.train.loop import TrainConfig, train
 
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=20, dropout=0.1)
@@ -57,9 +58,9 @@ def history(fm, frame, row: int) -> list[str]:
 
 
 def test_prompt_moves_recommendations_and_keeps_the_foundation(run, test_frame):
-    fm = FoundationModel.from_pretrained(run)
+    fm = Recommender.from_pretrained(run)
     kids = surface_items(SURFACE, fm.items, fm.cfg.n_items)
-    before_hash, before_state = weights_sha256(run), state_sha256(fm)
+    before_hash, before_state = weights_sha256(run), state_sha256(fm.model)
     before_top = top_k_items(fm, test_frame, k=5)
     h = history(fm, test_frame, 0)
     before_rec = fm.recommend(h, k=5)
@@ -72,7 +73,7 @@ def test_prompt_moves_recommendations_and_keeps_the_foundation(run, test_frame):
     assert prompt_metadata(run, "kids")["backbone_sha256"] == before_hash
 
     fm.load_prompts()  # the same model object: no reload
-    assert state_sha256(fm) == before_state
+    assert state_sha256(fm.model) == before_state
     after_top = top_k_items(fm, test_frame, k=5)
     np.testing.assert_array_equal(after_top, before_top)  # unprompted: unchanged
     assert fm.recommend(h, k=5).equals(before_rec)
@@ -86,7 +87,7 @@ def test_prompt_moves_recommendations_and_keeps_the_foundation(run, test_frame):
 
 
 def test_prompts_swap_without_reloading(run, test_frame):
-    fm = FoundationModel.from_pretrained(run)
+    fm = Recommender.from_pretrained(run)
     with pytest.raises(RecfmError, match="no prompt 'nope'"):
         fm.recommend(history(fm, test_frame, 0), k=3, prompt="nope")
     plain = top_k_items(fm, test_frame, k=5)
@@ -131,7 +132,7 @@ def test_history_positions_see_the_prompt_causally():
 
 
 def test_surface_errors(run):
-    fm = FoundationModel.from_pretrained(run)
+    fm = Recommender.from_pretrained(run)
     with pytest.raises(InputError, match="no such column"):
         surface_items({"item.colour": "red"}, fm.items, fm.cfg.n_items)
     with pytest.raises(InputError, match="genres"):
@@ -207,7 +208,7 @@ def test_rank_loss_counts_only_unseen_items_that_outrank_the_surface():
 
 def test_rank_term_lifts_the_worst_users(run, test_frame):
     """With the top-k term the prompt puts more users fully on the surface."""
-    fm = FoundationModel.from_pretrained(run)
+    fm = Recommender.from_pretrained(run)
     kids = surface_items(SURFACE, fm.items, fm.cfg.n_items)
     shares = {}
     for name, weight in (("plain", 0.0), ("ranked", 2.0)):

@@ -10,7 +10,7 @@ import torch
 from recfm.content.store import embed_dataset
 from recfm.model.config import ModelConfig
 from recfm.model.embeddings import ItemEncoder
-from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 from recfm.train.loop import TrainConfig, train
 
 
@@ -55,14 +55,15 @@ def test_a_content_run_round_trips_exactly_and_old_runs_have_no_content_keys(tin
     mcfg = ModelConfig(d_model=16, n_layers=1, max_len=16, dropout=0.0)
     tcfg = TrainConfig(epochs=1, batch_size=32, tensorboard=False)
     train(data, tmp_path / "run", mcfg, tcfg)
-    fm = FoundationModel.from_pretrained(tmp_path / "run")
+    fm = Recommender.from_pretrained(tmp_path / "run")
     assert fm.cfg.content_dim == 16
     fm.save_pretrained(tmp_path / "copy")
-    again = FoundationModel.from_pretrained(tmp_path / "copy")
+    again = Recommender.from_pretrained(tmp_path / "copy")
     h = [["i1", "i2", "i3"], ["i7"]]
-    assert torch.equal(fm.score(fm.encode_users(h)), again.score(again.encode_users(h)))
+    assert torch.equal(fm.model.score(fm.encode_users(h)),
+                       again.model.score(again.encode_users(h)))
     # content off: the state dict is exactly the pre-content one (old runs still load)
     train(data, tmp_path / "plain", ModelConfig(**{**mcfg.__dict__, "use_content": False}), tcfg)
-    plain = FoundationModel.from_pretrained(tmp_path / "plain")
+    plain = Recommender.from_pretrained(tmp_path / "plain")
     assert plain.cfg.content_dim == 0
-    assert not any("content" in k or "gate" in k for k in plain.state_dict())
+    assert not any("content" in k or "gate" in k for k in plain.model.state_dict())

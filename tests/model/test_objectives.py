@@ -11,6 +11,7 @@ from recfm.evaluate.objectives import facet_accuracy, future_holdout, holdout_me
 from recfm.model.config import ModelConfig, ObjectiveConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.model.objectives import multi_label_window, position_repr
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 from recfm.train.loop import make_batch
 
@@ -184,8 +185,9 @@ def test_recommend_window_and_holdout_heads(world):
     torch.nn.init.normal_(model.heads.window.lin.weight, std=0.3)
     model.eval()
     history = world.tokenizer.item_ids[:4]
-    nxt = model.recommend(history, k=5)
-    win = model.recommend(history, k=5, horizon="window")
+    rec = Recommender(model, world.tokenizer, world.items)
+    nxt = rec.recommend(history, k=5)
+    win = rec.recommend(history, k=5, horizon="window")
     assert win.height == 5 and not set(history) & set(win["item_id"].to_list())
     assert nxt["item_id"].to_list() != win["item_id"].to_list()
     m = holdout_metrics(model, holdout)
@@ -261,13 +263,14 @@ def test_recommend_and_holdout_rollout(world):
     model, _ = make_model(world)
     model.eval()
     history = world.tokenizer.item_ids[:4]
-    rolled = model.recommend(history, k=5, horizon="rollout")
+    rec = Recommender(model, world.tokenizer, world.items)
+    rolled = rec.recommend(history, k=5, horizon="rollout")
     assert rolled.height == 5 and not set(history) & set(rolled["item_id"].to_list())
     assert rolled["score"].to_list() == sorted(rolled["score"].to_list(), reverse=True)
     with pytest.raises(ValueError, match="from histories"):
-        model.score(model.encode_users([history]), "rollout")
+        model.score(rec.encode_users([history]), "rollout")
     with pytest.raises(ValueError, match="prompt"):
-        model.recommend(history, horizon="rollout", prompt="kids")
+        rec.recommend(history, horizon="rollout", prompt="kids")
     m = holdout_metrics(model, holdout)
     assert 0 <= m["window_ndcg@10_rollout"] <= 1
     # a rollout of depth 1 ranks by the next-item head: the window number is the same

@@ -16,6 +16,7 @@ from recfm.model.sparse import (
     local_attention_mask,
     reference_local_attention,
 )
+from recfm.pipeline import Recommender
 from recfm.prepare import PreparedDataset
 
 
@@ -124,8 +125,9 @@ def test_long_history_reads_only_its_receptive_field():
 
 def test_model_encodes_histories_longer_than_its_context(tiny_prepared):
     # learned positions: the last max_len tokens are read (the documented fallback)
+    ds = PreparedDataset.load(tiny_prepared)
     model, store = tiny_model(tiny_prepared)
-    model.eval()
+    model = Recommender(model.eval(), ds.tokenizer, ds.items)
     long = [[f"i{(3 * j) % 20}" for j in range(50)]]  # 50 tokens, max_len 16
     u_long = model.encode_users(long)
     u_last = model.encode_users([long[0][-16:]])
@@ -133,8 +135,8 @@ def test_model_encodes_histories_longer_than_its_context(tiny_prepared):
     # rope + local attention: inference_len reads the whole history with linear memory
     model, _ = tiny_model(tiny_prepared, positions="rope", attention_pattern="local",
                           local_window=8, inference_len=64)
-    model.eval()
     assert model.context_len == 64
+    model = Recommender(model.eval(), ds.tokenizer, ds.items)
     u = model.encode_users(long)
     assert u.shape == (1, 32) and torch.isfinite(u).all()
     recs = model.recommend(long[0], k=5)

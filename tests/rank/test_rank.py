@@ -23,6 +23,7 @@ def world(tmp_path_factory):
     from recfm.data import synthetic
     from recfm.model.config import ModelConfig
     from recfm.model.foundation import FoundationModel
+    from recfm.pipeline import Recommender
     from recfm.prepare import prepare
     from recfm.train.loop import TrainConfig, train
 
@@ -36,7 +37,8 @@ def world(tmp_path_factory):
                                                          max_len=40),
           TrainConfig(epochs=2, tensorboard=False, warmup_steps=5), evaluate_test=False)
     fm = FoundationModel.from_pretrained(root / "fm")
-    data = build_requests(root / "prepared", fm, RankDataConfig(holdout=5, seed=1))
+    data = build_requests(root / "prepared", Recommender.from_pretrained(root / "fm"),
+                          RankDataConfig(holdout=5, seed=1))
     embedder = make_embedder(EMBEDDER)
     feats, vocab, tables, _ = prepare_features(data, EMBEDDER, embedder)
     return {"root": root, "fm": fm, "data": data, "feats": feats, "vocab": vocab,

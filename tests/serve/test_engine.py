@@ -8,9 +8,13 @@ import polars as pl
 import pytest
 import torch
 
-from recfm.model.foundation import FoundationModel
-from recfm.serve.collections import (generate_collection, genre_diversity, max_genre_count,
-                                     plain_top_n)
+from recfm.pipeline import Recommender
+from recfm.serve.collections import (
+    generate_collection,
+    genre_diversity,
+    max_genre_count,
+    plain_top_n,
+)
 from recfm.serve.config import ServeConfig, SurfaceConfig
 from recfm.serve.engine import Engine, window_start
 from recfm.serve.index import ExactIndex, HNSWIndex, recall_at_k
@@ -42,7 +46,7 @@ def long_user(engine: Engine, at_least: int = MAX_LEN + 5) -> str:
 
 
 def test_engine_answers_like_the_model(served, engine):
-    fm = FoundationModel.from_pretrained(served.run)
+    fm = Recommender.from_pretrained(served.run)
     seqs = pl.read_parquet(served.data / "tokens.parquet")
     for user in engine.histories.ids[:5] + [long_user(engine)]:
         want = fm.recommend(seqs.filter(pl.col("user_id") == user), k=10)
@@ -62,7 +66,7 @@ def test_a_pooled_representation_is_served_as_trained(served, tmp_path):
     train(served.data, run, ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,
                                         dropout=0.0, user_repr="layer_mix"),
           TrainConfig(epochs=1, batch_size=64, warmup_steps=2, tensorboard=False, seed=0))
-    fm = FoundationModel.from_pretrained(run)
+    fm = Recommender.from_pretrained(run)
     seqs = pl.read_parquet(served.data / "tokens.parquet")
     eng = Engine(run, ServeConfig(surfaces=dict(OPEN), cache_mb=16))
     assert eng.pooled and not eng.cache.enabled and eng.step is None

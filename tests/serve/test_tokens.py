@@ -60,17 +60,17 @@ def test_fast_tokens_equal_reference_tokens(engine, data):
     events = with_times(pairs, 1_700_000_000, ms)
     if shuffle:  # out-of-order requests are sorted by time, ties kept in request order
         events = events[::2] + events[1::2]
-    variants = [engine.fm.tokenizer.config]
+    variants = [engine.rec.tokenizer.config]
     for kw in ({"merge_window_s": 0.0}, {"value_agg": "max", "min_play_seconds": 60.0},
                {"short_play_mode": "relabel", "min_play_seconds": 600.0, "value_agg": "last"}):
-        cfg = copy.deepcopy(engine.fm.tokenizer.config)
+        cfg = copy.deepcopy(engine.rec.tokenizer.config)
         for k, v in kw.items():
             setattr(cfg, k, v)
         variants.append(cfg)
-    original = engine.fm.tokenizer.config
+    original = engine.rec.tokenizer.config
     try:
         for cfg in variants:
-            engine.fm.tokenizer.config = cfg
+            engine.rec.tokenizer.config = cfg
             engine.event_tokenizer.cfg = cfg
             fast, fast_ts = engine.event_tokenizer(events)
             ref, ref_ts = reference(engine, events)
@@ -79,7 +79,7 @@ def test_fast_tokens_equal_reference_tokens(engine, data):
             if len(ref):
                 np.testing.assert_array_equal(fast_ts, ref_ts)
     finally:
-        engine.fm.tokenizer.config = original
+        engine.rec.tokenizer.config = original
         engine.event_tokenizer.cfg = original
 
 

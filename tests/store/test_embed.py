@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from recfm.errors import RecfmError
-from recfm.model.foundation import FoundationModel
-from recfm.store import embed, open_store
 from recfm.cli.store import register
+from recfm.errors import RecfmError
+from recfm.pipeline import Recommender
+from recfm.store import embed, open_store
 
 
 def test_two_embeds_publish_two_versions_of_the_models_vectors(runs, tmp_path):
@@ -35,14 +35,14 @@ def test_two_embeds_publish_two_versions_of_the_models_vectors(runs, tmp_path):
         assert v.extra["users_per_s"] > 0 and v.item_titles
     assert versions[0].model_version == versions[1].model_version
 
-    fm = FoundationModel.from_pretrained(runs.run)
+    fm = Recommender.from_pretrained(runs.run)
     seqs = pl.read_parquet(runs.data / "tokens.parquet")
     ask = ["u7", "u0", "u31"]  # each encoded alone: batching and order must not matter
     want = [fm.encode_users(seqs.filter(pl.col("user_id") == u), pooling=None).numpy()
             for u in ask]
     np.testing.assert_allclose(st.user_vectors(ask), np.concatenate(want), atol=1e-5)
     idx = fm.tokenizer.item_index()
-    table = fm.item_table().detach().numpy()
+    table = fm.model.item_table().detach().numpy()
     np.testing.assert_allclose(st.item_vectors(["i3", "i0"]),
                                table[[idx["i3"], idx["i0"]]], atol=1e-6)
     assert st.similar_items("i3", k=3)["title"].null_count() == 0
