@@ -71,8 +71,8 @@ from recfm.evaluate.evaluator import VectorScorer, model_scorer, random_scorer
 from recfm.evaluate.metrics import rank_summary
 from recfm.evaluate.ranks import target_ranks
 from recfm.model.config import ModelConfig
-from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import TrainConfig
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+from recfm.train.config import TrainConfig
 
 log = logging.getLogger("cold_start")
 
@@ -128,7 +128,7 @@ def summarize(ranks: np.ndarray, prefix: str, seed: int = 0) -> dict[str, float]
 
 def load_dataset(name: str, data_dir: Path, work: Path, seed: int, smoke: bool = False):
     from recfm.data import synthetic
-    from recfm.prepare import load_raw
+    from recfm.tokens.prepare import load_raw
 
     rel, fmt, spec = DATASETS[name]
     if name == "synthetic":
@@ -189,7 +189,7 @@ def new_items_frame(raw, held: list[str]) -> pl.DataFrame:
 def sequences_for(raw, run: Path) -> pl.DataFrame:
     """All events tokenized with a run's tokenizer (which must know every item)."""
     from recfm.model.foundation import FoundationModel
-    from recfm.tokenizer import tokenize
+    from recfm.tokens.tokenizer import tokenize
 
     tok = FoundationModel.from_pretrained(run).tokenizer
     return tokenize(raw.events, tok.config, fitted=tok, has_time=tok.has_time).tokens
@@ -232,7 +232,7 @@ def eval_events(raw, run: Path, cuts: pl.DataFrame, new_ids: set[str], seed: int
 def train_run(prepared: Path, run: Path, model_kw: dict, minutes: float, seed: int,
               threads: int | None, init_from: Path | None = None,
               train_kw: dict | None = None) -> tuple[float, dict]:
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
     from recfm.train.loop import train
 
     other_benchmarks()
@@ -262,7 +262,7 @@ def method_label(model: str, init: str) -> str:
 def reusable(run: Path, model_kw: dict, prepared: Path) -> dict | None:
     """With --reuse: the training info of an earlier run of the same config on the same
     data (fingerprint of the prepared dataset), if finished."""
-    from recfm.train.loop import data_fingerprint
+    from recfm.train.run import data_fingerprint
 
     summary, config = run / "summary.json", run / "config.json"
     if not summary.is_file():
@@ -303,7 +303,7 @@ def evaluate_model(run: Path, test: pl.DataFrame, cold_mask: np.ndarray, new_idx
 def run_dataset(name: str, args, work: Path) -> dict:
     from recfm.adapt.new_items import add_items
     from recfm.content.store import embed_dataset
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
 
     t_ds = time.perf_counter()
     raw, spec = load_dataset(name, args.data_dir, work, args.seed, args.smoke)

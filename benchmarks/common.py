@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from recfm.io import atomic_write_bytes, atomic_write_json
-from recfm.train.loop import machine_info
+from recfm.train.run import machine_info
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

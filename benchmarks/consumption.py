@@ -66,8 +66,9 @@ def base_run(work_dir: Path, threads: int) -> Path:
     """
     from recfm.data import synthetic
     from recfm.cli.demo import DEMO_MODEL
-    from recfm.prepare import prepare
-    from recfm.train.loop import TrainConfig, train
+    from recfm.tokens.prepare import prepare
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     work_dir = Path(work_dir)
     run = work_dir / "base-run"
@@ -199,7 +200,7 @@ def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any
     from recfm.consume.finetune import auc_score
     from recfm.evaluate.ranks import target_log_probs
     from recfm.model.foundation import FoundationModel
-    from recfm.tokenizer import N_RESERVED_ITEMS
+    from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
     w = Path(work_dir) / "world"
     cfg = json.loads((w / "world.json").read_text())["config"]
@@ -261,7 +262,7 @@ def completion_ceiling(work_dir: Path, test: Any, fm_run: Path) -> dict[str, Any
 def _finetune_rows(base: Path, work_dir: Path, steps: int) -> list[dict[str, Any]]:
     from recfm.consume.finetune import TaskConfig, TaskModel, finetune, with_shown
     from recfm.data.splits import leave_one_out
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     ds = PreparedDataset.load(prepared_dir(work_dir))
     out = []
@@ -367,7 +368,7 @@ def _scarce_row(base: Path, work_dir: Path) -> dict[str, Any]:
     """The will-complete task trained on ``SCARCE_USERS`` of the users, fine-tuned vs from
     scratch, each at its learning rate chosen on validation."""
     from recfm.data.splits import leave_one_out
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     test = leave_one_out(PreparedDataset.load(prepared_dir(work_dir)).sequences).test
     steps = max(STEP_BUDGETS)

@@ -42,8 +42,8 @@ import polars as pl
 import torch
 
 from recfm.model.config import ModelConfig
-from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import TrainConfig
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+from recfm.train.config import TrainConfig
 
 log = logging.getLogger("benchmarks.consumption_distill_prompt")
 
@@ -117,7 +117,7 @@ def latency_batch(prepared: Path, n_tokens: int = LATENCY_TOKENS) -> pl.DataFram
 def encode_latency_ms(model, history: pl.DataFrame, repeats: int = LATENCY_REPEATS
                       ) -> dict[str, float]:
     """p50 / p90 ms of one user's encode (``last_hidden``), torch threads 1."""
-    from recfm.batching import SequenceStore, history_batches
+    from recfm.tokens.batching import SequenceStore, history_batches
 
     store = SequenceStore(history, model.input_columns)
     (_, batch), = list(history_batches(store, model.cfg.max_len, 1))
@@ -199,7 +199,7 @@ def run_prompt(work_dir: Path, threads: int) -> dict[str, Any]:
     from recfm.data.splits import leave_one_out
     from recfm.evaluate.evaluator import evaluate_scorer
     from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     work_dir = Path(work_dir)
     prepared, base = _shared(work_dir, threads)

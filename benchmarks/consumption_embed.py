@@ -43,8 +43,9 @@ def embed_run(work_dir: Path, threads: int) -> tuple[Path, Path]:
     """(run, prepared dataset): the shared base run if present, else a small one of our own."""
     from recfm.data import synthetic
     from recfm.cli.demo import DEMO_MODEL
-    from recfm.prepare import prepare
-    from recfm.train.loop import TrainConfig, train
+    from recfm.tokens.prepare import prepare
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     prepared = work_dir / "prepared"
     shared = work_dir / "base-run"

@@ -43,7 +43,7 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, write_result
 from recfm.model.config import ModelConfig, ObjectiveConfig
-from recfm.train.loop import TrainConfig
+from recfm.train.config import TrainConfig
 
 WINDOW = 10
 MULTI_TOKEN_K = 4
@@ -123,7 +123,7 @@ SEEDED = ("next-item", "multi-token", "future-window", "engagement", "layer-mix"
 def prepare_dataset(name: str, data_dir: Path, work: Path, seed: int) -> Path:
     """The prepared dataset ``name``; ``seed`` draws the synthetic world."""
     from recfm.data import synthetic
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
 
     out = work / f"{name}-prepared"
     if name.startswith("synthetic"):
@@ -140,7 +140,7 @@ def run_variant(prepared: Path, work: Path, dataset: str, variant: str, override
                 seed: int) -> dict:
     from recfm.evaluate.objectives import facet_accuracy, future_holdout, holdout_metrics, stability
     from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
     from recfm.train.loop import train
 
     ds = PreparedDataset.load(prepared)
@@ -309,7 +309,7 @@ def main() -> None:
         t_ds = time.perf_counter()
         prepared = prepare_dataset(dataset, args.data_dir, args.work, seed=world_seed)
         from recfm.model.foundation import facet_sizes
-        from recfm.prepare import PreparedDataset
+        from recfm.tokens.prepare import PreparedDataset
         ds = PreparedDataset.load(prepared)
         tok = ds.tokenizer
         facets = list(facet_sizes(tok, ds.sequences))  # the facets that vary in this dataset

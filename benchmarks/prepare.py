@@ -21,7 +21,7 @@ from benchmarks.common import SHARED_DATA, write_result
 
 CHILD = """
 import json, sys, time
-from recfm.prepare import load_raw, prepare
+from recfm.tokens.prepare import load_raw, prepare
 t = time.perf_counter()
 raw = load_raw(sys.argv[1], fmt=sys.argv[3])
 report = prepare(raw, sys.argv[2])

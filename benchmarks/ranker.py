@@ -34,7 +34,7 @@ import torch
 
 from benchmarks.common import ROOT, write_result
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig
+from recfm.train.config import TrainConfig
 
 KNOBS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 WORLD = dict(seed=0, n_users=4000, n_items=800, events_per_user=160.0, kids_fraction=0.12)
@@ -50,7 +50,7 @@ def build(work: Path, embedder: str):
     """World → prepared → holdout → FM → requests → features (each step reused if present)."""
     from recfm.data import synthetic
     from recfm.pipeline import Recommender
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
     from recfm.rank.data import RankData, RankDataConfig, build_requests, holdout_dataset
     from recfm.rank.train import prepare_features
     from recfm.train.loop import train

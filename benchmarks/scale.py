@@ -171,7 +171,7 @@ def attention_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def world_prepared(work: Path, seed: int) -> Path:
     """The default synthetic world, prepared (cached under ``work``)."""
     from recfm.data import synthetic
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
 
     out = work / f"world-s{seed}" / "prepared"
     if (out / "tokens.parquet").exists():
@@ -194,7 +194,7 @@ def widen_catalog(prepared: Path, out: Path, n_catalog: int, seed: int) -> Path:
     import numpy as np
     import polars as pl
 
-    from recfm.tokenizer import N_RESERVED_ITEMS
+    from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
     if (out / "tokens.parquet").exists():
         return out
@@ -250,7 +250,8 @@ def catalog_point(n_catalog: int, work: Path, seed: int, negatives: int) -> dict
 
     from benchmarks.common import peak_rss_mb
     from recfm.model.config import ModelConfig
-    from recfm.train.loop import TrainConfig, train
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     t0 = time.perf_counter()
     base = world_prepared(work, seed)

@@ -66,7 +66,7 @@ TRAIN = dict(batch_size=128, lr=2e-3, warmup_steps=50, patience=100, tensorboard
 def prepared_dir(dataset: str, work: Path, data_dir: Path, seed: int,
                  n_users: int = 10000) -> Path:
     """The prepared dataset (built once under ``work``)."""
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
 
     out = work / dataset / "prepared"
     if (out / "tokens.parquet").exists():
@@ -100,7 +100,7 @@ def param_counts(model: torch.nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def validation_loss(model, frame, batch_size: int = 512) -> float:
     """Mean cross-entropy of each validation target given its history (full softmax)."""
-    from recfm.batching import SequenceStore
+    from recfm.tokens.batching import SequenceStore
     from recfm.evaluate.evaluator import model_scorer
     from recfm.evaluate.ranks import frame_targets, scored_batches
 
@@ -118,9 +118,9 @@ def validation_loss(model, frame, batch_size: int = 512) -> float:
 
 def train_tokens_per_epoch(prepared: Path, max_len: int) -> int:
     """Targets one epoch trains on (the loop's truncate windows of the training split)."""
-    from recfm.batching import SequenceStore
+    from recfm.tokens.batching import SequenceStore
     from recfm.data.splits import leave_one_out
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     split = leave_one_out(PreparedDataset.load(prepared).sequences)
     spans = SequenceStore(split.train, ["item"]).spans(max_len + 1, "truncate", min_len=2)
@@ -154,8 +154,9 @@ def run_size(prepared: Path, work: Path, size: tuple[int, int, int], epochs: int
     from recfm.data.splits import leave_one_out
     from recfm.model.config import ModelConfig
     from recfm.model.foundation import FoundationModel
-    from recfm.prepare import PreparedDataset
-    from recfm.train.loop import TrainConfig, train
+    from recfm.tokens.prepare import PreparedDataset
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     d, layers, heads = size
     run = work / f"d{d}-l{layers}"
@@ -329,9 +330,9 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)
 from benchmarks.common import peak_rss_mb
-from recfm.batching import SequenceStore
-from recfm.prepare import PreparedDataset
-from recfm.train.loop import make_batch  # both modes import the same modules
+from recfm.tokens.batching import SequenceStore
+from recfm.tokens.prepare import PreparedDataset
+from recfm.train.batches import make_batch  # both modes import the same modules
 from recfm.train.shards import ParquetTokens, StreamingBatches
 mode, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, matmul_peak_gflops, peak_rss_mb, write_result
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig
+from recfm.train.config import TrainConfig
 
 DATASETS = {
     "beauty": ("s3rec/Beauty.txt", "s3rec"),
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from recfm.evaluate.evaluator import evaluate_run
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
     from recfm.train.loop import train
 
     if args.threads:
@@ -98,7 +98,7 @@ def main() -> None:
     tokens_per_s = sum(float(r["tokens_per_s"]) for r in rows) / len(rows)
     from recfm.model.foundation import FoundationModel
     cfg = FoundationModel.from_pretrained(run).cfg
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
     mean_len = float(PreparedDataset.load(work / "prepared").sequences["length"].mean())
     flops = training_flops_per_token(cfg, min(mean_len, cfg.max_len)) * tokens_per_s
     m = evals["model"]

@@ -55,8 +55,8 @@ import torch
 from benchmarks.common import ROOT, SHARED_DATA, peak_rss_mb, write_result
 from recfm.model.config import ModelConfig
 from recfm.serve.config import ServeConfig
-from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import TrainConfig
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+from recfm.train.config import TrainConfig
 
 WORK = ROOT / ".work" / "serving"
 TOKEN = "benchmark-token"
@@ -68,7 +68,7 @@ BEAUTY_MODEL = ModelConfig(d_model=128, n_layers=2, max_len=200)
 
 def beauty_runs(data_dir: Path, work: Path) -> tuple[Path, Path, Path]:
     """Prepared Beauty and two one-epoch runs (seeds 0 and 1), reused when present."""
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
     from recfm.train.loop import train
 
     prepared = work / "beauty-prepared"
@@ -407,7 +407,7 @@ def measure_cache_scaling(prepared: Path) -> dict[str, Any]:
     """Encode time of a 151-token window, cold against one token on a cached 150, for
     model sizes (random weights: speed does not depend on training)."""
     from recfm.model.foundation import FoundationModel, build_config
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     torch.set_num_threads(1)
     ds = PreparedDataset.load(prepared)
@@ -531,7 +531,7 @@ def measure_hnsw(run_1m: Path, prepared: Path, port: int, seconds: float, work: 
 
 def measure_collections(work: Path, n_users: int = 300) -> dict[str, Any]:
     from recfm.data import synthetic
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
     from recfm.serve.collections import (generate_collection, genre_diversity,
                                          max_genre_count, plain_top_n)
     from recfm.serve.config import ServeConfig, SurfaceConfig

@@ -28,10 +28,10 @@ import polars as pl
 import torch
 from torch import nn
 
-from recfm.batching import history_batches
+from recfm.tokens.batching import history_batches
 from recfm.consume.subgraph import FoundationEncoder, load_downstream, save_downstream
 from recfm.data.splits import leave_one_out
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 
 log = logging.getLogger("examples.downstream_head")
 

@@ -32,7 +32,7 @@ def tiny_prepared(tmp_path_factory):
     """A prepared dataset of 60 users on a 40-item ring, with items carrying genres."""
     from recfm.data.readers import RawDataset
     from recfm.data.schema import normalize_events, normalize_items
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny")
     events = normalize_events(chain_events(), "events")

@@ -28,8 +28,8 @@ from recfm.data.splits import list_columns
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir, atomic_write_json
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.tokenizer import N_RESERVED_ITEMS, UNK
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS, UNK
 from recfm.train.fresh import FRESH
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -58,11 +58,10 @@ from recfm.errors import RecfmError
 from recfm.io import atomic_dir
 from recfm.model.foundation import ITEM_ATTRIBUTE_COLUMNS, FoundationModel, item_attribute_csr
 from recfm.pipeline import Recommender
-from recfm.tokenizer import N_RESERVED_ITEMS, Tokenizer
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
 
-InitMode = Literal["zero", "scaled", "random", "content", "neighbours"]
 INIT_MODES = ("zero", "scaled", "random", "content", "neighbours")
 
 

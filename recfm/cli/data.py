@@ -14,8 +14,8 @@ from recfm.data import synthetic
 from recfm.data.download import download_movielens
 from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
-from recfm.prepare import describe, load_raw, prepare
-from recfm.tokenizer import TokenizerConfig
+from recfm.tokens.prepare import describe, load_raw, prepare
+from recfm.tokens.tokenizer import TokenizerConfig
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, describe, download.")
 
@@ -100,9 +100,6 @@ def data_download(
     """Download a MovieLens dataset (needs internet) and verify its SHA-256."""
     path = download_movielens(name, dest, base_url=base_url, sha256=sha256)
     console.print(f"extracted to {path}")
-
-
-# ----------------------------------------------------------------------------- prepare
 
 
 # ----------------------------------------------------------------------------- prepare

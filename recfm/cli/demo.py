@@ -25,8 +25,9 @@ from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.pipeline import Recommender
-from recfm.prepare import prepare
-from recfm.train.loop import TrainConfig, train
+from recfm.tokens.prepare import prepare
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import console, print_train_result
+from recfm.cli.output import console, override, print_train_result
 from recfm.config import read_toml
 from recfm.consume.distill import distill, load_student_config
 from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
@@ -28,8 +28,7 @@ def distill_cmd(
 ) -> None:
     """Train a small student on a teacher's item scores (KL) plus the next item (CE)."""
     mcfg, tcfg, dcfg = load_student_config(student_config)
-    if epochs is not None:
-        tcfg.epochs = epochs
+    override(tcfg, epochs=epochs)
     if not (teacher / "model.safetensors").is_file():
         raise RecfmError(f"{teacher / 'model.safetensors'}: expected a recfm run file, "
                          "found nothing at that path")
@@ -67,16 +66,8 @@ def prompt_tune_cmd(
 ) -> None:
     """Train soft prompt tokens for one surface with every foundation weight frozen."""
     values = dict(read_toml(config)) if config else {}
-    if name is not None:
-        values["name"] = name
-    if surface:
-        values["surface"] = parse_surface(surface)
-    if tokens is not None:
-        values["tokens"] = tokens
-    if epochs is not None:
-        values["epochs"] = epochs
-    if rank_weight is not None:
-        values["rank_weight"] = rank_weight
+    override(values, name=name, surface=parse_surface(surface) if surface else None,
+             tokens=tokens, epochs=epochs, rank_weight=rank_weight)
     cfg = PromptConfig.from_dict(values, str(config) if config else "prompt-tune options")
     if not (run / "model.safetensors").is_file():
         raise RecfmError(f"{run / 'model.safetensors'}: expected a recfm run file, "

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recfm.adapt.incremental import INCREMENTAL_TRAIN, build_incremental_dataset
-from recfm.cli.output import console, print_json, print_metrics_table, print_train_result, steps
+from recfm.cli.output import (console, override, print_json, print_metrics_table,
+                              print_train_result, steps)
 from recfm.data.readers import read_events
 from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
@@ -23,7 +24,8 @@ from recfm.model.config import ModelConfig
 from recfm.pipeline import Recommender
 from recfm.runinfo import run_data_dir
 from recfm.train.distributed import launch, strip_nproc
-from recfm.train.loop import TrainConfig, load_run_config, train
+from recfm.train.config import TrainConfig, load_run_config
+from recfm.train.loop import train
 
 
 def register(app: typer.Typer) -> None:
@@ -66,12 +68,7 @@ def train_cmd(
         args = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[2:]
         raise typer.Exit(launch(nproc, strip_nproc(args)))
     mcfg, tcfg = load_run_config(config) if config else (ModelConfig(), TrainConfig())
-    if epochs is not None:
-        tcfg.epochs = epochs
-    if max_minutes is not None:
-        tcfg.max_minutes = max_minutes
-    if seed is not None:
-        tcfg.seed = seed
+    override(tcfg, epochs=epochs, max_minutes=max_minutes, seed=seed)
     if (events is not None or incremental) and init_from is None:
         raise RecfmError("--events and --incremental fine-tune a run: give it with --init-from")
     if incremental and events is None:

@@ -1,4 +1,5 @@
-"""What the commands print with: one console, a spinner, and the tables several commands share.
+"""What the commands print with: one console, a spinner, and the tables several commands share
+(and :func:`override`, how every command lays its options over a config).
 
 The library logs; only :mod:`recfm.cli` prints.
 """
@@ -20,6 +21,18 @@ def steps(title: str):
     """A spinner whose text follows the library's ``on_step`` callbacks."""
     with console.status(f"{title}…") as status:
         yield lambda name: status.update(f"{title}: {name}…")
+
+
+def override(target, **options) -> None:
+    """Lay the options given on the command line (not None) over ``target``: a config
+    dataclass, or a dict of config values."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        if isinstance(target, dict):
+            target[name] = value
+        else:
+            setattr(target, name, value)
 
 
 def print_json(obj) -> None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,7 +19,7 @@ import torch
 import typer
 from rich.table import Table
 
-from recfm.cli.output import console
+from recfm.cli.output import console, override
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_json
@@ -34,7 +33,6 @@ from recfm.serve.engine import Engine
 
 rank_app = typer.Typer(no_args_is_help=True,
                        help="Unified contextual ranker: search and recommendation, one model.")
-log = logging.getLogger(__name__)
 
 
 def _knobs(values: list[str] | None) -> dict[str, float]:
@@ -88,9 +86,7 @@ def train_cmd(
                              "another key")
         data_cfg = RankDataConfig.from_dict(tables.get("data", {}), str(config))
         rank_cfg = RankerConfig.from_dict(tables.get("ranker", {}), str(config))
-    for name, value in (("epochs", epochs), ("embedder", embedder), ("seed", seed)):
-        if value is not None:
-            setattr(rank_cfg, name, value)
+    override(rank_cfg, epochs=epochs, embedder=embedder, seed=seed)
     t0 = time.perf_counter()
     with console.status("building ranking requests") as status:
         model_fm = Recommender.from_pretrained(fm)

@@ -9,11 +9,11 @@ from typing import Optional
 import typer
 import uvicorn
 
-from recfm.cli.output import console, steps
+from recfm.cli.output import console, override, steps
 from recfm.errors import RecfmError
 from recfm.serve import create_app  # loads FastAPI only when called (recfm.serve)
 from recfm.serve.config import ServeConfig, load_serve_config
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 def register(app: typer.Typer) -> None:
@@ -38,16 +38,9 @@ def serve_cmd(
 ) -> None:
     """Serve a run over HTTP: recommendations, embeddings, collections, explorer page at /."""
     cfg = load_serve_config(config) if config else ServeConfig()
-    if retrieval is not None:
-        if retrieval not in ("auto", "exact", "hnsw"):
-            raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")
-        cfg.retrieval = retrieval  # type: ignore[assignment]
-    if window_hop is not None:
-        cfg.window_hop = window_hop
-    if cache_mb is not None:
-        cfg.cache_mb = cache_mb
-    if threads is not None:
-        cfg.threads = threads
+    if retrieval is not None and retrieval not in ("auto", "exact", "hnsw"):
+        raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")
+    override(cfg, retrieval=retrieval, window_hop=window_hop, cache_mb=cache_mb, threads=threads)
     logging.getLogger("recfm").setLevel(log_level.upper())
     with steps("loading") as on_step:
         on_step(str(run))

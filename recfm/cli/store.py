@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recfm.cli.output import console
+from recfm.cli.output import console, print_json
 from recfm.store import embed, open_store
 from recfm.train.distributed import current, launch, strip_nproc
 
@@ -80,8 +79,7 @@ def versions_cmd(
     versions = st.versions()
     current = st.current_version
     if as_json:
-        console.print_json(json.dumps({"current": current,
-                                       "versions": [asdict(v) for v in versions]}))
+        print_json({"current": current, "versions": [asdict(v) for v in versions]})
         return
     t = Table(title=f"versions of {path}")
     for col in ("version", "created_at", "users", "items", "dim", "pooling", "model",
@@ -111,7 +109,7 @@ def diff_cmd(
     """Stability report between two versions: per-user cosine, top-k overlap, churn."""
     rep = open_store(path).diff(a, b, k=k, sample_users=sample_users)
     if as_json:
-        console.print_json(json.dumps(rep))
+        print_json(rep)
         return
     t = Table(title=f"{path}: version {rep['a']} → {rep['b']}")
     for col in ("", "n", "median", "p10", "p90", "mean"):

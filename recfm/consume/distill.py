@@ -33,9 +33,10 @@ from recfm.config import from_dict, read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import LossHook, TrainConfig, TrainResult, train
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+from recfm.train.config import TrainConfig
+from recfm.train.loop import LossHook, TrainResult, train
 
 log = logging.getLogger(__name__)
 

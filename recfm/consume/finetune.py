@@ -25,8 +25,9 @@ the lower layers frozen (``trainable_layers``), and uses the run's leave-one-out
 training tokens, validation events for early stopping and model selection, test events
 for the reported metrics. Training is a configuration of the one
 :class:`recfm.train.trainer.Trainer`: the task model's loss, validation every
-``eval_every`` steps with the starting model as a candidate, ``max_steps`` steps. The output is a run directory: ``FoundationModel.from_pretrained``
-loads its backbone; :meth:`TaskModel.from_pretrained` loads the whole task model.
+``eval_every`` steps with the starting model as a candidate, ``max_steps`` steps. The
+output is a run directory: ``FoundationModel.from_pretrained`` loads its backbone;
+:meth:`TaskModel.from_pretrained` loads the whole task model.
 
 Example ``task.toml``::
 
@@ -54,22 +55,24 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from recfm import __version__
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.config import from_dict, read_toml
 from recfm.consume.subgraph import freeze, trainable_modules
 from recfm.data.readers import read_events
 from recfm.data.splits import Split, leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.evaluate.evaluator import evaluate_scorer
-from recfm.evaluate.metrics import ranks_of
-from recfm.io import atomic_write_json
+from recfm.evaluate.ranks import target_ranks
+from recfm.io import atomic_write_bytes, atomic_write_json
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import N_RESERVED_FACET
 from recfm.runinfo import run_data_dir
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
@@ -79,7 +82,6 @@ from recfm.train.trainer import ProgressFn, RunFiles, Trainer, Validation, decay
 log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "task_head.safetensors"
-N_FACET_RESERVED = 2  # facet codes 0 (padding) and 1 (unknown) come before the values
 SHOWN = "shown"
 """Token column of a shown task: a title shown before the token and not chosen (0: none)."""
 
@@ -146,7 +148,7 @@ class TaskConfig:
         train = data.get("train", {})
         if not isinstance(train, dict):
             raise InputError(source, None, "train", "a [train] table", repr(train))
-        base = {k: v for k, v in asdict(_default_train()).items()}
+        base = asdict(_default_train())
         base["betas"] = list(base["betas"])
         data = {**data, "train": {**base, **train}}
         cfg = from_dict(cls, data, source)
@@ -289,7 +291,7 @@ class TaskModel(nn.Module):
             if task.label_action not in actions:
                 raise RecfmError(f"binary task: no action {task.label_action!r} in this "
                                  f"run's data (actions: {', '.join(actions) or 'none'})")
-            self.label_code = actions.index(task.label_action) + N_FACET_RESERVED
+            self.label_code = actions.index(task.label_action) + N_RESERVED_FACET
 
     @property
     def columns(self) -> list[str]:
@@ -347,25 +349,32 @@ class TaskModel(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
 
+    def _subset_scorer(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """surface: (B, n_items) next-item scores, items outside the subset at -inf."""
+        scores = self.fm.score(self.fm.last_hidden(batch))
+        return scores.masked_fill(~self.subset, float("-inf"))
+
+    def _task_rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of a split frame this task evaluates (a target it can score)."""
+        if self.task.kind == "binary":
+            return frame.filter(pl.col("target_action").is_not_null()
+                                & pl.col("target").is_not_null())
+        if self.task.kind == "shown":
+            return frame.filter(pl.col("target").is_not_null()
+                                & (pl.col(f"target_{SHOWN}") > 0))
+        in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
+        return frame.filter(pl.Series(in_subset))
+
     @torch.no_grad()
     def evaluate(self, frame: pl.DataFrame, batch_size: int = 512) -> dict[str, float]:
         """Metrics on a split frame (one row per user: history, ``target``, ``target_*``)."""
         self.eval()
-        cols = self.fm.input_columns
         if self.task.kind == "surface":
-            in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
-            frame = frame.filter(pl.Series(in_subset))
-
-            def scorer(rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-                scores = self.fm.score(self.fm.last_hidden(batch))
-                return scores.masked_fill(~self.subset, float("-inf"))
-
-            m = evaluate_scorer(scorer, frame, self.fm.cfg.n_items, self.fm.cfg.max_len, cols,
+            m = evaluate_scorer(self._subset_scorer, self._task_rows(frame), self.fm.cfg.n_items,
+                                self.fm.cfg.max_len, self.fm.input_columns,
                                 batch_size=batch_size, ks=(10, 20))
             keys = ("users", "ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr")
-            out = {k: m[k] for k in keys}
-            out["subset_items"] = int(self.subset.sum())
-            return out
+            return {**{k: m[k] for k in keys}, "subset_items": int(self.subset.sum())}
         pu = self.per_user(frame, batch_size)
         logits, labels = pu["logit"], pu["label"]
         y = torch.from_numpy(labels.astype(np.float64))
@@ -382,17 +391,13 @@ class TaskModel(nn.Module):
         every user's shown one (users with a shown title only). For paired comparisons of
         two task models on the same users."""
         self.eval()
-        cols = self.fm.input_columns
-        if self.task.kind == "binary":
-            frame = frame.filter(pl.col("target_action").is_not_null()
-                                 & pl.col("target").is_not_null())
-        elif self.task.kind == "shown":
-            frame = frame.filter(pl.col("target").is_not_null()
-                                 & (pl.col(f"target_{SHOWN}") > 0))
-        else:
-            in_subset = self.subset.numpy()[frame["target"].fill_null(0).to_numpy()]
-            frame = frame.filter(pl.Series(in_subset))
-        store = SequenceStore(frame, cols)
+        frame = self._task_rows(frame)
+        if self.task.kind == "surface":
+            ranks = target_ranks(self._subset_scorer, frame, self.fm.cfg.max_len,
+                                 self.fm.input_columns, batch_size=batch_size)
+            r = torch.from_numpy(ranks).double()  # NDCG in torch: numpy's log2 differs
+            return {"ndcg@10": ((r < 10) / torch.log2(r + 2)).numpy()}
+        store = SequenceStore(frame, self.fm.input_columns)
         targets = torch.from_numpy(frame["target"].to_numpy().astype(np.int64))
         out = np.zeros(len(frame), dtype=np.float64)
         shown = (torch.from_numpy(frame[f"target_{SHOWN}"].to_numpy().astype(np.int64))
@@ -401,23 +406,13 @@ class TaskModel(nn.Module):
         for rows, batch in history_batches(store, self.fm.cfg.max_len, batch_size,
                                            by_length=True):
             h = self.fm.last_hidden(batch)
-            if self.task.has_head:
-                out[rows] = self.binary_logit(h, targets[rows]).double().numpy()
-                if shown is not None:
-                    neg[rows] = self.binary_logit(h, shown[rows]).double().numpy()
-                continue
-            scores = self.fm.score(h).masked_fill(~self.subset, float("-inf"))
-            b, items = store.history_items(rows)
-            scores[torch.from_numpy(b), torch.from_numpy(items)] = float("-inf")
-            rank = ranks_of(scores, targets[rows]).double()
-            out[rows] = ((rank < 10) / torch.log2(rank + 2)).numpy()
+            out[rows] = self.binary_logit(h, targets[rows]).double().numpy()
+            if shown is not None:
+                neg[rows] = self.binary_logit(h, shown[rows]).double().numpy()
         if self.task.kind == "binary":
             return {"logit": out,
                     "label": frame["target_action"].to_numpy() == self.label_code}
-        if self.task.kind == "shown":
-            return {"logit": np.concatenate([out, neg]),
-                    "label": np.arange(2 * len(out)) < len(out)}
-        return {"ndcg@10": out}
+        return {"logit": np.concatenate([out, neg]), "label": np.arange(2 * len(out)) < len(out)}
 
     def key_metric(self) -> str:
         return "auc" if self.task.has_head else "ndcg@10"
@@ -464,11 +459,10 @@ class TaskModel(nn.Module):
         rec = Recommender(self.fm, self.rec.tokenizer, self.rec.items)
         rec.save_pretrained(path, {**extra, "task": asdict(self.task)})
         if self.head is not None:
-            tmp = path / f".{HEAD_WEIGHTS}.tmp"
-            save_file({k: v.detach().contiguous().clone()
-                       for k, v in self.head.state_dict().items()}, str(tmp),
-                      metadata={"recfm_version": __version__})
-            tmp.replace(path / HEAD_WEIGHTS)
+            weights = {k: v.detach().contiguous().clone()
+                       for k, v in self.head.state_dict().items()}
+            atomic_write_bytes(path / HEAD_WEIGHTS,
+                               safetensors_bytes(weights, metadata={"recfm_version": __version__}))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TaskModel":

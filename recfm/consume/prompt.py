@@ -22,14 +22,10 @@ Two depths (``PromptConfig.depth``):
   KV cache k prompt events would leave (prefix tuning, Li & Liang 2021; P-Tuning v2, Liu
   et al. 2022). They start as the cache of k frequent surface items.
 
-On the synthetic world's d=64, 2-layer model (kids titles; benchmarks/consumption.py), 16
-deep tokens made kids titles 99 % of the top 10 on average but only 40 % for the worst
-user (31 of 4,881 users below 90 %: an off-surface sequel of their last title, which the
-backbone is sure of, stayed on top); with the top-10 ranking term (``rank_weight=5``,
-``rank_margin=3``) every user's top 10 is all kids titles (min 1.0), at the price of
-next-kids-title accuracy (NDCG@10 on kids targets 0.34 unprompted → 0.29). 32 input
-tokens reach 93 % on average but 0 % for some users: with pre-norm blocks a token's keys
-and values are those of a LayerNorm-ed vector, which bounds how far it pulls a small model.
+Deep prompts move a small frozen backbone much further than input ones (with pre-norm
+blocks an input token's keys and values are those of a LayerNorm-ed vector, which bounds
+its pull); the ranking term puts the surface in every user's top k, at some cost in
+next-surface-item accuracy (figures: benchmarks/RESULTS.md).
 
 Positions: the history keeps its own positions (learned position embeddings are added
 before the prompt goes in front, so the events look exactly as they do unprompted); with
@@ -57,7 +53,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore, count_batches
+from recfm.tokens.batching import SequenceStore, count_batches
 from recfm.config import from_dict
 from recfm.consume.distill import item_logits
 from recfm.data.splits import leave_one_out
@@ -66,15 +62,14 @@ from recfm.model.foundation import FoundationModel
 from recfm.model.prompt import prefix_from_tokens
 from recfm.pipeline import Recommender
 from recfm.pipeline.prompts import check_name, state_sha256, write_prompt
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 from recfm.runinfo import weights_sha256
-from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
 from recfm.train.trainer import Budget, ProgressFn, Trainer
 
 log = logging.getLogger(__name__)
-
 
 
 # ----------------------------------------------------------------------------- surfaces

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recfm import __version__
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_dir
 from recfm.model.foundation import FoundationModel

@@ -21,6 +21,7 @@ same space.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -50,11 +51,16 @@ class Embedder(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _seeded_vector(token: str, dim: int) -> np.ndarray:
-    """A unit Gaussian direction that depends only on (token, dim): the same in every process."""
+    """A unit Gaussian direction that depends only on (token, dim): the same in every process.
+
+    Cached (read-only), so a word or attribute seen again costs a lookup."""
     seed = int.from_bytes(hashlib.sha256(token.encode("utf-8")).digest()[:8], "little")
     v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
+    v = v / np.linalg.norm(v)
+    v.flags.writeable = False
+    return v
 
 
 def _normalize_rows(m: np.ndarray) -> np.ndarray:
@@ -121,17 +127,13 @@ class HashingEmbedder(TextEmbedder):
         self.spec = f"hash:{dim}"
         self.encoded = 0
         """How many texts this instance actually encoded (the rest came from the cache)."""
-        self._vocab: dict[str, np.ndarray] = {}
         super().__init__(cache_dir)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
             for w in re.findall(r"\w+", t.lower()):
-                v = self._vocab.get(w)
-                if v is None:
-                    v = self._vocab[w] = _seeded_vector(w, self.dim)
-                out[i] += v
+                out[i] += _seeded_vector(w, self.dim)
         self.encoded += len(texts)
         return _normalize_rows(out)
 
@@ -211,7 +213,6 @@ class AttributeBagEmbedder:
     def __init__(self, dim: int = 256) -> None:
         self.dim = dim
         self.spec = f"attributes:{dim}"
-        self._vocab: dict[str, np.ndarray] = {}
 
     def embed_items(self, items: pl.DataFrame) -> np.ndarray:
         cols = [c for c in self.COLUMNS if c in items.columns]
@@ -221,13 +222,8 @@ class AttributeBagEmbedder:
             for i, v in enumerate(values):
                 bag = v if isinstance(v, list) else ([v] if v is not None else [])
                 for a in bag:
-                    if a is None:
-                        continue
-                    key = f"{c}:{a}"
-                    vec = self._vocab.get(key)
-                    if vec is None:
-                        vec = self._vocab[key] = _seeded_vector(key, self.dim)
-                    out[i] += vec
+                    if a is not None:
+                        out[i] += _seeded_vector(f"{c}:{a}", self.dim)
         return _normalize_rows(out)
 
 

@@ -34,14 +34,6 @@ CONTENT_FILE = "content.parquet"
 CONTENT_META = "content.json"
 
 
-def content_matrix(items: pl.DataFrame, vectors: np.ndarray, n_items: int) -> torch.Tensor:
-    """(n_items, dim) rows in model order: row ``idx`` of each item; reserved rows are 0."""
-    out = torch.zeros(n_items, vectors.shape[1], dtype=torch.float32)
-    idx = torch.from_numpy(items["idx"].to_numpy().astype(np.int64))
-    out[idx] = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    return out
-
-
 def embed_dataset(data_dir: str | Path, spec: str | None = None,
                   cache_dir: str | Path | None = None,
                   on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -77,7 +69,9 @@ def embed_dataset(data_dir: str | Path, spec: str | None = None,
 
 def load_dataset_content(data_dir: str | Path, items: pl.DataFrame, n_items: int
                          ) -> tuple[torch.Tensor, dict[str, Any]] | None:
-    """(n_items, dim) content rows of a prepared dataset and its meta, or None if it has none."""
+    """(n_items, dim) content rows of a prepared dataset and its meta, or None if it has none.
+
+    Row ``idx`` of each item holds its vector; reserved rows and items without one are 0."""
     data_dir = Path(data_dir)
     path, meta_path = data_dir / CONTENT_FILE, data_dir / CONTENT_META
     if not path.is_file():
@@ -91,11 +85,12 @@ def load_dataset_content(data_dir: str | Path, items: pl.DataFrame, n_items: int
     missing = joined["vector"].is_null()
     if missing.any():
         log.warning("%s: %d items have no content vector (zeros)", path, int(missing.sum()))
-    vecs = np.zeros((joined.height, dim), dtype=np.float32)
-    have = (~missing).to_numpy()
-    if have.any():
-        vecs[have] = np.asarray(joined.filter(~missing)["vector"].to_list(), dtype=np.float32)
-    return content_matrix(joined, vecs, n_items), meta
+    out = torch.zeros(n_items, dim, dtype=torch.float32)
+    have = joined.filter(~missing)
+    if have.height:
+        idx = torch.from_numpy(have["idx"].to_numpy().astype(np.int64))
+        out[idx] = torch.from_numpy(np.asarray(have["vector"].to_list(), dtype=np.float32))
+    return out, meta
 
 
 def embed_new_items(spec: str, items: pl.DataFrame, cache_dir: str | Path | None = None,

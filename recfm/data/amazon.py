@@ -57,17 +57,6 @@ _EVENT_NAMES = {"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixRe
                 "value": "overall"}
 
 
-def _meta(category: str | None) -> dict:
-    return {
-        "name": NAME,
-        "format": NAME,
-        "category": category,
-        "has_time": True,
-        "value_kind": "rating",
-        "tokenizer": {"value_agg": "max"},
-    }
-
-
 # --------------------------------------------------------------------------- reading lines
 
 def _open(path: Path):
@@ -207,6 +196,19 @@ def _text(value: Any) -> str | None:
     raise TypeError
 
 
+def _id(rec: dict, key: str, file: str, line: int, article: str = "a") -> str:
+    """The record's ``key`` as a non-empty id string."""
+    if key not in rec:
+        raise InputError(file, line, key, f"{article} {key} key", "none")
+    try:
+        value = _text(rec[key])
+    except TypeError:
+        value = None
+    if value is None:
+        raise InputError(file, line, key, "a non-empty id", shorten(rec[key]))
+    return value
+
+
 def _review_time(text: Any, file: str, line: int, cache: dict[str, int]) -> str:
     if not isinstance(text, str):
         raise InputError(file, line, "reviewTime", 'a date like "09 13, 2009"', shorten(text))
@@ -234,17 +236,8 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
     lines: list[int] = []
     cache: dict[str, int] = {}
     for line, rec in iter_records(path):
-        row = []
-        for key in ("reviewerID", "asin"):
-            if key not in rec:
-                raise InputError(file, line, key, f"a {key} key", "none")
-            try:
-                v = _text(rec[key])
-            except TypeError:
-                v = None
-            if v is None:
-                raise InputError(file, line, key, "a non-empty id", shorten(rec[key]))
-            row.append(v)
+        users.append(_id(rec, "reviewerID", file, line))
+        items.append(_id(rec, "asin", file, line))
         ts = rec.get("unixReviewTime")
         if ts is None:
             if "reviewTime" not in rec:
@@ -264,8 +257,6 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
         except TypeError:
             raise InputError(file, line, "overall", "a number",
                              shorten(rec.get("overall"))) from None
-        users.append(row[0])
-        items.append(row[1])
         times.append(ts_text)
         values.append(value)
         lines.append(line)
@@ -279,13 +270,8 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
         "value": pl.Series(values, dtype=pl.Utf8),
         LINE: pl.Series(lines, dtype=pl.Int64),
     })
-    try:
+    with schema.source_columns(_EVENT_NAMES):
         events = schema.normalize_events(df, file)
-    except InputError as e:
-        if e.column in _EVENT_NAMES:
-            raise InputError(e.file, e.line, _EVENT_NAMES[e.column], e.expected,
-                             e.found) from None
-        raise
     bad = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
     if bad.any():
         i = int(bad.arg_true()[0])
@@ -335,14 +321,7 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
     seen: set[str] = set()
     dropped = 0
     for line, rec in iter_records(path):
-        if "asin" not in rec:
-            raise InputError(file, line, "asin", "an asin key", "none")
-        try:
-            asin = _text(rec["asin"])
-        except TypeError:
-            asin = None
-        if asin is None:
-            raise InputError(file, line, "asin", "a non-empty id", shorten(rec["asin"]))
+        asin = _id(rec, "asin", file, line, article="an")
         if dedupe:
             if asin in seen:
                 dropped += 1
@@ -355,12 +334,11 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
         if categories is not None and not isinstance(categories, (list, tuple, str)):
             raise InputError(file, line, "categories" if "categories" in rec else "category",
                              "a list of categories", shorten(categories))
-        brand = rec.get("brand")
         ids.append(asin)
         titles.append((title.strip() or None) if isinstance(title, str) else None)
         descs.append(_join_text(rec.get("description")))
         cats.append(_flatten(categories))
-        brands.append(_join_text(brand))
+        brands.append(_join_text(rec.get("brand")))
         lines.append(line)
     df = pl.DataFrame({
         "item_id": pl.Series(ids, dtype=pl.Utf8),
@@ -370,12 +348,8 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
         "brand": pl.Series(brands, dtype=pl.Utf8),
         LINE: pl.Series(lines, dtype=pl.Int64),
     })
-    try:
+    with schema.source_columns({"item_id": "asin"}):
         items = schema.normalize_items(df, file)
-    except InputError as e:
-        if e.column == "item_id":
-            raise InputError(e.file, e.line, "asin", e.expected, e.found) from None
-        raise
     return items, dropped
 
 
@@ -391,7 +365,8 @@ def load(path: str | Path, meta: str | Path | None = "auto", *,
     reviews, meta_file = _resolve(Path(path), meta)
     events = read_reviews(reviews)
     items = None
-    info = _meta(_category(reviews))
+    info = {"name": NAME, "format": NAME, "category": _category(reviews), "has_time": True,
+            "value_kind": "rating", "tokenizer": {"value_agg": "max"}}
     if meta_file is not None:
         items, dropped = read_metadata(meta_file, dedupe=dedupe_items)
         info["duplicate_items_dropped"] = dropped

@@ -68,24 +68,19 @@ class Archive:
 
 
 MOVIELENS: dict[str, Archive] = {
-    # SHA-256 and size: tensorflow/datasets@1c076ac3c19c8ea83e1d1a75e0623c9a699e0d7c,
-    # tensorflow_datasets/url_checksums/movielens.txt.
+    # SHA-256 and size: TensorFlow Datasets' checksums (see the module doc). None is
+    # published for ml-10m (GroupLens's ml-10m.zip.md5 is ce571fd55effeba0271552578f2648bd)
+    # or ml-32m: the caller must give sha256=.
     "ml-latest-small": Archive(
         "ml-latest-small", "ml-latest-small.zip", "ml-latest-small",
         "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436", 978202),
-    # Same source as above.
     "ml-1m": Archive(
         "ml-1m", "ml-1m.zip", "ml-1m",
         "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20", 5917549),
-    # No published SHA-256 found (GroupLens's ml-10m.zip.md5 is
-    # ce571fd55effeba0271552578f2648bd, as quoted e.g. in eli-osherovich/papers_with_code
-    # datasets/movielens/dl_config.py) — the caller must give sha256=.
     "ml-10m": Archive("ml-10m", "ml-10m.zip", "ml-10M100K", None, None),
-    # Same source as ml-latest-small.
     "ml-25m": Archive(
         "ml-25m", "ml-25m.zip", "ml-25m",
         "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa", 261978986),
-    # No published SHA-256 found — the caller must give sha256=.
     "ml-32m": Archive("ml-32m", "ml-32m.zip", "ml-32m", None, None),
 }
 
@@ -114,26 +109,22 @@ def _expected_digest(spec: Archive, sha256: str | None) -> str:
     return digest
 
 
+@contextlib.contextmanager
 def _progress_bar(enabled: bool, total: int | None, label: str):
-    """A rich progress bar on a terminal; a no-op otherwise."""
+    """Yields ``advance(n)`` of a rich progress bar on a terminal; None otherwise."""
     if not enabled or not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
+        yield None
+        return
     # deferred: the data layer draws a bar only on a terminal
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
-
-    @contextlib.contextmanager
-    def bar():
-        with progress:
-            task = progress.add_task(label, total=total)
-            yield lambda n: progress.advance(task, n)
-
-    return bar()
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 def _fetch(url: str, out, progress: bool, timeout: float) -> str:

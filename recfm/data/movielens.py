@@ -54,6 +54,8 @@ TAGS_DAT = ("UserID", "MovieID", "Tag", "Timestamp")
 RATINGS_CSV = ("userId", "movieId", "rating", "timestamp")
 MOVIES_CSV = ("movieId", "title", "genres")
 TAGS_CSV = ("userId", "movieId", "tag", "timestamp")
+# Per layout: the fields of its ratings, tags and movies files.
+_FIELDS = {"csv": (RATINGS_CSV, TAGS_CSV, MOVIES_CSV), "dat": (RATINGS_DAT, TAGS_DAT, MOVIES_DAT)}
 
 NO_GENRES = "(no genres listed)"
 # A trailing "(1995)", or a range such as "(2006–2007)" / "(2006-)" whose start year is taken.
@@ -65,17 +67,6 @@ class MovieLensDataset(RawDataset):
     """A :class:`RawDataset` with the raw tag applications kept beside it."""
 
     tags: pl.DataFrame | None = None
-
-
-def _meta(layout: str) -> dict:
-    return {
-        "name": NAME,
-        "format": NAME,
-        "layout": layout,
-        "has_time": True,
-        "value_kind": "rating",
-        "tokenizer": {"value_agg": "max"},
-    }
 
 
 def _find_root(path: Path) -> Path | None:
@@ -117,40 +108,39 @@ def load(path: str | Path, *, tags: bool = True, encoding: str = "auto") -> Movi
         found = "nothing at that path" if not path.exists() else "no ratings.csv or ratings.dat"
         raise InputError(str(path), None, None,
                          "a MovieLens folder with ratings.csv or ratings.dat", found)
-    if (root / "ratings.csv").is_file():
-        return _load_csv(root, tags)
-    return _load_dat(root, tags, encoding)
+    return _load(root, "csv" if (root / "ratings.csv").is_file() else "dat", tags, encoding)
+
+
+def _load(root: Path, layout: str, want_tags: bool, encoding: str) -> MovieLensDataset:
+    """The ratings, tags (when wanted and present) and movies files of one layout."""
+    ratings_fields, tags_fields, movies_fields = _FIELDS[layout]
+
+    def read(path: Path, fields: tuple[str, ...], free: int | None = None) -> pl.DataFrame:
+        if layout == "csv":
+            return _read_csv(path, fields)
+        return read_dat(path, fields, free=free, encoding=encoding)
+
+    ratings = root / f"ratings.{layout}"
+    events = _ratings_events(read(ratings, ratings_fields), str(ratings), ratings_fields)
+    meta = {"name": NAME, "format": NAME, "layout": layout, "has_time": True,
+            "value_kind": "rating", "tokenizer": {"value_agg": "max"}}
+    tags_file = root / f"tags.{layout}"
+    tag_table = None
+    if want_tags and tags_file.is_file():
+        tag_table = _tag_table(read(tags_file, tags_fields, free=2), str(tags_file), tags_fields)
+    if tag_table is not None:
+        meta["tags_file"] = str(tags_file)
+        meta["tag_count"] = tag_table.height
+    movies = root / f"movies.{layout}"
+    items = None
+    if movies.is_file():
+        items = _movie_items(read(movies, movies_fields, free=1), str(movies), movies_fields,
+                             tag_table)
+    return MovieLensDataset(events, items, str(ratings),
+                            str(movies) if items is not None else None, meta, tags=tag_table)
 
 
 # --------------------------------------------------------------------------- shared steps
-
-def _relabel(err: InputError, names: dict[str, str]) -> InputError:
-    """The same error with the canonical column named as the file names it."""
-    if err.column in names:
-        return InputError(err.file, err.line, names[err.column], err.expected, err.found)
-    return err
-
-
-def _normalize_events(df: pl.DataFrame, file: str, names: dict[str, str]) -> pl.DataFrame:
-    try:
-        return schema.normalize_events(df, file)
-    except InputError as e:
-        raise _relabel(e, names) from None
-
-
-def _normalize_items(df: pl.DataFrame, file: str, names: dict[str, str]) -> pl.DataFrame:
-    try:
-        return schema.normalize_items(df, file)
-    except InputError as e:
-        raise _relabel(e, names) from None
-
-
-def _require(df: pl.DataFrame, columns: tuple[str, ...], file: str) -> None:
-    for col in columns:
-        if col not in df.columns:
-            found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
-            raise InputError(file, 1, col, f"a header {','.join(columns)}", f"columns {found}")
-
 
 def _ratings_events(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataFrame:
     user, item, rating, ts = names
@@ -162,8 +152,9 @@ def _ratings_events(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.
         pl.col(rating).alias("value"),
         pl.col(LINE),
     )
-    events = _normalize_events(df, file, {"user_id": user, "item_id": item,
-                                          "timestamp": ts, "value": rating})
+    with schema.source_columns({"user_id": user, "item_id": item, "timestamp": ts,
+                                "value": rating}):
+        events = schema.normalize_events(df, file)
     out_of_range = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
     if out_of_range.any():
         i = int(out_of_range.arg_true()[0])
@@ -183,8 +174,9 @@ def _tag_table(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataF
         pl.col(tag).alias("tag"),
         pl.col(LINE),
     )
-    out = _normalize_events(df, file, {"user_id": user, "item_id": item,
-                                       "timestamp": ts, "tag": tag})
+    with schema.source_columns({"user_id": user, "item_id": item, "timestamp": ts,
+                                "tag": tag}):
+        out = schema.normalize_events(df, file)
     return out.select("user_id", "item_id", "tag", "timestamp")
 
 
@@ -203,7 +195,8 @@ def _movie_items(raw: pl.DataFrame, file: str, names: tuple[str, ...],
         text.str.extract(_YEAR_RE, 1).cast(pl.Int64).alias("release_year"),
         pl.col(LINE),
     )
-    items = _normalize_items(df, file, {"item_id": item, "title": title, "genres": genres})
+    with schema.source_columns({"item_id": item, "title": title, "genres": genres}):
+        items = schema.normalize_items(df, file)
     if tag_table is not None:
         per_item = (
             tag_table.select("item_id", pl.col("tag").str.strip_chars().str.to_lowercase())
@@ -220,46 +213,22 @@ def _movie_items(raw: pl.DataFrame, file: str, names: tuple[str, ...],
     return items
 
 
-def _finish(layout: str, events: pl.DataFrame, events_file: Path,
-            items: pl.DataFrame | None, items_file: Path | None,
-            tag_table: pl.DataFrame | None, tags_file: Path | None) -> MovieLensDataset:
-    meta = _meta(layout)
-    if tag_table is not None and tags_file is not None:
-        meta["tags_file"] = str(tags_file)
-        meta["tag_count"] = tag_table.height
-    return MovieLensDataset(events, items, str(events_file),
-                            str(items_file) if items_file is not None else None, meta,
-                            tags=tag_table)
-
-
 # --------------------------------------------------------------------------- CSV layout
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
     df = read_csv(path)
-    _require(df, columns, str(path))
+    for col in columns:
+        if col not in df.columns:
+            found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
+            raise InputError(str(path), 1, col, f"a header {','.join(columns)}",
+                             f"columns {found}")
     return df
-
-
-def _load_csv(root: Path, want_tags: bool) -> MovieLensDataset:
-    ratings = root / "ratings.csv"
-    events = _ratings_events(_read_csv(ratings, RATINGS_CSV), str(ratings), RATINGS_CSV)
-    tags_file = root / "tags.csv"
-    tag_table = None
-    if want_tags and tags_file.is_file():
-        tag_table = _tag_table(_read_csv(tags_file, TAGS_CSV), str(tags_file), TAGS_CSV)
-    movies = root / "movies.csv"
-    items = None
-    if movies.is_file():
-        items = _movie_items(_read_csv(movies, MOVIES_CSV), str(movies), MOVIES_CSV, tag_table)
-    return _finish("csv", events, ratings, items, movies if items is not None else None,
-                   tag_table, tags_file if tag_table is not None else None)
 
 
 # --------------------------------------------------------------------------- :: layout
 
 def _decode(path: Path, data: bytes, encoding: str) -> str:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = data.removeprefix(b"\xef\xbb\xbf")
     if encoding == "auto":
         try:
             return data.decode("utf-8")
@@ -279,8 +248,7 @@ def _read_dat_fast(data: bytes, fields: tuple[str, ...]) -> pl.DataFrame | None:
     """The common case — every line complete, no blank lines — read by polars' CSV reader
     (``::`` becomes a unit separator). None when anything is off: the exact reader then
     finds and reports it."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = data.removeprefix(b"\xef\xbb\xbf")
     if not data:
         return None
     n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
@@ -340,21 +308,3 @@ def read_dat(path: Path, fields: tuple[str, ...], free: int | None = None,
             exprs.append(parts.list.slice(free, pl.col("n") - (k - 1)).list.join("::")
                          .alias(name))
     return df.select(*exprs, pl.col(LINE))
-
-
-def _load_dat(root: Path, want_tags: bool, encoding: str) -> MovieLensDataset:
-    ratings = root / "ratings.dat"
-    events = _ratings_events(read_dat(ratings, RATINGS_DAT, encoding=encoding),
-                             str(ratings), RATINGS_DAT)
-    tags_file = root / "tags.dat"
-    tag_table = None
-    if want_tags and tags_file.is_file():
-        tag_table = _tag_table(read_dat(tags_file, TAGS_DAT, free=2, encoding=encoding),
-                               str(tags_file), TAGS_DAT)
-    movies = root / "movies.dat"
-    items = None
-    if movies.is_file():
-        items = _movie_items(read_dat(movies, MOVIES_DAT, free=1, encoding=encoding),
-                             str(movies), MOVIES_DAT, tag_table)
-    return _finish("dat", events, ratings, items, movies if items is not None else None,
-                   tag_table, tags_file if tag_table is not None else None)

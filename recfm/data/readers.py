@@ -19,8 +19,6 @@ from recfm.data import schema
 from recfm.data.schema import LINE
 from recfm.errors import InputError, shorten
 
-Kind = Literal["events", "items"]
-
 
 @dataclass
 class RawDataset:
@@ -190,6 +188,5 @@ def read_generic(events: str | Path, items: str | Path | None = None,
     """Events (+ items) in the canonical schema, any supported file format."""
     ev = read_events(events, event_map)
     it = read_items(items, item_map) if items is not None else None
-    has_time = True
     return RawDataset(ev, it, str(events), str(items) if items else None,
-                      {"name": Path(events).stem, "has_time": has_time})
+                      {"name": Path(events).stem, "has_time": True})

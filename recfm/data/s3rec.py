@@ -55,17 +55,6 @@ Layout = Literal["auto", "sequence", "pairs"]
 _INT_RE = r"^[0-9]+$"
 
 
-def _meta(name: str, layout: str) -> dict:
-    return {
-        "name": name,
-        "format": FORMAT,
-        "layout": layout,
-        "has_time": False,
-        "value_kind": None,
-        "tokenizer": {"merge_window_s": 0},
-    }
-
-
 def _looks_like_sequences(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -111,15 +100,9 @@ def _resolve(path: Path, name: str | None) -> Path:
     raise InputError(str(path), None, None, "a sequence file or a folder", "nothing at that path")
 
 
-def _first(df: pl.DataFrame, mask: pl.Series) -> int:
-    return int(mask.arg_true()[0])
-
-
 def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, str]:
     """Raw events (``user_id``, ``item_id``, ``timestamp``, ``_line``) and the layout used."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     check_utf8(path, data, sep=None)
     file = str(path)
     lines = (
@@ -137,20 +120,20 @@ def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, s
         layout = "pairs" if int(lines["n"].max()) <= 2 else "sequence"
     lonely = lines["n"] < 2
     if lonely.any():
-        i = _first(lines, lonely)
+        i = int(lonely.arg_true()[0])
         raise InputError(file, int(lines[LINE][i]), "item",
                          "an item id after the user id (token 2)", "end of line")
     if layout == "pairs":
         extra = lines["n"] > 2
         if extra.any():
-            i = _first(lines, extra)
+            i = int(extra.arg_true()[0])
             raise InputError(file, int(lines[LINE][i]), "item",
                              "'user item' (2 tokens) on each line",
                              f"{int(lines['n'][i])} tokens")
     users = lines["tokens"].list.first()
     bad = ~users.str.contains(_INT_RE)
     if bad.any():
-        i = _first(lines, bad)
+        i = int(bad.arg_true()[0])
         raise InputError(file, int(lines[LINE][i]), "user",
                          "an integer user id (token 1)", shorten(users[i]))
     events = (
@@ -164,7 +147,7 @@ def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, s
     )
     bad = ~events["item_id"].str.contains(_INT_RE)
     if bad.any():
-        i = _first(events, bad)
+        i = int(bad.arg_true()[0])
         raise InputError(file, int(events[LINE][i]), "item",
                          f"an integer item id (token {int(events['token'][i])})",
                          shorten(events["item_id"][i]))
@@ -172,7 +155,7 @@ def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, s
     for col, what in (("user_id", "user"), ("item_id", "item")):
         as_int = events[col].cast(pl.Int64, strict=False)
         if as_int.is_null().any():
-            i = _first(events, as_int.is_null())
+            i = int(as_int.is_null().arg_true()[0])
             token = 1 if col == "user_id" else int(events["token"][i])
             raise InputError(file, int(events[LINE][i]), what,
                              f"an integer {what} id below 2**63 (token {token})",
@@ -207,9 +190,7 @@ def _canonical_id(key: str) -> str:
 
 def read_item_attributes(path: Path) -> pl.DataFrame:
     """``{"item": [attribute ids]}`` → canonical items (``item_id``, ``attributes``)."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     check_utf8(path, data, sep=None)
     text = data.decode("utf-8")
     file = str(path)
@@ -260,5 +241,7 @@ def load(path: str | Path, name: str | None = None, *, layout: Layout = "auto",
     elif attributes is not None:
         raise InputError(str(attr_file), None, None, "an item2attributes JSON file",
                          "nothing at that path")
+    meta = {"name": file.stem, "format": FORMAT, "layout": used, "has_time": False,
+            "value_kind": None, "tokenizer": {"merge_window_s": 0}}
     return RawDataset(events, items, str(file), str(attr_file) if items is not None else None,
-                      _meta(file.stem, used))
+                      meta)

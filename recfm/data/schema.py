@@ -26,6 +26,9 @@ Canonical items (one row per catalog entry)::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import polars as pl
 
 from recfm.errors import InputError, shorten
@@ -74,6 +77,18 @@ def apply_mapping(df: pl.DataFrame, mapping: dict[str, str], file: str) -> pl.Da
         if source != canon:
             renames[source] = canon
     return df.rename(renames) if renames else df
+
+
+@contextlib.contextmanager
+def source_columns(names: dict[str, str]) -> Iterator[None]:
+    """Re-raise an InputError about a canonical column with the column named as the source
+    file names it (``names``: canonical → source), so the user can find it."""
+    try:
+        yield
+    except InputError as e:
+        if e.column in names:
+            raise InputError(e.file, e.line, names[e.column], e.expected, e.found) from None
+        raise
 
 
 def _first_bad(df: pl.DataFrame, mask: pl.Series) -> tuple[int | None, int]:

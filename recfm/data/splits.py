@@ -16,7 +16,7 @@ tokens), :func:`history_rows` (one row per user: the history before a position a
 target at it) and :func:`event_rows` (one row per token from a position on: every event
 ranked from the whole history before it).
 
-Sequences are rows of list columns (see :func:`recfm.tokenizer.tokenize`); the split
+Sequences are rows of list columns (see :func:`recfm.tokens.tokenizer.tokenize`); the split
 slices every list column the same way, so facets stay aligned with items.
 """
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
-
-META_COLUMNS = ("user_idx", "user_id", "length")
 
 
 def list_columns(seqs: pl.DataFrame) -> list[str]:

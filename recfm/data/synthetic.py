@@ -322,7 +322,7 @@ def _draw_rows(weights: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarr
     from row r is a search for ``start_r + u · total_r`` in it. ``u``: (K, …) uniforms
     with ``rows``: (K,) → (K, …) column indices.
     """
-    n_rows, n = weights.shape
+    n = weights.shape[1]
     flat = np.cumsum(weights.ravel(), dtype=np.float64)          # (R·N,)
     ends = flat[n - 1::n]                                         # (R,)
     starts = np.concatenate([[0.0], ends[:-1]])
@@ -344,10 +344,6 @@ def _id_strings(prefix: str, n: int, min_width: int) -> pl.Series:
 
 def _group_starts(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-
-
-def _events_per_choice(cfg: SynthConfig) -> float:
-    return min(cfg.impressions_per_choice, _MAX_DISTRACTORS) + _OTHER_EVENTS_PER_CHOICE
 
 
 # ----------------------------------------------------------------------------- catalog
@@ -401,16 +397,15 @@ def _draw_works(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     As many works as items are drawn (each has at least one installment), then cut at the
     work that reaches ``n`` items, whose installments are trimmed to make exactly ``n``.
     """
-    w_max = n
-    entity_w = _draw(_cdf(ENTITY_P), rng.random(w_max))
+    entity_w = _draw(_cdf(ENTITY_P), rng.random(n))
     genre_p = np.array([[_ENTITY_GENRES[e].get(g, 0.0) for g in GENRES]
                         for e in range(len(ENTITY_TYPES))])
-    genre_w = _draw_rows(genre_p, entity_w, rng.random(w_max))
-    u_inst = rng.random(w_max)
-    n_inst = np.ones(w_max, dtype=np.int64)
-    sequel = rng.integers(2, 5, w_max)
+    genre_w = _draw_rows(genre_p, entity_w, rng.random(n))
+    u_inst = rng.random(n)
+    n_inst = np.ones(n, dtype=np.int64)
+    sequel = rng.integers(2, 5, n)
     n_inst = np.where((entity_w == MOVIE) & (u_inst < 0.28), sequel, n_inst)
-    n_inst = np.where(entity_w == SERIES, np.minimum(rng.geometric(0.45, w_max), 6), n_inst)
+    n_inst = np.where(entity_w == SERIES, np.minimum(rng.geometric(0.45, n), 6), n_inst)
     n_inst = np.where((entity_w == GAME) & (u_inst < 0.3), np.minimum(sequel, 3), n_inst)
     n_inst = np.where((entity_w == LIVE) & (u_inst < 0.5), np.minimum(sequel, 3), n_inst)
     cum = np.cumsum(n_inst)
@@ -647,7 +642,6 @@ def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
     )
 
 
-
 # ----------------------------------------------------------------------------- users
 
 
@@ -692,7 +686,9 @@ def _make_users(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog) -> _U
     taste_end = (1 - drift[:, None]) * taste_start + drift[:, None] * taste_new
     pref_end = (1 - drift[:, None]) * pref_start + drift[:, None] * pref_end
 
-    mean_choices = cfg.events_per_user / _events_per_choice(cfg)
+    events_per_choice = (min(cfg.impressions_per_choice, _MAX_DISTRACTORS)
+                         + _OTHER_EVENTS_PER_CHOICE)
+    mean_choices = cfg.events_per_user / events_per_choice
     s = cfg.activity_sigma
     scale = np.exp(rng.normal(-s * s / 2, s, n_u)) if s > 0 else np.ones(n_u)
     n_choices = 2 + rng.poisson(max(mean_choices - 2, 0.1) * scale)
@@ -953,7 +949,6 @@ def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
     return item, reason
 
 
-
 # ----------------------------------------------------------------------------- events
 
 
@@ -1173,7 +1168,7 @@ def _non_overlapping(s_user: np.ndarray, a: np.ndarray, length: np.ndarray) -> n
 # ----------------------------------------------------------------------------- frames
 
 
-def _items_frame(cfg: SynthConfig, cat: _Catalog, item_ids: pl.Series) -> pl.DataFrame:
+def _items_frame(cat: _Catalog, item_ids: pl.Series) -> pl.DataFrame:
     """The catalog in the canonical column order; extra columns as strings."""
     flag = np.array(["false", "true"])
     return pl.DataFrame({
@@ -1228,7 +1223,7 @@ def generate(cfg: SynthConfig | None = None) -> SynthWorld:
         "value": values,
         "row": pl.Series(ev["row"], dtype=pl.Int64),
     })
-    items = _items_frame(cfg, cat, item_ids)
+    items = _items_frame(cat, item_ids)
 
     n_events = np.bincount(ev["user"], minlength=cfg.n_users)
     devices = [[DEVICES[d] for d in pair if d >= 0] for pair in users.device.tolist()]

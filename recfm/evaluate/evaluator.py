@@ -8,15 +8,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.data.splits import leave_one_out
 from recfm.errors import RecfmError
 from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
 from recfm.evaluate.ranks import Scorer, frame_targets, scored_batches
 from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
-from recfm.prepare import PreparedDataset
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 # Catalogs larger than this are scored in chunks of this many items (when the scorer can).
@@ -36,59 +36,54 @@ def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: 
     """
     if item_chunk is None:
         item_chunk = AUTO_ITEM_CHUNK if n_items > AUTO_ITEM_CHUNK else 0
-    if item_chunk and hasattr(scorer, "chunked"):
-        return _evaluate_chunked(scorer, frame, n_items, max_len, columns, exclude_seen,
-                                 batch_size, ks, sampled_negatives, item_chunk)
     store = SequenceStore(frame, columns)
     targets = frame_targets(frame)
     acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
     repeats = 0
     with torch.no_grad():
-        for rows, scores, seen in scored_batches(scorer, store, max_len, batch_size,
-                                                 exclude_seen):
-            if seen is not None:
-                b_t, i_t = seen
-                repeats += int((i_t == targets[rows][b_t]).sum())
-            acc.add(scores, targets[rows])
+        if item_chunk and hasattr(scorer, "chunked"):
+            repeats = _add_chunked(acc, scorer, store, targets, n_items, max_len, exclude_seen,
+                                   batch_size, item_chunk)
+        else:
+            for rows, scores, seen in scored_batches(scorer, store, max_len, batch_size,
+                                                     exclude_seen):
+                if seen is not None:
+                    b_t, i_t = seen
+                    repeats += int((i_t == targets[rows][b_t]).sum())
+                acc.add(scores, targets[rows])
     out = acc.result()
     out["targets_seen_before"] = repeats
     return out
 
 
-def _evaluate_chunked(scorer, frame: pl.DataFrame, n_items: int, max_len: int,
-                      columns: list[str], exclude_seen: bool, batch_size: int,
-                      ks: tuple[int, ...], sampled_negatives: int, chunk: int
-                      ) -> dict[str, float]:
-    """:func:`evaluate_scorer` streaming over item chunks (memory O(B × chunk))."""
-    store = SequenceStore(frame, columns)
-    targets = frame_targets(frame)
-    acc = RankingAccumulator(n_items, N_RESERVED_ITEMS, ks, sampled_negatives)
+def _add_chunked(acc: RankingAccumulator, scorer, store: SequenceStore, targets: torch.Tensor,
+                 n_items: int, max_len: int, exclude_seen: bool, batch_size: int, chunk: int
+                 ) -> int:
+    """:func:`evaluate_scorer`'s batches streamed over item chunks into ``acc`` (memory
+    O(B × chunk)); returns how many targets were seen before."""
     repeats = 0
-    with torch.no_grad():
-        for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
-            t = targets[rows]
-            has = t >= 0
-            acc.skipped += int((~has).sum())
-            if not has.any():
-                continue
-            keep = has.nonzero().squeeze(1).numpy()
-            sub = {k: v[keep] for k, v in batch.items()}
-            fn = without_reserved(scorer.chunked(rows[keep], sub), N_RESERVED_ITEMS)
-            t = t[keep]
-            seen = None
-            if exclude_seen:
-                b, items = store.history_items(rows[keep])
-                repeats += int((items == t.numpy()[b]).sum())
-                seen = (b, items)
-            negs = acc.draw_negatives(len(t), n_items) if sampled_negatives else None
-            rank, top, neg_s, t_s = chunked_ranks(fn, n_items, t, chunk, seen, k=max(ks),
-                                                  extra=negs)
-            acc.add_ranked(rank, top)
-            if negs is not None:
-                acc.add_sampled_ranks(sampled_rank(neg_s, negs, t_s[:, None], t))
-    out = acc.result()
-    out["targets_seen_before"] = repeats
-    return out
+    for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
+        t = targets[rows]
+        has = t >= 0
+        acc.skipped += int((~has).sum())
+        if not has.any():
+            continue
+        keep = has.nonzero().squeeze(1).numpy()
+        sub = {k: v[keep] for k, v in batch.items()}
+        fn = without_reserved(scorer.chunked(rows[keep], sub), N_RESERVED_ITEMS)
+        t = t[keep]
+        seen = None
+        if exclude_seen:
+            b, items = store.history_items(rows[keep])
+            repeats += int((items == t.numpy()[b]).sum())
+            seen = (b, items)
+        negs = acc.draw_negatives(len(t), n_items) if acc.sampled else None
+        rank, top, neg_s, t_s = chunked_ranks(fn, n_items, t, chunk, seen, k=max(acc.ks),
+                                              extra=negs)
+        acc.add_ranked(rank, top)
+        if negs is not None:
+            acc.add_sampled_ranks(sampled_rank(neg_s, negs, t_s[:, None], t))
+    return repeats
 
 
 class ModelScorer:
@@ -132,12 +127,7 @@ class VectorScorer:
 
     def chunked(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> ChunkFn:
         n, vec = len(rows), self.vec
-
-        def score_chunk(start: int, end: int) -> torch.Tensor:
-            return vec[start:end].expand(n, -1).clone()  # (B, C)
-
-        score_chunk.rows = lambda r, start, end: vec[start:end].expand(len(r), -1).clone()
-        return score_chunk
+        return lambda start, end: vec[start:end].expand(n, -1).clone()  # (B, C)
 
 
 def random_scorer(n_items: int, seed: int) -> Scorer:
@@ -190,11 +180,10 @@ def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
     s = leave_one_out(ds.sequences)
     frame = s.test if split == "test" else s.valid
     n_items, max_len, cols = model.cfg.n_items, model.context_len, model.input_columns
-    kw = dict(batch_size=batch_size, sampled_negatives=sampled_negatives)
-    out = {"model": evaluate_scorer(model_scorer(model), frame, n_items, max_len, cols, **kw)}
+    scorers = {"model": model_scorer(model)}
     if baselines:
-        out["popularity"] = evaluate_scorer(popularity_scorer(s.train, n_items), frame, n_items,
-                                            max_len, cols, **kw)
-        out["recent"] = evaluate_scorer(recent_scorer(s.train, n_items), frame, n_items,
-                                        max_len, cols, **kw)
-    return out
+        scorers["popularity"] = popularity_scorer(s.train, n_items)
+        scorers["recent"] = recent_scorer(s.train, n_items)
+    return {name: evaluate_scorer(scorer, frame, n_items, max_len, cols, batch_size=batch_size,
+                                  sampled_negatives=sampled_negatives)
+            for name, scorer in scorers.items()}

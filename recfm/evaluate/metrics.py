@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 KS = (1, 5, 10, 20, 50, 100)
 

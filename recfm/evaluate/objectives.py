@@ -15,10 +15,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.data.splits import Split, drop_last, history_rows, leave_one_out, list_columns
 from recfm.model.objectives import majority_accuracy, rollout_scores, window_head
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 def future_holdout(seqs: pl.DataFrame, window: int = 10, min_history: int = 3
@@ -69,12 +69,14 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
     target = holdout["target"].to_numpy()
     win = holdout["window_item"].to_list()
     acts = holdout["window_action"].to_list() if "window_action" in holdout.columns else None
-    keys = ["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10", "completed_share@10"]
-    if head != "next":
-        keys += ["window_ndcg@10_next_head", "window_hr@10_next_head"]
     rollout = rollout_depth > 0 and pooling is None
+    rankings = [""]  # the window ranked by its head; then by the next-item head, by rollout
+    if head != "next":
+        rankings.append("_next_head")
     if rollout:
-        keys += ["window_ndcg@10_rollout", "window_hr@10_rollout"]
+        rankings.append("_rollout")
+    keys = ["ndcg@10", "hr@10", "window_ndcg@10", "window_hr@10", "completed_share@10"]
+    keys += [f"window_{m}@10{by}" for by in rankings[1:] for m in ("ndcg", "hr")]
     sums = dict.fromkeys(keys, 0.0)
     n = 0
     for rows, batch in history_batches(store, model.cfg.max_len, batch_size, by_length=True):
@@ -84,16 +86,16 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
         scores = model.score(u).clone()
         scores[seen_idx] = float("-inf")
         top = torch.topk(scores, k, dim=1).indices.numpy()  # (B, k)
-        top_w = top
+        tops = {"": top, "_next_head": top}
         if head != "next":
             ws = model.score(u, window_horizon).clone()
             ws[seen_idx] = float("-inf")
-            top_w = torch.topk(ws, k, dim=1).indices.numpy()  # (B, k)
+            tops[""] = torch.topk(ws, k, dim=1).indices.numpy()  # (B, k)
         if rollout:
             exclude = torch.zeros(len(rows), model.cfg.n_items, dtype=torch.bool)
             exclude[seen_idx] = True
-            top_r = torch.topk(rollout_scores(model, batch, exclude, rollout_depth), k,
-                               dim=1).indices.numpy()  # (B, k)
+            tops["_rollout"] = torch.topk(rollout_scores(model, batch, exclude, rollout_depth),
+                                          k, dim=1).indices.numpy()  # (B, k)
         for i, r in enumerate(rows):
             ranked = list(top[i])
             t = int(target[r])
@@ -103,17 +105,10 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
                 sums["ndcg@10"] += 1 / math.log2(pos + 2)
             future = set(win[r]) - set(seen[b == i].tolist())
             if future:
-                ndcg, hr = _window_gain(list(top_w[i]), future, k)
-                sums["window_ndcg@10"] += ndcg
-                sums["window_hr@10"] += hr
-                if head != "next":
-                    ndcg, hr = _window_gain(ranked, future, k)
-                    sums["window_ndcg@10_next_head"] += ndcg
-                    sums["window_hr@10_next_head"] += hr
-                if rollout:
-                    ndcg, hr = _window_gain(list(top_r[i]), future, k)
-                    sums["window_ndcg@10_rollout"] += ndcg
-                    sums["window_hr@10_rollout"] += hr
+                for by in rankings:
+                    ndcg, hr = _window_gain(list(tops[by][i]), future, k)
+                    sums[f"window_ndcg@10{by}"] += ndcg
+                    sums[f"window_hr@10{by}"] += hr
             if acts is not None and complete_code is not None:
                 done = {it for it, a in zip(win[r], acts[r]) if a == complete_code}
                 sums["completed_share@10"] += len(done & set(ranked)) / k
@@ -179,11 +174,8 @@ def stability(model, seqs: pl.DataFrame, appended: tuple[int, ...] = (1, 5, 20),
     out = {}
 
     def encode(frame):
-        store = SequenceStore(frame, cols)
-        vecs = []
-        for _, batch in history_batches(store, model.cfg.max_len, 512):
-            vecs.append(model.last_hidden(batch, pooling))
-        u = torch.cat(vecs)
+        batches = history_batches(SequenceStore(frame, cols), model.cfg.max_len, 512)
+        u = torch.cat([model.last_hidden(batch, pooling) for _, batch in batches])
         s = model.score(u)
         s[:, :N_RESERVED_ITEMS] = float("-inf")
         return u, torch.topk(s, k, dim=1).indices

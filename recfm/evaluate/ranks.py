@@ -1,13 +1,9 @@
 """Per-event ranks and target log-probabilities, streaming over batches of users.
 
-:func:`recfm.evaluate.evaluator.evaluate_scorer` reduces a split to mean metrics; the
-functions here keep one number per row of the frame instead — the target's rank, or its
-log-probability — for protocols that slice the events afterwards (cold vs warm items, a
-bootstrap interval, a paired comparison of two models on the same events). All of them
-score the same batches the same way (:func:`scored_batches`), so a rank here is the rank
-the evaluator counts: full ranking over every item, reserved ids never ranked, the items
-of the history excluded, ties against the target (:func:`recfm.evaluate.metrics.ranks_of`).
-Memory is O(batch × items); nothing builds a users × items matrix.
+Where :func:`recfm.evaluate.evaluator.evaluate_scorer` keeps means, these keep one number
+per row, for protocols that slice the events afterwards (cold vs warm items, a bootstrap
+interval, a paired comparison). Batches are scored as the evaluator scores them
+(:func:`scored_batches`), so a rank here is the rank it counts. Memory is O(batch × items).
 
 A frame is one row per evaluated event: history list columns and ``target`` (the item
 index, as :func:`recfm.data.splits.history_rows` and :func:`~recfm.data.splits.event_rows`
@@ -22,9 +18,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.evaluate.metrics import ranks_of
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 Scorer = Callable[[np.ndarray, dict[str, torch.Tensor]], torch.Tensor]
 """``scorer(rows, batch)`` → (B, n_items) scores of the batch's histories."""

@@ -1,14 +1,10 @@
 """Causal transformer backbone (pre-norm): one attention forward, kernels behind a switch.
 
 ``attention="sdpa"`` calls :func:`torch.nn.functional.scaled_dot_product_attention`;
-``attention="reference"`` is the plain softmax(QKᵀ/√d)V
-(:func:`recfm.model.attention.reference_attention`), the ground truth the fast path is
-tested against. Positions are learned (SASRec) or rotary (RoFormer, Su et al. 2021).
-
-The same :class:`Block` runs training (a whole right-padded batch, dropout on) and
-inference after a :class:`~recfm.model.attention.KVCache`: a causal model's keys and values
-at positions < P never depend on later tokens, so a sequence that grew from P to T tokens
-needs only tokens P..T-1 run through the blocks (:meth:`Backbone.extend`).
+``attention="reference"`` is :func:`recfm.model.attention.reference_attention`, the ground
+truth. Positions are learned (SASRec) or rotary (RoFormer, Su et al. 2021). The same
+:class:`Block` runs training and, after a :class:`~recfm.model.attention.KVCache`, only the
+new tokens of a grown sequence (:meth:`Backbone.extend`; the model is causal).
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ class ModelConfig:
     has content (``recfm content embed``); a dataset without it trains id-only."""
     content_combine: Literal["gate", "sum"] = "sum"
     """``sum``: id + W·content. ``gate``: g ⊙ id + (1 − g) ⊙ W·content, g = σ(U[id; W·content])
-    per dimension. Sum is the default: on held-out (never-trained) items it ranked better
-    than the gate on MovieLens and the synthetic world (benchmarks/cold_start.py)."""
+    per dimension. Sum ranks never-trained items better (figures: benchmarks/RESULTS.md)."""
     content_hidden: int = 0
     """Width of a hidden layer in the content projection (0: one linear map)."""
     id_dropout: float = 0.25
@@ -112,7 +111,7 @@ class ModelConfig:
     content_dim: int = 0
     """Width of the item content vectors (0: no content); filled from the dataset."""
     content_embedder: str = ""
-    """Spec of the embedder the content vectors came from (``recfm.content.make_embedder``)."""
+    """Spec of the embedder the content vectors came from (``recfm.content.embedders.make_embedder``)."""
 
     @property
     def ff_dim(self) -> int:

@@ -25,10 +25,9 @@ class ItemEncoder(nn.Module):
     pair of buffers: ``attr_offsets`` (n_items + 1,) and ``attr_values`` (nnz,).
 
     Content (``cfg.content_dim`` > 0, :mod:`recfm.content`): a fixed (n_items, content_dim)
-    buffer ``content`` of text / attribute-bag vectors, mapped to d_model by
-    ``content_proj`` and summed with, or gated against, the id embedding. An item never
-    seen in training (zero id embedding) is then represented by its content alone; id
-    dropout during training teaches the model to rank such items.
+    buffer ``content``, mapped to d_model by ``content_proj`` and summed with, or gated
+    against, the id embedding: a never-trained item (zero id embedding) is represented by
+    its content alone, which id dropout during training teaches the model to rank.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:

@@ -33,6 +33,7 @@ from recfm.model.config import ModelConfig
 from recfm.model.embeddings import EventEmbedding, ItemEncoder
 from recfm.model.heads import full_softmax_loss, sample_negatives, sampled_softmax_loss
 from recfm.model.objectives import (
+    HORIZONS,
     ITEM_FACET_HEADS,
     ObjectiveHeads,
     facet_head_sizes,
@@ -42,14 +43,14 @@ from recfm.model.objectives import (
     position_repr,
     target_weights,
     window_loss,
+    window_scores,
 )
 from recfm.model.prompt import prompted_backbone
-from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
+from recfm.model.scoring import chunked_topk
+from recfm.tokens.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
 
-# Token columns that are model inputs besides the item (when the dataset has them).
-NON_FACET_COLUMNS = ("item", "ts", "ts_last", "count", "value", "target")
 ITEM_ATTRIBUTE_COLUMNS = ("genres", "attributes", "entity_type", "language")
 
 
@@ -84,16 +85,14 @@ def item_attribute_csr(items: pl.DataFrame, n_items: int
     bags = items.select(pl.col("idx"), pl.concat_list(parts).list.drop_nulls().alias("bag"))
     vocab = sorted(bags["bag"].explode().drop_nulls().unique().to_list())
     code = {v: i for i, v in enumerate(vocab)}
-    lengths = np.zeros(n_items, dtype=np.int64)
     idx = bags["idx"].to_numpy()
-    bag_lens = bags["bag"].list.len().fill_null(0).to_numpy()
-    lengths[idx] = bag_lens
+    lengths = np.zeros(n_items, dtype=np.int64)
+    lengths[idx] = bags["bag"].list.len().fill_null(0).to_numpy()
     offsets = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.empty(offsets[-1], dtype=np.int64)
     order = np.argsort(idx, kind="stable")
-    flat = [code[v] for bag in bags["bag"].gather(order).to_list() if bag for v in bag]
-    values[:] = flat
+    values = np.array([code[v] for bag in bags["bag"].gather(order).to_list() if bag
+                       for v in bag], dtype=np.int64)  # (nnz,), bag by bag in item order
     return torch.from_numpy(offsets), torch.from_numpy(values), vocab
 
 
@@ -330,10 +329,8 @@ class FoundationModel(nn.Module):
                     ) -> torch.Tensor:
         """(B, d) user vectors from right-padded history batches.
 
-        ``pooling``: the representation at the last position — ``last``, ``mean_last``
-        (last ``repr_n_last`` positions), ``attention``, ``last_attention``, ``layer_mean``,
-        ``layer_mix`` —
-        or ``mean`` over the whole history. Default: the one the model was trained with.
+        ``pooling``: a ``user_repr`` at the last position (``ModelConfig.user_repr``), or
+        ``mean`` over the whole history. Default: the one the model was trained with.
         """
         valid = batch["item"] > 0
         lengths = valid.sum(1).clamp_min(1)
@@ -366,8 +363,6 @@ class FoundationModel(nn.Module):
         """(scores, item indices), each (B, k), for user vectors (B, d), scoring the catalog
         ``chunk`` items at a time (never a (B, n_items) matrix). ``seen``: (row, item)
         pairs to exclude. Equal to ``torch.topk(self.score(users), k)``."""
-        from recfm.model.scoring import chunked_topk
-
         table = self.item_table()
         return chunked_topk(lambda s, e: self.score_items(users, s, e, table), self.cfg.n_items,
                             k, chunk, seen)
@@ -378,10 +373,10 @@ class FoundationModel(nn.Module):
         ``horizon``: ``next`` ranks the next item; ``window`` ranks the items of the next
         events with the future-window or multi-token head the model was trained with
         (:func:`recfm.model.objectives.window_scores`; next-item scores if it has neither).
-        ``rollout`` decodes from histories, not user vectors: see :meth:`recommend`.
+        ``rollout`` decodes from histories, not user vectors: see
+        :meth:`recfm.pipeline.Recommender.recommend`.
         """
         if horizon != "next":
-            from recfm.model.objectives import HORIZONS, window_scores
             if horizon not in HORIZONS:
                 raise ValueError(f"unknown horizon {horizon!r}: expected "
                                  f"{', '.join(HORIZONS)}")

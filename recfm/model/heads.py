@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,

@@ -1,19 +1,15 @@
-"""Objectives beyond the next item, and user representations.
+"""Objectives beyond the next item, and user representations (the options:
+:class:`recfm.model.config.ObjectiveConfig`, ``ModelConfig.user_repr``).
 
-* **Facet heads**: the next event's action, value bucket, device, time until it
-  (gap bucket), and the next item's entity type and genres — each a small head on the
-  position state with its own loss weight. ``hierarchical`` adds log p(entity type) to the
-  item logits, so the item prediction is conditioned on the predicted type.
+* **Facet heads**: a small head per facet of the next event (action, gap, …) or item
+  (entity type, genres); ``hierarchical`` conditions the item logits on the predicted type.
 * **Multi-token prediction**: item t+j (j = 2..k) from position t, through a residual
-  projection per offset (Gloeckle et al. 2024 predict several tokens with extra heads).
+  projection per offset (Gloeckle et al. 2024).
 * **Future window** (PinnerFormer's dense all-action loss, Pancha et al. 2022): every item
   within the next N tokens (and T days) is a target of position t.
-* **Engagement weighting**: each target weighs by its action (complete ≫ trailer;
-  0 masks) and optionally by its value.
-* **User representations**: last position, mean of the last n positions, causal
-  attention pooling (alone, or added to the last position with a learned per-dimension
-  gate: ``last_attention``), mean or learned mix of the layers — computed at every
-  position, so the model can be trained with the representation it is served with.
+* **Engagement weighting**: a target weighs by its action (0 masks), optionally its value.
+* **User representations** are computed at every position, so the model is trained with
+  the representation it is served with.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recfm.model.config import ModelConfig
-from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
+from recfm.tokens.tokenizer import FACET_UNK, N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
 
 ITEM_FACET_HEADS = ("entity_type", "genres")
 
@@ -44,7 +40,7 @@ def item_facet_tensors(items: pl.DataFrame | None, tok: Tokenizer | None, n_item
     if "entity_type" in items.columns and "entity_type" in tok.item_facets:
         code = {v: N_RESERVED_FACET + i for i, v in enumerate(tok.item_facets["entity_type"])}
         entity[torch.from_numpy(idx)] = torch.tensor(
-            [code.get(v, 1) if v is not None else 1 for v in items["entity_type"].to_list()])
+            [code.get(v, FACET_UNK) for v in items["entity_type"].to_list()])
     if n_genres and "genres" in items.columns:
         gcode = {v: i for i, v in enumerate(tok.item_facets["genres"])}
         for row, gs in zip(idx, items["genres"].to_list()):
@@ -101,8 +97,7 @@ class ObjectiveHeads(nn.Module):
         self.pool_gate = (nn.Parameter(torch.zeros(d)) if cfg.user_repr == "last_attention"
                           else None)
         """last_attention: per-dimension weight of the pooled history beside the last state,
-        zero at first (the model starts as ``last``; a non-zero start cost next-item
-        NDCG@10 on the synthetic world, benchmarks/objectives.py)."""
+        zero at first so the model starts as ``last`` (figures: benchmarks/RESULTS.md)."""
         self.layer_logits = (nn.Parameter(torch.zeros(cfg.n_layers))
                              if cfg.user_repr == "layer_mix" else None)
 
@@ -291,11 +286,9 @@ def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
 
     ``batch``: right-padded (B, T) histories; ``exclude``: (B, n_items) bool, items that
     cannot come (the history); an item appended on a path is excluded on that path after it.
-    Appended tokens copy the facets of the history's last token. Depth 1 is the next-item
-    distribution itself. Where franchises make one title follow another (the habit worlds of
-    ``benchmarks/objectives.py``), depth 2 ranks the next events better than depth 1 and
-    deeper beams lose the gain; without such chains (ml-latest-small, Beauty) it ranks them
-    slightly worse: use it where such chains exist (figures in benchmarks/RESULTS.md).
+    Appended tokens copy the facets of the history's last token; depth 1 is the next-item
+    distribution itself. It pays where one title tends to follow another (franchises);
+    figures: benchmarks/RESULTS.md.
     """
     if depth < 1 or beam < 1:
         raise ValueError(f"rollout needs depth >= 1 and beam >= 1; got {depth}, {beam}")

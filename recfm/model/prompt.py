@@ -14,8 +14,6 @@ from recfm.errors import RecfmError
 from recfm.model.attention import KVCache
 from recfm.model.backbone import Backbone
 
-# ----------------------------------------------------------------------------- the forward pass
-
 
 def prompted_backbone(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor,
                       prompt: torch.Tensor, all_layers: bool = False

@@ -24,13 +24,6 @@ write -inf into it). An optional ``.rows(rows, start, end)`` attribute scores a 
 the rows only."""
 
 
-def seen_in_chunk(b: np.ndarray, items: np.ndarray, start: int, end: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column-in-chunk) of the (row ``b``, item) pairs that fall in [start, end)."""
-    inside = (items >= start) & (items < end)
-    return torch.from_numpy(b[inside]), torch.from_numpy(items[inside] - start)
-
-
 def _masked_chunks(score_chunk: ChunkFn, n_items: int, chunk: int,
                    seen: tuple[np.ndarray, np.ndarray] | None
                    ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -39,8 +32,9 @@ def _masked_chunks(score_chunk: ChunkFn, n_items: int, chunk: int,
         end = min(start + chunk, n_items)
         s = score_chunk(start, end).float()  # (B, C)
         if seen is not None:
-            rows, cols = seen_in_chunk(seen[0], seen[1], start, end)
-            s[rows, cols] = float("-inf")
+            b, items = seen
+            inside = (items >= start) & (items < end)
+            s[torch.from_numpy(b[inside]), torch.from_numpy(items[inside] - start)] = float("-inf")
         yield start, end, s
 
 
@@ -81,22 +75,21 @@ def chunked_ranks(score_chunk: ChunkFn, n_items: int, targets: torch.Tensor,
 
     targets: (B,) item ids (each ≥ 0). Returns (ranks (B,), top-``k`` item indices (B, k)
     or None, scores of the ``extra`` (B, m) items or None, the targets' scores (B,), -inf
-    where filtered), as
-    :func:`recfm.evaluate.metrics.ranks_of` and ``torch.topk`` give them from the full
-    matrix: items scoring above the target or tied with it count; a target the ``seen``
-    filter removed ranks last (n_items).
-
-    The target's score is taken first from its own chunk (the same matmul as its
-    neighbours), computed for just the rows whose target lies there — one chunk's width
-    of extra work per batch in total.
+    where filtered), as :func:`recfm.evaluate.metrics.ranks_of` and ``torch.topk`` give
+    them from the full matrix; a target the ``seen`` filter removed ranks last (n_items).
+    Each target's score comes from its own chunk (the same matmul as its neighbours).
     """
     B = targets.numel()
     t_score = torch.empty(B)
     t_chunk = targets // chunk
+    sub_rows = getattr(score_chunk, "rows", None)
     for c in torch.unique(t_chunk).tolist():
         rows = (t_chunk == c).nonzero().squeeze(1)  # (r,)
         start, end = c * chunk, min((c + 1) * chunk, n_items)
-        s = _rows_chunk(score_chunk, rows, start, end)  # (r, C)
+        if sub_rows is not None:  # a chunk function that can score some rows only
+            s = sub_rows(rows, start, end).float()  # (r, C)
+        else:
+            s = score_chunk(start, end).float()[rows]
         t_score[rows] = s.gather(1, (targets[rows] - start)[:, None]).squeeze(1)
     if seen is not None:  # a target among the seen items is filtered: it ranks last
         b, items = seen
@@ -144,14 +137,3 @@ def without_reserved(fn: ChunkFn, n_reserved: int) -> ChunkFn:
     score_chunk.rows = (lambda r, start, end: masked(sub(r, start, end), start, end)) \
         if sub is not None else (lambda r, start, end: masked(fn(start, end)[r], start, end))
     return score_chunk
-
-
-def _rows_chunk(score_chunk: ChunkFn, rows: torch.Tensor, start: int, end: int
-                ) -> torch.Tensor:
-    """Scores of a chunk for some rows only: the chunk function scores every row, so
-    callers that can score a row subset give it a ``rows`` attribute (see
-    :class:`recfm.evaluate.evaluator.ModelScorer`)."""
-    sub = getattr(score_chunk, "rows", None)
-    if sub is not None:
-        return sub(rows, start, end).float()
-    return score_chunk(start, end).float()[rows]

@@ -135,7 +135,3 @@ class LocalMask:
             return reference_local_attention(q, k, v, self.valid, self.window, self.n_global,
                                              dropout)
         return local_attention(q, k, v, self.valid, self.window, self.n_global, dropout)
-
-    def dense(self) -> torch.Tensor:
-        """The same pattern as a (B, 1, T, T) boolean mask."""
-        return local_attention_mask(self.valid, self.window, self.n_global)

@@ -21,12 +21,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore, history_batches
+from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.data.schema import normalize_events
 from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.objectives import rollout_scores
 from recfm.pipeline.prompts import check_vectors, read_prompt, read_prompts
-from recfm.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
 
 
 class Recommender:

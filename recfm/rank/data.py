@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +46,19 @@ import polars as pl
 import torch
 from safetensors.numpy import load_file, save_file
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.config import from_dict
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_dir, atomic_write_json
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 from recfm.rank.lexical import STOPWORDS, BM25Index, normalize, words
-from recfm.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("search", "home", "more-like-this", "kids")
 QUERY_KINDS: tuple[str, ...] = ("navigational", "partial", "words", "genre", "misspelling")
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Country → language of the synthetic world (recfm.data.synthetic.COUNTRIES).
 COUNTRY_LANGUAGE = {"US": "en", "GB": "en", "CA": "en", "BR": "pt", "MX": "es", "ES": "es",
                     "FR": "fr", "DE": "de", "JP": "ja", "KR": "ko", "IN": "hi"}
@@ -500,7 +499,3 @@ def build_requests(prepared: str | Path, rec: Recommender, cfg: RankDataConfig |
     counts["requests"] = R
     log.info("ranking requests: %s", counts)
     return RankData(requests, items, user_vec, item_vec, popularity, counts)
-
-
-def config_dict(cfg: RankDataConfig) -> dict:
-    return asdict(cfg)

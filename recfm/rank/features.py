@@ -23,7 +23,6 @@ MiniLM by default, cached; ``hash:D`` in tests).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,14 +32,11 @@ import torch
 from recfm.rank.data import TASKS, RankData, check_task
 from recfm.rank.lexical import BM25Index, normalize, words
 
-log = logging.getLogger(__name__)
-
 CROSS_FEATURES = ("bm25", "bm25_share", "bm25_rank", "exact_title", "title_prefix",
                   "query_in_title", "title_in_query", "query_title_cos", "query_content_cos",
                   "genre_in_query", "anchor_content_cos", "anchor_genre_overlap",
                   "language_match", "has_query")
 FM_FEATURES = ("fm_score", "fm_score_z", "fm_rank", "fm_anchor_cos")
-CONTEXT_COLUMNS = ("task", "country", "language", "device")
 _CROSS = {name: j for j, name in enumerate(CROSS_FEATURES)}  # feature → column
 
 

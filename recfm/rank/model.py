@@ -23,23 +23,20 @@ normalisation) and ``model.safetensors`` (weights and the item tables it scores 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from recfm import __version__
 from recfm.config import from_dict
 from recfm.errors import InputError
-from recfm.io import atomic_write_json
+from recfm.io import atomic_write_bytes, atomic_write_json
 from recfm.rank.data import TASKS, check_task
 from recfm.rank.features import CROSS_FEATURES, FM_FEATURES, Batchable, Vocab
-
-log = logging.getLogger(__name__)
 
 FORMAT = "recfm.ranker/1"
 
@@ -170,8 +167,7 @@ class UnifiedRanker(nn.Module):
             self.fm_item_proj = nn.Linear(d_fm_in, cfg.d_fm)
             self.fm_drop = nn.Dropout(cfg.fm_dropout)
             self.personal = Tower(d_base + len(FM_FEATURES) + 3 * cfg.d_fm, cfg)
-        for name, shape in (("item_cat", (n_items, 2)), ):
-            self.register_buffer(name, torch.zeros(shape, dtype=torch.long))
+        self.register_buffer("item_cat", torch.zeros(n_items, 2, dtype=torch.long))
         self.register_buffer("item_dense", torch.zeros(n_items, n_item_dense))
         self.register_buffer("item_content", torch.zeros(n_items, d_text_in))
         self.register_buffer("item_fm", torch.zeros(n_items, d_fm_in))
@@ -244,11 +240,9 @@ class UnifiedRanker(nn.Module):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = path / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"recfm_version": __version__, "format": FORMAT})
-        tmp.replace(path / "model.safetensors")
+        atomic_write_bytes(path / "model.safetensors",
+                           save(state, metadata={"recfm_version": __version__, "format": FORMAT}))
         atomic_write_json(path / "config.json", {
             "format": FORMAT, "ranker": asdict(self.cfg), "vocab": asdict(self.vocab),
             "d_text_in": self.d_text_in, "d_fm_in": self.d_fm_in, "n_items": self.n_items,

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,6 @@ from recfm.rank.data import COUNTRY_LANGUAGE, RankData, check_task
 from recfm.rank.features import featurize, item_tables
 from recfm.rank.lexical import BM25Index
 from recfm.rank.model import UnifiedRanker
-
-log = logging.getLogger(__name__)
 
 SURFACE_TASK = {"home": "home", "kids": "kids", "search": "search",
                 "more-like-this": "more-like-this", "more_like_this": "more-like-this"}

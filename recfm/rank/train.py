@@ -21,24 +21,18 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from recfm.content.embedders import make_embedder
+from recfm.evaluate.metrics import ranks_of
 from recfm.rank.data import TASKS, RankData
 from recfm.rank.features import Batchable, ItemTables, Vocab, featurize, item_tables
 from recfm.rank.lexical import BM25Index
 from recfm.rank.model import RankerConfig, UnifiedRanker
 
 log = logging.getLogger(__name__)
-
-
-def label_ranks(scores: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """0-based pessimistic rank of each label slot. scores: (R, N), label: (R,) ≥ 0."""
-    t = scores.gather(1, label[:, None])  # (R, 1)
-    return (scores > t).sum(1) + (scores == t).sum(1) - 1
 
 
 def macro_ndcg(res: dict[str, dict[str, float]]) -> float:
@@ -80,7 +74,7 @@ def evaluate(model: UnifiedRanker, b: Batchable, knob: float | torch.Tensor | No
     if select is not None:
         keep &= select
     sub = b.take(np.nonzero(keep)[0])
-    ranks = label_ranks(score_all(model, sub, knob), sub.label) if len(sub) else \
+    ranks = ranks_of(score_all(model, sub, knob), sub.label) if len(sub) else \
         torch.zeros(0, dtype=torch.long)
     out = {"all": ranking_metrics(ranks)}
     for j, t in enumerate(TASKS):
@@ -106,7 +100,7 @@ def exact_at_1(model: UnifiedRanker, b: Batchable, nav: np.ndarray,
     scores = score_all(model, sub, knob)
     ok = sub.label >= 0
     first = torch.zeros(len(sub), dtype=torch.bool)
-    first[ok] = label_ranks(scores[ok], sub.label[ok]) == 0
+    first[ok] = ranks_of(scores[ok], sub.label[ok]) == 0
     return float(first.double().mean())
 
 
@@ -139,19 +133,6 @@ def tune_knobs(model: UnifiedRanker, valid: Batchable, nav: np.ndarray | None = 
     model.cfg.knob = knobs
     log.info("default knobs (validation): %s", knobs)
     return knobs
-
-
-@dataclass
-class Prepared:
-    """What training and evaluation need besides the model: the featurised requests."""
-
-    train: Batchable
-    valid: Batchable
-    vocab: Vocab
-    tables: ItemTables
-    embedder: object
-    d_text: int
-    d_fm: int
 
 
 def prepare_features(data: RankData, embedder_spec: str, embedder=None,

@@ -37,8 +37,8 @@ from recfm.serve.engine import Engine, Query
 from recfm.serve.errors import NotFound, ServeError, Unprocessable
 from recfm.serve.metrics import Metrics
 from recfm.serve.rules import Filters
-from recfm.serve.tokens import EventTokenizer
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.serving import EventTokenizer
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,6 @@ def _filters(f: S.FiltersIn | None) -> Filters:
                    f.kids_only, f.available_only)
 
 
-def _events(req: S.UserRef) -> list[dict[str, Any]] | None:
-    if req.events is None:
-        return None
-    return req.events  # validated dicts (a field not given is absent or None)
-
-
 class Service:
     """The mutable state behind the app: the current engine, the batcher, the metrics."""
 
@@ -129,7 +123,8 @@ class Service:
         if req.user_id is None and not req.events:
             raise Unprocessable("give `user_id`, `events`, or both")
         engine = self.engine
-        args = dict(user_id=req.user_id, events=_events(req),
+        # events: validated dicts (a field not given is absent or None)
+        args = dict(user_id=req.user_id, events=req.events,
                     ignore_unknown=req.ignore_unknown_items, **kw)
         if req.events and not EventTokenizer.supports(args["events"]):
             # the reference tokenizer (polars, releases the GIL): off the event loop
@@ -167,8 +162,18 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
     async def recfm_error(request: Request, e: RecfmError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, 422)
 
-    errors = {404: {"description": "Unknown item or user"},
-              422: {"description": "Invalid request: the message names the field"}}
+    _model_routes(app, service)
+    _browse_routes(app, service)
+    _operation_routes(app, service)
+    return app
+
+
+ERRORS = {404: {"description": "Unknown item or user"},
+          422: {"description": "Invalid request: the message names the field"}}
+
+
+def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None:
+    """Recommendations, user vectors, similar items and generated collections."""
 
     @app.post("/v1/recommend", response_model=S.RecommendResponse, responses=errors,
               tags=["recommend"])
@@ -226,6 +231,10 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
 
         return await service.batcher.submit("call", engine, run)
 
+
+def _browse_routes(app: FastAPI, service: Service) -> None:
+    """Known users, their histories and title search (what the explorer page browses)."""
+
     @app.get("/v1/users", response_model=S.UserList, tags=["users"])
     async def users(limit: int = Q(50, ge=1, le=1000), min_tokens: int = Q(5, ge=0, le=10**6),
                     prefix: str | None = Q(None, max_length=200)) -> dict:
@@ -241,7 +250,7 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
                     break
         return {"users": out, "total": len(h)}
 
-    @app.get("/v1/users/{user_id}", response_model=S.UserHistory, responses=errors,
+    @app.get("/v1/users/{user_id}", response_model=S.UserHistory, responses=ERRORS,
              tags=["users"])
     async def user_history(user_id: str, last: int = Q(50, ge=1, le=1000)) -> dict:
         engine = service.engine
@@ -265,6 +274,10 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
             found = titles.str.contains(q.lower(), literal=True).fill_null(False).arg_true()
             hits += [int(i) for i in found[:limit].to_list() if int(i) not in hits]
         return {"items": [engine.describe_item(i) for i in hits[:limit]]}
+
+
+def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None:
+    """Health, Prometheus metrics, hot reload and the explorer page."""
 
     @app.get("/healthz", response_model=S.Health, tags=["operations"])
     async def healthz() -> dict:
@@ -322,8 +335,6 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
     async def explorer() -> HTMLResponse:
         return HTMLResponse(EXPLORER.read_text(encoding="utf-8"))
 
-    return app
-
 
 class ServeError403(ServeError):
     status = 403
@@ -334,12 +345,8 @@ class ServeError409(ServeError):
 
 
 def _row(engine: Engine, idx: list[int]) -> dict:
-    items = []
-    for rank, i in enumerate(idx, start=1):
-        row = engine.describe_item(i)
-        row["rank"] = rank
-        items.append(row)
-    return {"items": items, "genre_diversity": round(genre_diversity(engine, idx), 4),
+    return {"items": engine.ranked_items(idx),
+            "genre_diversity": round(genre_diversity(engine, idx), 4),
             "max_genre_count": max_genre_count(engine, idx)}
 
 

@@ -12,15 +12,12 @@ inside a batch.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 BatchFn = Callable[[Any, list[Any]], list[Any]]
 """(engine, payloads) → one result per payload."""

@@ -31,8 +31,6 @@ class Beam:
 
 def _append_tokens(window: np.ndarray, items: list[int], item_col: int = 0) -> np.ndarray:
     """``window`` with ``items`` appended, each a copy of the last token with another item."""
-    if len(window) == 0:
-        raise ValueError("a collection needs a history to condition on")
     rows = np.repeat(window[-1:], len(items), axis=0)
     rows[:, item_col] = items
     return np.concatenate([window, rows])
@@ -67,9 +65,8 @@ def generate_collection(engine: Engine, query: Query, n: int, beam_width: int = 
             past = KVCache([torch.cat([c.keys[i] for c in caches]) for i in range(len(kv.keys))],
                            [torch.cat([c.values[i] for c in caches])
                             for i in range(len(kv.values))])
-            batch = {col: torch.from_numpy(np.ascontiguousarray(seqs[:, :, c]))
-                     for c, col in enumerate(engine.columns)}
-            users, grown = fm.encode_incremental(batch, past, engine.input_table)  # (W, d)
+            users, grown = fm.encode_incremental(engine._batch(list(seqs)), past,
+                                                 engine.input_table)  # (W, d)
         else:
             users, grown = fm.encode_incremental(engine._batch([window]), None,
                                                  engine.input_table)

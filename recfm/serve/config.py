@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from recfm.config import from_dict
-from recfm.errors import InputError
+from recfm.config import from_dict, read_toml
 
 
 @dataclass
@@ -39,9 +37,8 @@ class ServeConfig:
     hnsw_m: int = 48
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 2048
-    """Candidates explored per query; raised to 2·k when k is larger. At 1M items, M 48 and
-    efConstruction 200, recall@100 against exact search was 0.92 at 512, 0.945 at 1024
-    (benchmarks/results/serving.json); M 32 / efConstruction 80 reached only 0.74 at 512."""
+    """Candidates explored per query; raised to 2·k when k is larger. More: higher recall
+    against exact search, slower queries (figures: benchmarks/RESULTS.md)."""
     index_cache: bool = True
     """Keep a built HNSW index under ``RUN/serve-index/`` (keyed by the item table's hash)."""
 
@@ -86,13 +83,5 @@ class ServeConfig:
 
 def load_serve_config(path: str | Path) -> ServeConfig:
     """Read a :class:`ServeConfig` from TOML (top-level keys, or a ``[serve]`` table)."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(str(path), None, None, "an existing TOML file",
-                         "nothing at that path") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(str(path), getattr(e, "lineno", None), None, "valid TOML",
-                         str(e)) from None
+    data = read_toml(path)
     return ServeConfig.from_dict(data.get("serve", data), str(path))

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.errors import InputError, RecfmError
 from recfm.pipeline import Recommender
 from recfm.rank.serve import RankerHook
@@ -35,8 +35,8 @@ from recfm.serve.index import ExactIndex, build_index
 from recfm.serve.rules import Filters, ItemRules
 from recfm.serve.state import CachedState, UserStateCache
 from recfm.serve.step import OneTokenStep
-from recfm.serve.tokens import EventTokenizer
-from recfm.tokenizer import FACET_UNK, N_RESERVED_ITEMS, gap_bucket
+from recfm.tokens.serving import EventTokenizer
+from recfm.tokens.tokenizer import FACET_UNK, N_RESERVED_ITEMS, gap_bucket
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ class Engine:
         self.surface_filters = {name: Filters.of_surface(s)
                                 for name, s in self.cfg.surfaces.items()}
         self.data = Path(data) if data is not None else self._default_data()
-        self.histories = None
-        if self.data is not None:
-            self.histories = UserHistories(self.data, self.columns)
+        self.histories = UserHistories(self.data, self.columns) if self.data is not None else None
         self.ranker = None
         """Second pass (``cfg.ranker``): a :class:`recfm.rank.serve.RankerHook`, or None."""
         if self.cfg.ranker:
@@ -222,6 +220,18 @@ class Engine:
         if self.rules.genre:
             out["genres"] = list(self.genres[idx])
         return out
+
+    def ranked_items(self, idx: list[int], scores: list[float] | None = None
+                     ) -> list[dict[str, Any]]:
+        """:meth:`describe_item` of each of ``idx`` with its rank (from 1), and its score."""
+        items = []
+        for rank, i in enumerate(idx, start=1):
+            row = self.describe_item(i)
+            row["rank"] = rank
+            if scores is not None:
+                row["score"] = float(scores[rank - 1])
+            items.append(row)
+        return items
 
     def item_index(self, item_id: str) -> int:
         idx = self.index_of.get(str(item_id))
@@ -389,13 +399,8 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _answer(self, q: Query, idx: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-        items = []
-        for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist()), start=1):
-            row = self.describe_item(i)
-            row["rank"] = rank
-            row["score"] = float(s)
-            items.append(row)
-        return {"items": items, "model_version": self.version, "how": q.how,
+        return {"items": self.ranked_items(idx.tolist(), scores.tolist()),
+                "model_version": self.version, "how": q.how,
                 "retrieval": self.index.kind if len(q.window) else "popularity",
                 "history_tokens": q.history_tokens, "window_tokens": int(len(q.window)),
                 "cache": q.cache}
@@ -423,10 +428,6 @@ class Engine:
         scores = self.unit_table @ self.unit_table[idx]  # (N,)
         scores = scores.masked_fill(~torch.from_numpy(allowed), float("-inf"))
         top = torch.topk(scores, min(k, int(allowed.sum())))
-        items = []
-        for rank, (i, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
-            row = self.describe_item(i)
-            row.update(rank=rank, score=float(s))
-            items.append(row)
-        return {"item": self.describe_item(idx), "items": items, "model_version": self.version,
-                "how": "cosine of item vectors"}
+        return {"item": self.describe_item(idx),
+                "items": self.ranked_items(top.indices.tolist(), top.values.tolist()),
+                "model_version": self.version, "how": "cosine of item vectors"}

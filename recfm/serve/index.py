@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def _exact_rows(table: torch.Tensor, users: torch.Tensor, k: int,
 
 def _exact_one(table: np.ndarray, user: torch.Tensor, k: int, allowed: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_exact_rows` for one user: numpy's sgemv over the (N, d) table measured 2×
-    faster than torch's matrix-vector product on CPU (12k × 128: 0.14 against 0.29 ms)."""
+    """:func:`_exact_rows` for one user, through numpy's matrix-vector product (less
+    per-call overhead than torch's on CPU)."""
     scores = table @ user.numpy()  # (N,)
     scores[~allowed] = -np.inf
     top = torch.topk(torch.from_numpy(scores), min(k, len(scores)))

@@ -8,7 +8,6 @@ the reserved ids 0..2 are never eligible.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,9 +17,7 @@ import polars as pl
 
 from recfm.serve.config import SurfaceConfig
 from recfm.serve.errors import Unprocessable
-from recfm.tokenizer import N_RESERVED_ITEMS
-
-log = logging.getLogger(__name__)
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 TRUE_TEXT = ("true", "1", "yes", "y", "t")
 

@@ -27,7 +27,7 @@ class Event(TypedDict):
     """One raw interaction, as in an events file (only ``item_id`` is required).
 
     A TypedDict, not a model: a request's events arrive validated as plain dicts, which is
-    what the engine reads (validating 200 events: 0.08 ms against 0.27 ms as models).
+    what the engine reads (and faster to validate than models).
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[misc]

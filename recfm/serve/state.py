@@ -20,8 +20,6 @@ import torch
 
 from recfm.model.attention import KVCache
 
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 @dataclass
 class CachedState:
@@ -78,16 +76,12 @@ class UserStateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, tokens: np.ndarray) -> tuple[int, CachedState | None]:
-        """(P, state): a cached state whose first P tokens are the first P of ``tokens``, P
-        as large as possible. P == len(tokens) is an exact hit; (0, None) a miss. Use
-        ``state.kv.prefix(P)`` when P < len(state.tokens).
-        """
-        return self.lookup_hashed(tokens)[:2]
-
     def lookup_hashed(self, tokens: np.ndarray
                       ) -> tuple[int, CachedState | None, np.ndarray | None]:
-        """:meth:`lookup`, and the prefix hashes of ``tokens`` for a :meth:`put` of them."""
+        """(P, state, hashes): a cached state whose first P tokens are the first P of
+        ``tokens``, P as large as possible (P == len(tokens): an exact hit; (0, None): a miss;
+        use ``state.kv.prefix(P)`` when P < len(state.tokens)), and the prefix hashes of
+        ``tokens`` for a :meth:`put` of them."""
         if not self.enabled or len(tokens) == 0:
             return 0, None, None
         hashes = self.hasher.prefixes(tokens)

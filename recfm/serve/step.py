@@ -41,7 +41,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _layer_norm(x: np.ndarray, ln: tuple[np.ndarray, np.ndarray, float, np.ndarray]
                 ) -> np.ndarray:
     """F.layer_norm of a (C,) row (biased variance, as torch). Mean and variance as dot
-    products: ``ndarray.mean`` costs 3× more on a row this short."""
+    products: cheaper than ``ndarray.mean`` on a row this short."""
     d = x - x.dot(ln[3])
     return d * (ln[0] / np.sqrt(d.dot(d) * ln[3][0] + ln[2])) + ln[1]
 

@@ -224,20 +224,17 @@ class EmbeddingStore(ABC):
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
-    def _read_manifest(self, missing_ok: bool = False) -> dict[str, Any] | None:
-        return read_manifest(self.root, missing_ok)
-
     @property
     def keep(self) -> int:
         """How many versions a publish retains."""
         if self._keep is not None:
             return self._keep
-        manifest = self._read_manifest(missing_ok=True)
+        manifest = read_manifest(self.root, missing_ok=True)
         return int(manifest["keep"]) if manifest else DEFAULT_KEEP
 
     def versions(self) -> list[VersionInfo]:
         """Retained versions, oldest first."""
-        return [VersionInfo.from_dict(v) for v in self._read_manifest()["versions"]]
+        return [VersionInfo.from_dict(v) for v in read_manifest(self.root)["versions"]]
 
     @property
     def current_version(self) -> int:
@@ -246,7 +243,7 @@ class EmbeddingStore(ABC):
 
     def _resolve(self, version: int | None = None) -> VersionInfo:
         """The metadata of ``version`` (default: the pinned or current one)."""
-        manifest = self._read_manifest()
+        manifest = read_manifest(self.root)
         want = version if version is not None else self.pinned
         if want is None:
             want = manifest["current"]
@@ -264,7 +261,7 @@ class EmbeddingStore(ABC):
             try:
                 return fn(info)
             except self._gone_errors:
-                manifest = self._read_manifest()
+                manifest = read_manifest(self.root)
                 if any(v["version"] == info.version for v in manifest["versions"]):
                     raise  # the version is still there: a real error
                 if version is not None or self.pinned is not None:
@@ -314,7 +311,7 @@ class EmbeddingStore(ABC):
         info_kw = {k: meta.pop(k) for k in list(meta) if k in known}
         t0 = time.perf_counter()
         with self._publish_lock():
-            manifest = self._read_manifest(missing_ok=True) or {
+            manifest = read_manifest(self.root, missing_ok=True) or {
                 "format": MANIFEST_FORMAT, "backend": self.backend, "current": None,
                 "last_version": 0, "keep": DEFAULT_KEEP, "versions": []}
             self._drop_orphans(manifest)

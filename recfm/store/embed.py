@@ -47,7 +47,7 @@ from recfm.pipeline import Recommender
 from recfm.runinfo import model_version, run_data_dir
 from recfm.store.backends import open_store
 from recfm.store.base import EmbeddingStore, VersionInfo, table_vectors
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 from recfm.train.distributed import current
 from recfm.train.run import data_fingerprint
 

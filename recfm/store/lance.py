@@ -8,7 +8,6 @@ enough; the scores are the dot product or cosine similarity, ``1 - _distance``).
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recfm.store.base import EmbeddingStore, Metric
-
-log = logging.getLogger(__name__)
 
 LOOKUP_CHUNK = 1000  # ids per `id IN (...)` filter
 FULL_SCAN_IDS = 20_000  # more ids than this: read the id column once instead

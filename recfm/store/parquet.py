@@ -23,7 +23,6 @@ class ParquetStore(EmbeddingStore):
     """An :class:`~recfm.store.base.EmbeddingStore` of Parquet files."""
 
     backend: ClassVar[str] = "parquet"
-    _gone_errors = (OSError,)
 
     def _path(self, name: str) -> Path:
         return self.root / f"{name}.parquet"

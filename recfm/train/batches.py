@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from recfm.batching import SequenceStore
-from recfm.train.windows import mask_before_first_target
+from recfm.tokens.batching import SequenceStore
+from recfm.tokens.windows import mask_before_first_target
 
 Batch = dict[str, torch.Tensor]
 

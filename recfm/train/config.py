@@ -37,7 +37,7 @@ class TrainConfig:
     window: str = "truncate"
     """Long histories: keep the last context window (``truncate``), train on fixed sliding
     windows (``sliding``), or on windows redrawn each epoch that train every target once
-    per epoch (``random``, :mod:`recfm.train.windows`)."""
+    per epoch (``random``, :mod:`recfm.tokens.windows`)."""
     seq_len_schedule: list[list[float]] = field(default_factory=list)
     """Progressive context length: ``[[0, 128], [0.5, 512]]`` = 128 tokens for the first
     half of the planned epochs, 512 after (each ≤ the model's max_len). Empty: max_len."""

@@ -11,7 +11,7 @@ and a rendezvous endpoint (README, "Multi-process and multi-node training").
 What each rank does (:func:`recfm.train.loop.train` calls into this module):
 
 * **Data** — by default every rank holds the training split and takes rows ``r::w`` of
-  each global batch of the single-process plan (:class:`recfm.train.shards.MemoryBatches`):
+  each global batch of the single-process plan (:class:`recfm.train.batches.MemoryBatches`):
   the global batch is ``batch_size`` sequences whatever the number of processes, and the
   run follows the single-process one step for step. With ``[train] stream = true`` each
   rank instead streams its own row groups of ``tokens.parquet``
@@ -21,7 +21,7 @@ What each rank does (:func:`recfm.train.loop.train` calls into this module):
   batch's token mean: the same as one process on the whole batch. (Exactly the same
   numbers need ``dropout = 0`` and the full softmax: dropout masks and sampled negatives
   are drawn from each rank's own RNG stream; rank 0 keeps the single-process stream.)
-* **Checkpoints** — rank 0 writes (atomically, :class:`recfm.train.loop.Checkpointer`);
+* **Checkpoints** — rank 0 writes (atomically, :class:`recfm.train.run.Checkpointer`);
   the RNG states of all ranks are gathered into it, so resume is exact across ranks, and
   a single-process checkpoint resumes with N processes (and back).
 * **Validation** — sharded over ranks and all-reduced (HR, NDCG, MRR are user means);

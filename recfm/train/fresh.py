@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import Split, list_columns
 
 FRESH = "fresh"

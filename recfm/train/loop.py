@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recfm import __version__
-from recfm.batching import SequenceStore, count_batches
+from recfm.tokens.batching import SequenceStore, count_batches
 from recfm.content.store import load_dataset_content
 from recfm.data.splits import Split, leave_one_out
 from recfm.errors import ConfigError, RecfmError
@@ -35,12 +35,13 @@ from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.train import distributed, shards, windows
-from recfm.train.batches import MemoryBatches, epoch_plan, make_batch
-from recfm.train.config import TrainConfig, load_run_config, lr_at
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens import windows
+from recfm.train import distributed, shards
+from recfm.train.batches import MemoryBatches
+from recfm.train.config import TrainConfig
 from recfm.train.fresh import FRESH, fresh_spans, fresh_split, mask_context_targets
-from recfm.train.run import Checkpointer, data_fingerprint, machine_info
+from recfm.train.run import data_fingerprint, machine_info
 from recfm.train.trainer import (
     Budget,
     DataSource,
@@ -53,11 +54,6 @@ from recfm.train.trainer import (
     scale_groups,
     tokens_loss,
 )
-
-__all__ = ["Checkpointer", "LossHook", "ProgressFn", "TrainConfig", "TrainResult",
-           "data_fingerprint", "epoch_plan", "init_model", "load_run_config", "lr_at",
-           "machine_info", "make_batch", "run_meta", "scale_groups", "train"]
-
 
 @dataclass
 class TrainResult:

@@ -27,11 +27,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.errors import RecfmError
-from recfm.prepare import PreparedDataset
-from recfm.tokenizer import Tokenizer, context_windows
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import Tokenizer, context_windows
 from recfm.train.batches import make_batch
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ class ParquetTokens:
             t = self.file.read_row_group(g, columns=["length"])
             out.append(t.column("length").to_numpy().astype(np.int64))
         return out
-
-    def empty(self) -> pl.DataFrame:
-        """A zero-row frame with the file's schema."""
-        return pl.from_arrow(self.file.schema_arrow.empty_table())
 
     def rank_groups(self, rank: int, world: int) -> list[int]:
         """Row groups owned by ``rank``: ``g ≡ rank (mod world)``."""
@@ -165,7 +161,7 @@ class StreamingBatches:
 
 
 def load_sample(path: str | Path, n_groups: int) -> PreparedDataset:
-    """A :class:`recfm.prepare.PreparedDataset` whose sequences are only the first
+    """A :class:`recfm.tokens.prepare.PreparedDataset` whose sequences are only the first
     ``n_groups`` row groups of ``tokens.parquet`` (streamed training: the validation and
     test sample, facet sizes and item frequencies come from these users)."""
     path = Path(path)

@@ -14,7 +14,7 @@ import torch
 
 from recfm.adapt.incremental import build_incremental_dataset
 from recfm.adapt.new_items import add_items, neighbour_mean, ridge_map
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.content.store import embed_dataset
 from recfm.data.readers import RawDataset
 from recfm.data.schema import normalize_events, normalize_items
@@ -22,9 +22,10 @@ from recfm.errors import RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.prepare import prepare
+from recfm.tokens.prepare import prepare
 from recfm.train.fresh import fresh_spans, fresh_split, mask_context_targets
-from recfm.train.loop import TrainConfig, train
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 HELD = ["i5", "i22"]
 

@@ -13,7 +13,9 @@ from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.train.loop import TrainConfig, make_batch, train
+from recfm.train.batches import make_batch
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 TEACHER = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=8, dropout=0.0)
 STUDENT = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
@@ -52,9 +54,9 @@ def test_distilled_student_trains_and_loads(teacher_run, tmp_path):
 
 def test_loss_is_kl_plus_ce(teacher_run, tiny_prepared):
     """alpha = 0 is plain cross-entropy; a student equal to the teacher has zero KL."""
-    from recfm.batching import SequenceStore
+    from recfm.tokens.batching import SequenceStore
     from recfm.data.splits import leave_one_out
-    from recfm.prepare import PreparedDataset
+    from recfm.tokens.prepare import PreparedDataset
 
     teacher = FoundationModel.from_pretrained(teacher_run)
     split = leave_one_out(PreparedDataset.load(tiny_prepared).sequences)

@@ -27,8 +27,9 @@ from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.train.loop import TrainConfig, train
+from recfm.tokens.prepare import PreparedDataset
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 from tests.conftest import chain_events
 
 MODEL = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=8, dropout=0.0)
@@ -40,7 +41,7 @@ def data(tmp_path_factory):
     """The tiny ring world, where titles i % 3 == 0 are always completed, others never."""
     from recfm.data.readers import RawDataset
     from recfm.data.schema import normalize_events, normalize_items
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
 
     root = tmp_path_factory.mktemp("finetune")
     ev = chain_events(n_users=80).with_columns(

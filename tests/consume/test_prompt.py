@@ -19,9 +19,10 @@ from recfm.model.config import ModelConfig
 from recfm.model.prompt import prefix_from_tokens, prompted_backbone
 from recfm.pipeline import Recommender
 from recfm.pipeline.prompts import prompt_metadata, prompt_names, state_sha256
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 from recfm.runinfo import weights_sha256
-from recfm.train.loop import TrainConfig, train
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=20, dropout=0.1)
 SURFACE = {"item.kids": "true"}  # the synthetic world's kids titles
@@ -31,7 +32,7 @@ SURFACE = {"item.kids": "true"}  # the synthetic world's kids titles
 def world(tmp_path_factory):
     """A tiny synthetic world (kids titles and profiles) and a small model trained on it."""
     from recfm.data import synthetic
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
 
     root = tmp_path_factory.mktemp("prompt")
     cfg = synthetic.SynthConfig(n_users=400, n_items=150, events_per_user=40, seed=0)

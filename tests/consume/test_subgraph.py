@@ -17,7 +17,8 @@ from recfm.consume.subgraph import (FoundationEncoder, load_downstream, save_dow
 from recfm.errors import RecfmError
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
-from recfm.train.loop import TrainConfig, train
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=8, dropout=0.1)

@@ -11,7 +11,8 @@ from recfm.content.store import embed_dataset
 from recfm.model.config import ModelConfig
 from recfm.model.embeddings import ItemEncoder
 from recfm.pipeline import Recommender
-from recfm.train.loop import TrainConfig, train
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 
 
 @pytest.mark.parametrize("combine", ["gate", "sum"])

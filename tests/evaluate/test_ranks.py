@@ -12,7 +12,7 @@ import torch
 from recfm.evaluate.evaluator import evaluate_scorer
 from recfm.evaluate.metrics import rank_summary
 from recfm.evaluate.ranks import target_log_probs, target_ranks
-from recfm.tokenizer import N_RESERVED_ITEMS
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 N_ITEMS = 12
 

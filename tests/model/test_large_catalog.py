@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.evaluate.evaluator import evaluate_scorer, model_scorer, popularity_scorer
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.model.heads import full_softmax_loss, sample_negatives, sampled_softmax_loss
 from recfm.model.scoring import chunked_topk
-from recfm.prepare import PreparedDataset
-from recfm.tokenizer import N_RESERVED_ITEMS
-from recfm.train.loop import make_batch
+from recfm.tokens.prepare import PreparedDataset
+from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+from recfm.train.batches import make_batch
 
 
 def test_popularity_negatives_follow_q():

@@ -6,14 +6,14 @@ import polars as pl
 import pytest
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.model.attention import attention_mask, reference_attention
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.train.loop import make_batch
+from recfm.tokens.prepare import PreparedDataset
+from recfm.train.batches import make_batch
 
 
 def tiny_model(prepared, **overrides) -> tuple[FoundationModel, SequenceStore]:

@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.evaluate.objectives import facet_accuracy, future_holdout, holdout_metrics, stability
 from recfm.model.config import ModelConfig, ObjectiveConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.model.objectives import multi_label_window, position_repr
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
-from recfm.train.loop import make_batch
+from recfm.tokens.prepare import PreparedDataset
+from recfm.train.batches import make_batch
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny synthetic world: actions, devices, entity types and genres."""
     from recfm.data import synthetic
-    from recfm.prepare import prepare
+    from recfm.tokens.prepare import prepare
 
     root = tmp_path_factory.mktemp("obj")
     cfg = synthetic.SynthConfig(seed=3, n_users=120, n_items=60, events_per_user=60)
@@ -143,7 +143,7 @@ def test_holdout_metrics_facets_and_stability(world):
 def test_window_horizon_scores(world):
     """The window ranking comes from the head trained for it, and is refused by name."""
     from recfm.model.objectives import window_head
-    from recfm.tokenizer import N_RESERVED_ITEMS as R
+    from recfm.tokens.tokenizer import N_RESERVED_ITEMS as R
 
     store = SequenceStore(leave_one_out(world.sequences).train, ["item"])
     batch = store.gather(store.spans(12)[:6])
@@ -204,7 +204,7 @@ def test_rollout_is_the_expected_count_of_the_next_items(world):
     """Depth 1 is the next-item distribution; depth 2 with a beam over every item is
     p1 + sum_a p1(a) p(. | history + a), computed here one continuation at a time."""
     from recfm.model.objectives import rollout_scores
-    from recfm.tokenizer import N_RESERVED_ITEMS as R
+    from recfm.tokens.tokenizer import N_RESERVED_ITEMS as R
 
     model, _ = make_model(world)
     model.eval()

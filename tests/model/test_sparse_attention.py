@@ -17,7 +17,7 @@ from recfm.model.sparse import (
     reference_local_attention,
 )
 from recfm.pipeline import Recommender
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 
 
 def tiny_model(prepared, **overrides) -> tuple[FoundationModel, None]:

@@ -24,8 +24,9 @@ def world(tmp_path_factory):
     from recfm.model.config import ModelConfig
     from recfm.model.foundation import FoundationModel
     from recfm.pipeline import Recommender
-    from recfm.prepare import prepare
-    from recfm.train.loop import TrainConfig, train
+    from recfm.tokens.prepare import prepare
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rank")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig
+from recfm.train.config import TrainConfig
 
 MAX_LEN = 16
 
@@ -25,7 +25,7 @@ class Served:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
     from recfm.data import synthetic
-    from recfm.prepare import load_raw, prepare
+    from recfm.tokens.prepare import load_raw, prepare
     from recfm.train.loop import train
 
     root = tmp_path_factory.mktemp("serve")

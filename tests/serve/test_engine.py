@@ -60,7 +60,8 @@ def test_engine_answers_like_the_model(served, engine):
 def test_a_pooled_representation_is_served_as_trained(served, tmp_path):
     """A model trained with user_repr='layer_mix' is read through it, not the last state."""
     from recfm.model.config import ModelConfig
-    from recfm.train.loop import TrainConfig, train
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
 
     run = tmp_path / "layer-mix"
     train(served.data, run, ModelConfig(d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 
 
 def tiny_model(prepared, **overrides) -> tuple[FoundationModel, SequenceStore]:

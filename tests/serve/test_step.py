@@ -10,7 +10,7 @@ import torch
 from recfm.model.attention import KVCache
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
-from recfm.prepare import PreparedDataset
+from recfm.tokens.prepare import PreparedDataset
 from recfm.serve.config import ServeConfig, SurfaceConfig
 from recfm.serve.engine import Engine
 from recfm.serve.index import _exact_one, _exact_rows

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig
+from recfm.train.config import TrainConfig
 
 
 @dataclass

@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 import recfm.train.distributed as distributed
 import recfm.train.loop as loop
 from recfm.model.config import ModelConfig
+from recfm.train.config import TrainConfig
 from recfm.train.distributed import free_port
+from recfm.train.run import Checkpointer
 
 # dropout off: it is the one source of randomness that differs between ranks
 MODEL = dict(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
@@ -48,7 +50,7 @@ def _run(data: Path, run: Path, epochs: int, resume: bool = False) -> list[float
         if "loss" in p:
             losses.append(p["loss"])
 
-    loop.train(data, run, ModelConfig(**MODEL), loop.TrainConfig(epochs=epochs, **TRAIN),
+    loop.train(data, run, ModelConfig(**MODEL), TrainConfig(epochs=epochs, **TRAIN),
                resume=resume, evaluate_test=False, on_progress=on_progress)
     return losses
 
@@ -67,7 +69,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         # streamed batches: each rank reads only its own row groups of tokens.parquet
         streamed: list[float] = []
         loop.train(out_dir / "grouped", out_dir / "stream", ModelConfig(**MODEL),
-                   loop.TrainConfig(epochs=1, stream=True, stream_window_groups=2, **TRAIN),
+                   TrainConfig(epochs=1, stream=True, stream_window_groups=2, **TRAIN),
                    on_progress=lambda p: streamed.append(p["loss"]) if "loss" in p else None)
         save_file(_LAST["params"], str(out_dir / f"stream-rank{rank}.safetensors"))
         (out_dir / f"rank{rank}.json").write_text(json.dumps({"losses": losses,
@@ -88,8 +90,8 @@ def _assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def test_two_gloo_processes_match_one_process(tiny_prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop.Checkpointer, "save", loop.Checkpointer.save)  # restored after
-    _capture(loop.Checkpointer)
+    monkeypatch.setattr(Checkpointer, "save", Checkpointer.save)  # restored after
+    _capture(Checkpointer)
     single = _run(tiny_prepared, tmp_path / "single", epochs=2)
     single_params = _LAST["params"]
     _run(tiny_prepared, tmp_path / "resumed", epochs=1)  # two processes resume this one

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel
-from recfm.train.loop import TrainConfig, lr_at, train
+from recfm.train.config import TrainConfig, lr_at
+from recfm.train.loop import train
 
 MODEL = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1)
 

@@ -10,10 +10,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig, train
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
 from recfm.train.shards import ParquetTokens, StreamingBatches
 
 
@@ -60,7 +61,7 @@ def test_ranks_read_only_their_groups_and_cover_every_target_once(grouped, monke
     split = leave_one_out(pl.read_parquet(grouped / "tokens.parquet"))
     store = SequenceStore(split.train, ["item"])
     spans = store.spans(9, "truncate", min_len=2)
-    from recfm.train.loop import make_batch
+    from recfm.train.batches import make_batch
     assert got == _pairs([make_batch(store, spans)])
     # deterministic per (seed, epoch); another epoch is another order
     first = [b["item"].tolist() for b in streams[0].epoch(0)]
@@ -81,12 +82,12 @@ def test_steps_agree_across_ranks_and_resume_mid_epoch(grouped):
 
 
 def test_streamed_training_runs_without_loading_the_dataset(grouped, tmp_path, monkeypatch):
-    import recfm.prepare
+    import recfm.tokens.prepare
 
     def no_whole_load(*a, **k):
         raise AssertionError("streamed training loaded the whole dataset")
 
-    monkeypatch.setattr(recfm.prepare.PreparedDataset, "load", no_whole_load)
+    monkeypatch.setattr(recfm.tokens.prepare.PreparedDataset, "load", no_whole_load)
     res = train(grouped, tmp_path / "run", ModelConfig(d_model=16, n_layers=1, max_len=8),
                 TrainConfig(epochs=2, batch_size=8, stream=True, stream_eval_groups=2,
                             tensorboard=False))

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfm.data.schema import normalize_events
-from recfm.tokenizer import (
+from recfm.tokens.tokenizer import (
     N_RESERVED_ITEMS,
     Tokenizer,
     TokenizerConfig,

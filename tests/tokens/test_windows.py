@@ -10,10 +10,12 @@ import polars as pl
 import pytest
 import torch
 
-from recfm.batching import SequenceStore
+from recfm.tokens.batching import SequenceStore
 from recfm.model.config import ModelConfig
-from recfm.train.loop import TrainConfig, make_batch, train
-from recfm.train.windows import (
+from recfm.train.batches import make_batch
+from recfm.train.config import TrainConfig
+from recfm.train.loop import train
+from recfm.tokens.windows import (
     check_schedule,
     epoch_spans,
     planned_steps,

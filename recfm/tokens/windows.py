@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recfm.batching import SequenceStore, count_batches
+from recfm.tokens.batching import SequenceStore, count_batches
 from recfm.errors import ConfigError
 
 MODES = ("truncate", "sliding", "random")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from recfm.data.readers import read_generic
-from recfm.prepare import PreparedDataset, describe, prepare
+from recfm.tokens.prepare import PreparedDataset, describe, prepare
 
 
 @pytest.fixture()

@@ -1,12 +1,11 @@
 """One request's raw events → tokens, without a DataFrame: the serving tokenizer.
 
-:func:`recfm.tokenizer.tokenize` is built for millions of events; on one request's handful it
-costs milliseconds of fixed overhead (and it rebuilds the item mapping of the whole catalog
-each call). This is the same algorithm — filter, merge repeats, encode facets, bucket
-values, gaps and hours — written over Python lists for one user, with the vocabularies
-mapped once. It handles integer timestamps (seconds or milliseconds) or none; requests
-with ISO-8601 strings go through the reference tokenizer. The tests hold the two to
-identical output on generated event lists.
+:func:`recfm.tokens.tokenizer.tokenize` is built for millions of events and has a fixed
+cost per call (DataFrames, the whole catalog's item mapping). This is the same algorithm —
+filter, merge repeats, encode facets, bucket values, gaps and hours — over Python lists
+for one user, with the vocabularies mapped once. It takes integer timestamps (seconds or
+milliseconds) or none; ISO-8601 strings go through ``tokenize``. The tests hold the two
+to identical output on generated event lists.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from recfm.tokenizer import FACET_UNK, N_RESERVED_FACET, Tokenizer
+from recfm.tokens.tokenizer import FACET_UNK, N_RESERVED_FACET, Tokenizer, hour_of_week
 
 _MS_THRESHOLD = 100_000_000_000  # as recfm.data.schema: integer times above are milliseconds
 CATEGORICAL = ("action", "device", "country", "surface")
@@ -54,17 +53,17 @@ class EventTokenizer:
         """
         present, cats, values, rows, items, t = self._columns(events, items)
         actions = cats["action"]
-        kept = np.flatnonzero(self._keep(present, actions, values))
+        kept = np.flatnonzero(self._keep(actions, values))
         idx = kept[np.argsort(t[kept], kind="stable")]  # equal times keep the request's order
         ts = t[idx]  # (M,)
         item = np.asarray(items, dtype=np.int64)[idx]
         starts, ends = self._groups(item, ts)
         first = idx[starts]  # event index of each group's first event
-        value, action = self._aggregate(present, values, actions, idx, starts, ends)
+        value, action = self._aggregate(values, actions, idx, starts, ends)
 
         out: dict[str, np.ndarray | list[int]] = {"item": item[starts]}
         out.update(self._facet_codes(present, cats, action, rows, first))
-        out["value_bucket"] = self._value_buckets(present, value)
+        out["value_bucket"] = self._value_buckets(value)
         first_ts = ts[starts]  # (n,)
         out.update(self._time_codes(first_ts, ts, ends))
         mat = np.full((len(starts), len(self.columns)), FACET_UNK, dtype=np.int64)
@@ -83,10 +82,9 @@ class EventTokenizer:
         raw = {f: [e.get(f) for e in events] if f in keys else [None] * n_events
                for f in CATEGORICAL + ("value", "row")}
         present = [f for f, col in raw.items() if f in keys and any(v is not None for v in col)]
-        cats = {f: [None if v in (None, "") else str(v) for v in raw[f]] if f in present
-                else [None] * n_events for f in CATEGORICAL}
-        values = [None if v is None else float(v) for v in raw["value"]] if "value" in present \
-            else raw["value"]
+        # a field no event has is all None here, and stays None through every conversion
+        cats = {f: [None if v in (None, "") else str(v) for v in raw[f]] for f in CATEGORICAL}
+        values = [None if v is None else float(v) for v in raw["value"]]
         if items is None:
             items = [self.index_of[str(e["item_id"])] for e in events]
         stamps = [e.get("timestamp") for e in events] if "timestamp" in keys else []
@@ -97,14 +95,12 @@ class EventTokenizer:
             t = np.arange(len(events), dtype=np.int64)
         return present, cats, values, raw["row"], items, t
 
-    def _keep(self, present: list[str], actions: list[str | None],
-              values: list[float | None]) -> list[bool]:
+    def _keep(self, actions: list[str | None], values: list[float | None]) -> list[bool]:
         """Which events become tokens: not a dropped action, not a short play in ``drop``
         mode (in ``relabel`` mode its entry in ``actions`` is relabelled)."""
         cfg = self.cfg
-        keep = ([a is None or a not in self.drop for a in actions] if "action" in present
-                else [True] * len(actions))
-        if cfg.min_play_seconds > 0 and "value" in present:
+        keep = [a is None or a not in self.drop for a in actions]
+        if cfg.min_play_seconds > 0:
             for i, (a, v) in enumerate(zip(actions, values)):
                 if keep[i] and v is not None and a in self.short and v < cfg.min_play_seconds:
                     if cfg.short_play_mode == "drop":
@@ -123,23 +119,20 @@ class EventTokenizer:
         starts = np.flatnonzero(new)  # (n,)
         return starts, np.append(starts[1:], M)
 
-    def _aggregate(self, present: list[str], values: list, actions: list, idx: np.ndarray,
-                   starts: np.ndarray, ends: np.ndarray) -> tuple[list, list]:
+    def _aggregate(self, values: list, actions: list, idx: np.ndarray, starts: np.ndarray,
+                   ends: np.ndarray) -> tuple[list, list]:
         """Value and action of each token: its event's, or over a merged group the
         ``value_agg`` of the values and the strongest action (ties: the later event)."""
-        n = len(starts)
         first = idx[starts]
-        value = [values[i] for i in first] if "value" in present else [None] * n
-        action = [actions[i] for i in first] if "action" in present else [None] * n
+        value = [values[i] for i in first]
+        action = [actions[i] for i in first]
         for j in np.flatnonzero(ends - starts > 1):  # merged groups: aggregate in Python
             members = idx[starts[j]:ends[j]]
             vs = [values[i] for i in members if values[i] is not None]
             value[j] = ({"sum": sum(vs), "max": max(vs), "last": vs[-1]}[self.cfg.value_agg]
                         if vs else None)
-            if "action" in present:
-                ranked = sorted(members, key=lambda i: self.strength.get(actions[i], 0)
-                                if actions[i] is not None else 0)
-                action[j] = actions[ranked[-1]]
+            ranked = sorted(members, key=lambda i: self.strength.get(actions[i], 0))
+            action[j] = actions[ranked[-1]]
         return value, action
 
     def _facet_codes(self, present: list[str], cats: dict[str, list], action: list,
@@ -157,10 +150,9 @@ class EventTokenizer:
                           + N_RESERVED_FACET for r in (rows[i] for i in first)]
         return out
 
-    def _value_buckets(self, present: list[str], value: list[float | None]) -> np.ndarray:
+    def _value_buckets(self, value: list[float | None]) -> np.ndarray:
         """(n,) value buckets: 0 without a value, else 1 + the edges at or below it."""
-        has_value = (np.array([v is not None for v in value], dtype=bool) if "value" in present
-                     else np.zeros(len(value), dtype=bool))
+        has_value = np.array([v is not None for v in value], dtype=bool)
         if len(self.edges) == 0:
             return has_value.astype(np.int64)
         v = np.array([0.0 if x is None else x for x in value], dtype=np.float64)
@@ -181,4 +173,4 @@ class EventTokenizer:
             for j in np.flatnonzero((gap & (gap + 1)) == 0):  # gap + 1 a power of two:
                 b[j] = int(math.floor(math.log(gap[j] + 1.0) / math.log(2.0))) + 1
             gap_bucket[1:] = np.minimum(b, self.cfg.n_gap_buckets - 1)
-        return {"gap_bucket": gap_bucket, "hour_of_week": (first_ts // 3600 + 72) % 168}
+        return {"gap_bucket": gap_bucket, "hour_of_week": hour_of_week(first_ts)}

@@ -4,7 +4,7 @@
 (CSR), so building a batch is NumPy fancy indexing, not Python loops over tokens.
 Batches are right-padded to the longest sequence *in the batch* and, for training,
 bucketed by length: padding every sequence to the context length would spend most of
-the compute on padding when the average history is ~9 tokens.
+the compute on padding when most histories are short.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recfm.tokenizer import context_windows
+from recfm.tokens.tokenizer import context_windows
 
 
 class SequenceStore:
@@ -35,9 +35,6 @@ class SequenceStore:
             # integer codes stay int64 (embedding lookups); values and the like stay float
             self.values[c] = (flat.astype(np.float32) if flat.dtype.kind == "f"
                               else flat.astype(np.int64))
-        self.user_idx = (seqs["user_idx"].to_numpy() if "user_idx" in seqs.columns
-                         else np.arange(len(lengths)))
-        self.targets = seqs["target"].to_numpy() if "target" in seqs.columns else None
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -1,7 +1,6 @@
 """Events → interaction tokens.
 
-A token is one interaction *event* with many facets, not a bare item id (the seeds' first
-lesson: tokenization decisions percolate through every layer above). The steps, in order:
+A token is one interaction *event* with many facets, not a bare item id. The steps:
 
 1. **Filter**: drop low-signal actions (impressions by default); drop or relabel plays
    shorter than ``min_play_seconds``.
@@ -176,9 +175,10 @@ def gap_bucket(gap_s: pl.Expr, n_buckets: int) -> pl.Expr:
     return pl.when(gap_s.is_null()).then(0).otherwise(b.clip(upper_bound=n_buckets - 1))
 
 
-def hour_of_week(ts: pl.Expr) -> pl.Expr:
-    """Hours since Monday 00:00 UTC, 0..167 (1970-01-01 was a Thursday)."""
-    return ((ts // 3600 + 72) % 168).cast(pl.Int16)
+def hour_of_week(ts):
+    """Hours since Monday 00:00 UTC, 0..167 (1970-01-01 was a Thursday), of seconds ``ts``
+    (a Polars expression, or a NumPy array for the serving tokenizer)."""
+    return (ts // 3600 + 72) % 168
 
 
 def quantile_edges(values: pl.Series, n_buckets: int) -> list[float]:
@@ -270,25 +270,22 @@ def _merge(events: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str]) ->
 
     ``events`` is sorted by (user, timestamp, file order).
     """
-    prev_user = pl.col("user_id").shift(1)
-    prev_item = pl.col("item_id").shift(1)
-    prev_ts = pl.col("timestamp").shift(1)
+    if "value" not in events.columns:
+        events = events.with_columns(pl.lit(None, dtype=pl.Float64).alias("value"))
     if cfg.merge_window_s > 0:
-        new = ((pl.col("user_id") != prev_user) | (pl.col("item_id") != prev_item)
-               | ((pl.col("timestamp") - prev_ts) > cfg.merge_window_s)).fill_null(True)
+        new = ((pl.col("user_id") != pl.col("user_id").shift(1))
+               | (pl.col("item_id") != pl.col("item_id").shift(1))
+               | (pl.col("timestamp").diff() > cfg.merge_window_s)).fill_null(True)
         tok = new.cum_sum()
     else:
         tok = pl.int_range(1, pl.len() + 1)
     events = events.with_columns(tok.alias("_tok"))
     n_tokens = events["_tok"].max() if events.height else 0
-    has_value = "value" in events.columns
     if n_tokens == events.height:  # nothing merges: no group-by needed
         out = events.with_columns(
             pl.col("timestamp").alias("ts"), pl.col("timestamp").alias("ts_last"),
             pl.lit(1, dtype=pl.Int32).alias("count"),
         )
-        if not has_value:
-            out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias("value"))
         return out.select(["user_id", "item_id", "ts", "ts_last", "count", "value"]
                           + facet_cols)
     strength = {a: i + 1 for i, a in enumerate(cfg.action_strength)}
@@ -297,12 +294,9 @@ def _merge(events: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str]) ->
         pl.col("timestamp").first().alias("ts"), pl.col("timestamp").last().alias("ts_last"),
         pl.len().cast(pl.Int32).alias("count"),
     ]
-    if has_value:
-        v = pl.col("value")
-        agg = {"sum": v.sum(), "max": v.max(), "last": v.drop_nulls().last()}[cfg.value_agg]
-        aggs.append(pl.when(v.is_not_null().any()).then(agg).otherwise(None).alias("value"))
-    else:
-        aggs.append(pl.lit(None, dtype=pl.Float64).alias("value"))
+    v = pl.col("value")
+    agg = {"sum": v.sum(), "max": v.max(), "last": v.drop_nulls().last()}[cfg.value_agg]
+    aggs.append(pl.when(v.is_not_null().any()).then(agg).otherwise(None).alias("value"))
     for col in facet_cols:
         if col == "action":
             rank = pl.col("action").replace_strict(strength, default=0, return_dtype=pl.Int32)
@@ -365,7 +359,7 @@ def _time_value_exprs(cfg: TokenizerConfig, has_time: bool,
     if has_time:
         exprs = [gap_bucket(pl.col("ts") - prev_last, cfg.n_gap_buckets)
                  .cast(pl.Int16).alias("gap_bucket"),
-                 hour_of_week(pl.col("ts")).alias("hour_of_week")]
+                 hour_of_week(pl.col("ts")).cast(pl.Int16).alias("hour_of_week")]
     else:
         exprs = [pl.lit(0, dtype=pl.Int16).alias("gap_bucket"),
                  pl.lit(0, dtype=pl.Int16).alias("hour_of_week")]

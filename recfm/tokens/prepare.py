@@ -31,7 +31,7 @@ from recfm.data.readers import RawDataset, read_generic
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError
 from recfm.io import atomic_dir, atomic_write_json
-from recfm.tokenizer import (
+from recfm.tokens.tokenizer import (
     N_RESERVED_ITEMS,
     Tokenizer,
     TokenizerConfig,
@@ -41,7 +41,9 @@ from recfm.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "generic", "synthetic", "movielens", "s3rec", "amazon")
+# The layouts ``auto`` detects, in the order it tries them (anything else is ``generic``).
+LAYOUTS = {"synthetic": synthetic, "movielens": movielens, "s3rec": s3rec, "amazon": amazon}
+FORMATS = ("auto", "generic", *LAYOUTS)
 
 
 def load_raw(
@@ -58,25 +60,14 @@ def load_raw(
     if fmt not in FORMATS:
         raise InputError("--format", None, None, f"one of {', '.join(FORMATS)}", repr(fmt))
     if fmt == "auto":
-        if synthetic.detect(path):
-            fmt = "synthetic"
-        elif movielens.detect(path):
-            fmt = "movielens"
-        elif s3rec.detect(path):
-            fmt = "s3rec"
-        elif amazon.detect(path):
-            fmt = "amazon"
-        else:
-            fmt = "generic"
+        fmt = next((name for name, layout in LAYOUTS.items() if layout.detect(path)), "generic")
     log.info("reading %s as %s", path, fmt)
     if fmt == "synthetic":
         return synthetic.load_world(path)
-    if fmt == "movielens":
-        return movielens.load(path)
-    if fmt == "s3rec":
-        return s3rec.load(path)
-    if fmt == "amazon":
-        return amazon.load(path, items) if items is not None else amazon.load(path)
+    if fmt == "amazon" and items is not None:
+        return amazon.load(path, items)
+    if fmt in LAYOUTS:
+        return LAYOUTS[fmt].load(path)
     if path.is_dir():
         raise InputError(str(path), None, None, "an event file (or a folder in a known layout)",
                          "a folder in no known layout")
