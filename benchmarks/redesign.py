@@ -4,19 +4,20 @@
 
 Issue 17 (one core) must change no result and cost no speed. For the commit ``--ref`` (a git
 worktree under ``.work/redesign/``) and for this tree, each in its own processes on the
-same machine, alternating: the Beauty benchmark (``benchmarks.sequential``, ``--epochs``
-epochs, seed 0) — test metrics and training tokens/s; ``recfm demo`` without its time
-budget (see ``UNTIMED_DEMO``) — its ``report.json``;
-a fixed set of requests to the HTTP app in process (``/v1/recommend`` for known users and
-raw-event histories, ``/v1/users/embed``, ``/v1/collections``, ``/v1/items/{id}/similar``)
-against each tree's demo run — the answers, and the p50 of 900 raw-event recommend requests
-(twice per tree, the order reversed the second time). Writes
+same machine: the Beauty benchmark (``benchmarks.sequential``, ``--epochs`` epochs, seed 0)
+— test metrics and training tokens/s; ``recfm demo`` without its time budget, on one
+thread (see ``UNTIMED_DEMO``) — its ``report.json`` and the sha256 of its weights; a fixed
+set of requests to the HTTP app in process (``/v1/recommend`` for known users and
+raw-event histories, ``/v1/users/embed``, ``/v1/collections``, ``/v1/items/{id}/similar``),
+both trees serving the earlier commit's demo run — the answers, and the p50 of 900
+raw-event recommend requests (twice per tree, the order reversed the second time). Writes
 ``benchmarks/results/redesign.json`` and its RESULTS.md row.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -92,6 +93,7 @@ def _run(tree: Path, args: list[str], log: Path) -> None:
 def beauty(tree: Path, tag: str, epochs: int, threads: int) -> dict[str, Any]:
     """Test metrics and tokens/s of a short Beauty run (the tree's own benchmark script)."""
     _run(tree, ["-m", "benchmarks.sequential", "--dataset", "beauty", "--seed", "0",
+                "--data-dir", str(ROOT.parent / "shared" / "data"),
                 "--threads", str(threads), "--set", f"train.epochs={epochs}",
                 "--work", str(WORK / tag)], WORK / f"{tag}-beauty.log")
     result = json.loads((tree / "benchmarks/results/sequential-beauty.json").read_text())
@@ -100,10 +102,12 @@ def beauty(tree: Path, tag: str, epochs: int, threads: int) -> dict[str, Any]:
     return result["metrics"]
 
 
-# recfm demo without its 3-minute budget: the budget fits the learning-rate schedule to the
-# first epoch's wall time, so two runs of the real command may differ by machine load.
+# recfm demo without its 3-minute budget (the budget fits the learning-rate schedule to the
+# first epoch's wall time, so two runs of the real command may differ by machine load) and on
+# one thread (two threads' reductions are not bit-reproducible from run to run on CPU).
 UNTIMED_DEMO = """
-import dataclasses, importlib, sys
+import dataclasses, importlib, sys, torch
+torch.set_num_threads(1)
 try:
     demo = importlib.import_module("recfm.cli.demo")
 except ImportError:  # before the redesign
@@ -114,8 +118,12 @@ demo.run_demo(sys.argv[1])
 
 
 def demo(tree: Path, tag: str) -> dict[str, Any]:
+    """The demo's report and the sha256 of the weights it trained."""
     _run(tree, ["-c", UNTIMED_DEMO, str(WORK / f"{tag}-demo")], WORK / f"{tag}-demo.log")
-    return json.loads((WORK / f"{tag}-demo" / "report.json").read_text())
+    run = WORK / f"{tag}-demo"
+    report = json.loads((run / "report.json").read_text())
+    weights = hashlib.sha256((run / "run" / "model.safetensors").read_bytes()).hexdigest()
+    return {**report, "weights_sha256": weights}
 
 
 def serve(tree: Path, tag: str, run_tag: str) -> dict[str, Any]:
@@ -129,8 +137,9 @@ def serve(tree: Path, tag: str, run_tag: str) -> dict[str, Any]:
 def compare(trees: dict[str, Path], epochs: int, threads: int) -> dict[str, Any]:
     b = {tag: beauty(tree, tag, epochs, threads) for tag, tree in trees.items()}
     d = {tag: demo(tree, tag) for tag, tree in trees.items()}
-    s = {tag: serve(tree, tag, tag) for tag, tree in trees.items()}
-    s2 = {tag: serve(tree, f"{tag}-2", tag) for tag, tree in reversed(trees.items())}
+    # both trees serve the same run, so the answers differ only if the serving code does
+    s = {tag: serve(tree, tag, "before") for tag, tree in trees.items()}
+    s2 = {tag: serve(tree, f"{tag}-2", "before") for tag, tree in reversed(trees.items())}
     keys = ("ndcg@10", "hr@10", "mrr", "valid_ndcg@10", "epochs", "best_epoch")
     p50 = {tag: (s[tag]["p50_ms"] + s2[tag]["p50_ms"]) / 2 for tag in trees}
     return {
@@ -140,11 +149,34 @@ def compare(trees: dict[str, Path], epochs: int, threads: int) -> dict[str, Any]
                    for tag in trees},
         "tokens_per_s_ratio": b["after"]["tokens_per_s"] / b["before"]["tokens_per_s"],
         "demo_report_equal": _stable(d["before"]) == _stable(d["after"]),
-        "demo": {tag: {"model": d[tag]["model"], "train": d[tag]["train"]} for tag in trees},
+        "demo_weights_equal": d["before"]["weights_sha256"] == d["after"]["weights_sha256"],
+        "demo": {tag: {k: d[tag][k] for k in ("model", "train", "weights_sha256")}
+                 for tag in trees},
         "serve_answers_equal": _stable(s["before"]["answers"]) == _stable(s["after"]["answers"]),
         "serve_requests": len(s["before"]["answers"]),
         "p50_ms": p50, "p50_ratio": p50["after"] / p50["before"],
     }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The RESULTS.md table of a :func:`compare` result."""
+    b, d, p50 = result["beauty"], result["demo"], result["p50_ms"]
+    rows = ["| check | before | after | equal / ratio |", "|---|---|---|---|"]
+    for k in ("ndcg@10", "hr@10", "mrr", "valid_ndcg@10"):
+        label = k.replace("valid_", "validation ") if k.startswith("valid") else f"test {k}"
+        rows.append(f"| Beauty {label} | {b['before'][k]:.4f} | {b['after'][k]:.4f} | "
+                    f"{round(b['before'][k], 4) == round(b['after'][k], 4)} |")
+    rows.append(f"| Beauty training tokens/s | {b['before']['tokens_per_s']:,.0f} | "
+                f"{b['after']['tokens_per_s']:,.0f} | {result['tokens_per_s_ratio']:.3f} |")
+    rows.append(f"| demo test NDCG@10 | {d['before']['model']['ndcg@10']:.4f} | "
+                f"{d['after']['model']['ndcg@10']:.4f} | report {result['demo_report_equal']} |")
+    rows.append(f"| demo weights sha256 | {d['before']['weights_sha256'][:12]} | "
+                f"{d['after']['weights_sha256'][:12]} | {result['demo_weights_equal']} |")
+    rows.append(f"| serving answers ({result['serve_requests']} requests) | | | "
+                f"{result['serve_answers_equal']} |")
+    rows.append(f"| /v1/recommend p50 ms | {p50['before']:.2f} | {p50['after']:.2f} | "
+                f"{result['p50_ratio']:.3f} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -168,9 +200,11 @@ def main() -> None:
                        check=True)
     result = compare({"before": base, "after": ROOT}, args.epochs, args.threads)
     metrics = {k: result[k] for k in ("tokens_per_s_ratio", "p50_ratio", "beauty_test_equal",
-                                      "demo_report_equal", "serve_answers_equal")}
+                                      "demo_report_equal", "demo_weights_equal",
+                                      "serve_answers_equal")}
     path = write_result("redesign", f"s3rec/Beauty ({args.epochs} epochs), synthetic demo",
-                        0, time.perf_counter() - t0, metrics, {**result, "ref": args.ref})
+                        0, time.perf_counter() - t0, metrics, {**result, "ref": args.ref},
+                        table_md=table(result))
     print(json.dumps(json.loads(path.read_text())["metrics"], indent=2))
 
 
