@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from recfm.tokens.batching import SequenceStore
-from recfm.data.splits import Split, list_columns
+from recfm.data.splits import Split, drop_last, list_columns
 
 FRESH = "fresh"
 
@@ -28,11 +28,8 @@ def fresh_split(seqs: pl.DataFrame, valid_fraction: float = 0.1, seed: int = 0) 
     seqs = seqs.with_columns(pl.Series("_valid", ok))
     cols = list_columns(seqs)
     held = seqs.filter(pl.col("_valid"))
-    train = pl.concat([
-        held.with_columns([pl.col(c).list.head(n - 1) for c in cols])
-        .with_columns((n - 1).alias("length")),
-        seqs.filter(~pl.col("_valid")),
-    ]).drop("_valid").sort("user_idx")
+    train = pl.concat([drop_last(held, 1), seqs.filter(~pl.col("_valid"))]
+                      ).drop("_valid").sort("user_idx")
     valid = held.select(
         [pl.col("user_idx"), pl.col("user_id"), pl.col("item").list.get(n - 1).alias("target")]
         + [pl.col(c).list.head(n - 1) for c in cols]
