@@ -176,6 +176,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{result['serve_answers_equal']} |")
     rows.append(f"| /v1/recommend p50 ms | {p50['before']:.2f} | {p50['after']:.2f} | "
                 f"{result['p50_ratio']:.3f} |")
+    rows.append("")
+    rows.append("One seed (0) and one run per tree of each part: the equality rows compare the "
+                "same seeded work, the ratios are single measurements in this invocation.")
     return "\n".join(rows)
 
 
