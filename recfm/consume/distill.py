@@ -20,7 +20,6 @@ and ``[distill]`` (:class:`DistillConfig`) tables.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,11 +31,9 @@ import torch.nn.functional as F
 from recfm.config import from_dict, read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.model.config import ModelConfig
-from recfm.pipeline import Recommender
-from recfm.tokens.prepare import PreparedDataset
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 from recfm.train.config import TrainConfig
-from recfm.train.loop import LossHook, TrainResult, train
+from recfm.train.loop import LossHook, TrainResult, run_dataset, train
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +112,10 @@ def distill(teacher_run: str | Path, out: str | Path, student_cfg: ModelConfig,
     """
     cfg = cfg or DistillConfig()
     teacher_run = Path(teacher_run)
-    vocab = Recommender.from_pretrained(teacher_run)
-    teacher = vocab.model.eval()
+    rec, _, data_dir = run_dataset(teacher_run, data_dir)
+    teacher = rec.model.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if data_dir is None:
-        data_dir = Path(json.loads((teacher_run / "config.json").read_text())["data"]["path"])
-    ds = PreparedDataset.load(data_dir)
-    if vocab.tokenizer is None or vocab.tokenizer.item_ids != ds.tokenizer.item_ids:
-        raise RecfmError(f"{data_dir}: its item vocabulary differs from the teacher "
-                         f"{teacher_run}; distill on the dataset the teacher was trained on")
     if teacher.cfg.positions == "learned" and student_cfg.max_len > teacher.cfg.max_len:
         raise RecfmError(f"student max_len {student_cfg.max_len} is longer than the teacher's "
                          f"context ({teacher.cfg.max_len}); the teacher must see every "

@@ -71,12 +71,10 @@ from recfm.evaluate.ranks import target_ranks
 from recfm.io import atomic_write_bytes, atomic_write_json
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.tokens.prepare import PreparedDataset
 from recfm.tokens.tokenizer import N_RESERVED_FACET
-from recfm.runinfo import run_data_dir
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
-from recfm.train.loop import init_model, run_meta
+from recfm.train.loop import run_dataset, run_meta
 from recfm.train.trainer import ProgressFn, RunFiles, Trainer, Validation, decay_groups
 
 log = logging.getLogger(__name__)
@@ -206,23 +204,28 @@ def _as_text(v: Any) -> str:
 
 def item_subset(items: pl.DataFrame, n_items: int, filters: dict[str, Any],
                 source: str = "<task config>") -> torch.Tensor:
-    """(n_items,) bool: items passing every ``column = value(s)`` filter of the catalog."""
+    """(n_items,) bool: items passing every ``column = value(s)`` filter of the catalog (a
+    list column passes when any element does)."""
     keep = np.ones(items.height, dtype=bool)
     for col, want in filters.items():
         if col not in items.columns:
             cols = ", ".join(c for c in items.columns if c not in ("idx", "n_events",
                                                                   "n_tokens"))
             raise InputError(source, None, f"items.{col}", f"a column of the catalog ({cols})",
-                             repr(col))
+                             f"no such column {col!r}")
         wanted = [_as_text(v) for v in (want if isinstance(want, list) else [want])]
-        s = items[col]
-        if isinstance(s.dtype, pl.List):
-            hit = items.select(pl.col(col).cast(pl.List(pl.Utf8)).list.eval(
-                pl.element().is_in(wanted)).list.any().fill_null(False))[col].to_numpy()
+        text = items[col].cast(pl.List(pl.Utf8) if isinstance(items[col].dtype, pl.List)
+                               else pl.Utf8)
+        if isinstance(text.dtype, pl.List):
+            hit = text.list.eval(pl.element().is_in(wanted)).list.any()
         else:
-            text = s.cast(pl.Utf8) if s.dtype != pl.Boolean else \
-                s.cast(pl.Utf8).str.to_lowercase()
-            hit = text.is_in(wanted).fill_null(False).to_numpy()
+            hit = text.is_in(wanted)
+        hit = hit.fill_null(False).to_numpy()
+        if not hit.any():
+            found = (text.explode() if isinstance(text.dtype, pl.List) else text).unique()
+            raise InputError(source, None, f"items.{col}", "a value some item has (e.g. "
+                             f"{found.drop_nulls().head(8).to_list()})",
+                             f"{want!r}, which matches no item")
         keep &= hit
     mask = torch.zeros(n_items, dtype=torch.bool)
     mask[torch.from_numpy(items["idx"].to_numpy()[keep].astype(np.int64))] = True
@@ -590,11 +593,8 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
     tcfg = task.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run)
-    if data_dir is None:
-        raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data DIR")
-    ds = PreparedDataset.load(data_dir)
-    model, trainable = _task_model(init_model(run, ds), task, scratch)
+    rec, ds, data_dir = run_dataset(run, data_dir)
+    model, trainable = _task_model(rec, task, scratch)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_trainable == 0:

@@ -41,7 +41,6 @@ in ``<name>.json``. Both are written atomically; the model files are never touch
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,17 +55,18 @@ import torch
 from recfm.tokens.batching import SequenceStore, count_batches
 from recfm.config import from_dict
 from recfm.consume.distill import item_logits
+from recfm.consume.finetune import item_subset
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, RecfmError
 from recfm.model.foundation import FoundationModel
 from recfm.model.prompt import prefix_from_tokens
 from recfm.pipeline import Recommender
 from recfm.pipeline.prompts import check_name, state_sha256, write_prompt
-from recfm.tokens.prepare import PreparedDataset
 from recfm.runinfo import weights_sha256
 from recfm.tokens.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
+from recfm.train.loop import run_dataset
 from recfm.train.trainer import Budget, ProgressFn, Trainer
 
 log = logging.getLogger(__name__)
@@ -150,28 +150,8 @@ def parse_surface(specs: list[str], source: str = "--surface") -> dict[str, str]
 def surface_items(surface: dict[str, str], items: pl.DataFrame, n_items: int,
                   source: str = "items.parquet") -> torch.Tensor | None:
     """(n_items,) bool: items meeting every ``item.<column>`` condition (None: no such key)."""
-    keep = None
-    for key, value in surface.items():
-        if not key.startswith("item."):
-            continue
-        col = key[len("item."):]
-        if col not in items.columns:
-            raise InputError(source, None, col, f"an item column ({', '.join(items.columns)})",
-                             "no such column")
-        s = items[col]
-        if isinstance(s.dtype, pl.List):
-            hit = s.cast(pl.List(pl.Utf8)).list.contains(value).fill_null(False)
-        else:
-            hit = (s.cast(pl.Utf8) == value).fill_null(False)
-        mask = np.zeros(n_items, dtype=bool)
-        mask[items["idx"].to_numpy()[hit.to_numpy()]] = True
-        if not mask.any():
-            found = s.cast(pl.Utf8).unique().head(8).to_list() if not isinstance(
-                s.dtype, pl.List) else s.explode().cast(pl.Utf8).unique().head(8).to_list()
-            raise InputError(source, None, col, f"some item with {col} = {value!r}",
-                             f"values {found}")
-        keep = mask if keep is None else keep & mask
-    return None if keep is None else torch.from_numpy(keep)
+    filters = {k[len("item."):]: v for k, v in surface.items() if k.startswith("item.")}
+    return item_subset(items, n_items, filters, source) if filters else None
 
 
 def surface_facets(surface: dict[str, str], facets: dict[str, list[str]],
@@ -301,14 +281,8 @@ def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None 
     check_name(cfg.name)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rec = Recommender.from_pretrained(run)
+    rec, ds, data_dir = run_dataset(run, data_dir)
     model = rec.model
-    if data_dir is None:
-        data_dir = Path(json.loads((run / "config.json").read_text())["data"]["path"])
-    ds = PreparedDataset.load(data_dir)
-    if rec.tokenizer is None or rec.tokenizer.item_ids != ds.tokenizer.item_ids:
-        raise RecfmError(f"{data_dir}: its item vocabulary differs from the run {run}; "
-                         "prompt-tune on the dataset the model was trained on")
     item_mask = surface_items(cfg.surface, rec.items, model.cfg.n_items,
                               str(run / "items.parquet"))
     facet_codes = surface_facets(cfg.surface, ds.tokenizer.facets, str(data_dir / "tokenizer.json"))

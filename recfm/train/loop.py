@@ -35,6 +35,7 @@ from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.pipeline import Recommender
+from recfm.runinfo import run_data_dir
 from recfm.tokens.prepare import PreparedDataset
 from recfm.tokens import windows
 from recfm.train import distributed, shards
@@ -82,10 +83,21 @@ def init_model(run: Path, ds: PreparedDataset) -> Recommender:
     """The model of an existing run, checked against the dataset it will be tuned on."""
     rec = Recommender.from_pretrained(run)
     if rec.tokenizer is None or rec.tokenizer.item_ids != ds.tokenizer.item_ids:
-        raise RecfmError(f"{ds.path}: its item vocabulary differs from the run {run}; fine-tune "
-                         "on data tokenized with that run (recfm train --init-from RUN "
-                         "--events FILE)")
+        raise RecfmError(f"{ds.path}: its item vocabulary differs from the run {run}; tune "
+                         "it on the dataset it was trained on, or on data tokenized with it "
+                         "(recfm train --init-from RUN --events FILE)")
     return rec
+
+
+def run_dataset(run: Path, data_dir: str | Path | None = None
+                ) -> tuple[Recommender, PreparedDataset, Path]:
+    """An existing run, the prepared dataset it is tuned on (default: the one it was trained
+    on) and that dataset's folder, checked to share the run's item vocabulary."""
+    data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run)
+    if data_dir is None:
+        raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data DIR")
+    ds = PreparedDataset.load(data_dir)
+    return init_model(run, ds), ds, data_dir
 
 
 def run_meta(data_dir: Path, ds: PreparedDataset, command: str | None) -> dict[str, Any]:
