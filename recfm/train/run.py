@@ -63,21 +63,27 @@ class Checkpointer:
         return (self.dir / "state.pt").is_file()
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-        tmp = self.dir.parent / ".checkpoint.tmp"
+        """Write ``.checkpoint.tmp``, move ``checkpoint`` aside to ``.checkpoint.old``, rename
+        the new one into place, remove the old one. A crash at any point leaves a state
+        :func:`recover_interrupted_checkpoint` turns back into one whole checkpoint."""
+        run = self.dir.parent
+        tmp, old = run / ".checkpoint.tmp", run / ".checkpoint.old"
         tmp.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
+        checkpoint_step("weights written")
         torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                     **state}, tmp / "state.pt")
-        # swap the directory in one rename; the old one is removed after
-        old = self.dir.parent / ".checkpoint.old"
+        for f in tmp.iterdir():  # on disk before the rename that makes them the checkpoint
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        checkpoint_step("new checkpoint written")
         if self.dir.exists():
             os.replace(self.dir, old)
+            checkpoint_step("old checkpoint moved aside")
         os.replace(tmp, self.dir)
-        if old.exists():
-            for p in old.iterdir():
-                p.unlink()
-            old.rmdir()
+        checkpoint_step("new checkpoint in place")
+        _remove(old)
 
     def load(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
         state = torch.load(self.dir / "state.pt", weights_only=True)
@@ -87,11 +93,34 @@ class Checkpointer:
         return state
 
 
+SAVE_STEPS = ("weights written", "new checkpoint written", "old checkpoint moved aside",
+              "new checkpoint in place", "old checkpoint partly removed")
+
+
+def checkpoint_step(name: str) -> None:
+    """A named point of :meth:`Checkpointer.save` (``SAVE_STEPS``); fault-injection tests
+    stop the process at each one."""
+
+
+def _remove(folder: Path) -> None:
+    """Delete a folder of checkpoint files, one file at a time (a crash may stop it)."""
+    if not folder.exists():
+        return
+    for i, p in enumerate(sorted(folder.iterdir())):
+        p.unlink()
+        if i == 0:
+            checkpoint_step("old checkpoint partly removed")
+    folder.rmdir()
+
+
 def recover_interrupted_checkpoint(run: Path) -> None:
-    """A crash between the two renames of Checkpointer.save leaves only .checkpoint.old."""
-    ckpt, old = run / "checkpoint", run / ".checkpoint.old"
+    """Turn what a crash inside :meth:`Checkpointer.save` left back into one checkpoint:
+    the old one while the new one was not yet in place, else the new one; leftovers go."""
+    ckpt, old, tmp = run / "checkpoint", run / ".checkpoint.old", run / ".checkpoint.tmp"
     if not ckpt.exists() and old.exists():
         os.replace(old, ckpt)
+    _remove(old)
+    _remove(tmp)
 
 
 def open_checkpoint(run: Path, ckpt, resume: bool, model: nn.Module,
@@ -102,10 +131,15 @@ def open_checkpoint(run: Path, ckpt, resume: bool, model: nn.Module,
     recover_interrupted_checkpoint(run)
     if resume and ckpt.exists():
         return ckpt.load(model, opt)
+    refuse_existing_run(run, resume)
+    return None
+
+
+def refuse_existing_run(run: Path, resume: bool) -> None:
+    """A new run never starts over an existing one (one with a checkpoint)."""
     if (run / "checkpoint").exists() and not resume:
         raise RecfmError(f"{run}: a run already exists here; pass --resume to continue it "
                          "or choose another --out")
-    return None
 
 
 def append_csv(path: Path, row: dict[str, Any]) -> None:

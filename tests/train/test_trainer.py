@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from recfm.train import run as run_files
 from recfm.train.config import TrainConfig
+from recfm.train.run import SAVE_STEPS
 from recfm.train.trainer import (HOLD_KEY, Budget, RunFiles, Trainer, Validation,
                                  decay_groups)
 
@@ -96,6 +98,40 @@ def test_resume_equals_uninterrupted(tmp_path, crash_at):
     rows = list(csv.DictReader((tmp_path / "crashed" / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert again.state["step"] == straight.state["step"] == 15
+
+
+@pytest.mark.parametrize("point", SAVE_STEPS)
+@pytest.mark.parametrize("save", [1, 3])  # the first checkpoint (nothing to replace), a later one
+def test_a_kill_at_each_step_of_the_checkpoint_save_resumes_exactly(tmp_path, monkeypatch,
+                                                                    point, save):
+    straight = make(tmp_path, "straight", checkpoint_every=2)
+    straight.resume(False)
+    straight.fit()
+
+    seen = []
+
+    def stop_at(name: str) -> None:
+        seen.append(name)
+        if name == point and seen.count(name) == save:
+            raise Crash(name)  # nothing of save runs past here: a kill leaves the same files
+
+    monkeypatch.setattr(run_files, "checkpoint_step", stop_at)
+    crashed = make(tmp_path, "crashed", checkpoint_every=2)
+    crashed.resume(False)
+    if point == "old checkpoint moved aside" or point == "old checkpoint partly removed":
+        save += 1  # the first save has no old checkpoint
+    with pytest.raises(Crash):
+        crashed.fit()
+    monkeypatch.setattr(run_files, "checkpoint_step", lambda name: None)
+    for _ in range(2):  # a resume, and a resume of that resume, both end where one run ends
+        again = make(tmp_path, "crashed", checkpoint_every=2)
+        again.resume(True)
+        again.fit()
+        a, b = ckpt(tmp_path, "straight"), ckpt(tmp_path, "crashed")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    leftovers = {p.name for p in (tmp_path / "crashed").iterdir()} & {".checkpoint.old",
+                                                                        ".checkpoint.tmp"}
+    assert not leftovers
 
 
 def test_a_new_run_over_an_old_one_is_refused(tmp_path):
