@@ -315,8 +315,8 @@ def run_dataset(name: str, args, work: Path) -> dict:
     log.info("%s: %d events (%d in the training period), %d held-out items", name,
              raw.events.height, int(in_train.sum()), len(held))
     warm_dir, full_dir = work / "warm", work / "full-train-period"
-    prepare(subset_raw(raw, in_train, held), warm_dir)
-    prepare(subset_raw(raw, in_train), full_dir)
+    prepare(subset_raw(raw, in_train, held), warm_dir, overwrite=True)
+    prepare(subset_raw(raw, in_train), full_dir, overwrite=True)
     cache = work.parent / "embedding-cache"
     emb_warm = embed_dataset(warm_dir, spec, cache)
     emb_full = embed_dataset(full_dir, spec, cache)  # the held-out items' texts are new
@@ -346,7 +346,8 @@ def run_dataset(name: str, args, work: Path) -> dict:
         for init in inits:
             out = work / f"run-{method}-add-{init}"
             emb = None if over.get("use_content", True) else spec
-            rep = add_items(run, new_file, out, init=init, embedder=emb, cache_dir=cache)
+            rep = add_items(run, new_file, out, init=init, embedder=emb, cache_dir=cache,
+                            overwrite=True)
             adds[f"{method}/{init}"] = {k: rep[k] for k in ("added", "wall_s", "embed_s",
                                                             "attribute_values_unknown")}
             runs2[(method, init)] = out
@@ -445,7 +446,7 @@ def recent_dataset(run2: Path, train_seqs: pl.DataFrame, n_warm_items: int, out:
         .map_elements(flags, return_dtype=pl.List(pl.Int8)).alias("fresh"))
     seqs = seqs.filter(pl.col("fresh").list.sum() > 0)
     fm2 = FoundationModel.from_pretrained(run2)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "prepared", overwrite=True) as tmp:
         seqs.write_parquet(tmp / "tokens.parquet")
         fm2.items.write_parquet(tmp / "items.parquet")
         fm2.tokenizer.save(tmp / "tokenizer.json")

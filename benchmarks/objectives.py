@@ -128,11 +128,11 @@ def prepare_dataset(name: str, data_dir: Path, work: Path, seed: int) -> Path:
     out = work / f"{name}-prepared"
     if name.startswith("synthetic"):
         cfg = synthetic.SynthConfig(seed=seed, **WORLD)
-        synthetic.write_world(synthetic.generate(cfg), work / f"{name}-world", cfg)
-        prepare(synthetic.load_world(work / f"{name}-world"), out)
+        synthetic.write_world(synthetic.generate(cfg), work / f"{name}-world", cfg, True)
+        prepare(synthetic.load_world(work / f"{name}-world"), out, overwrite=True)
     else:
         rel, fmt = DATASETS[name]
-        prepare(load_raw(data_dir / rel, fmt=fmt), out)
+        prepare(load_raw(data_dir / rel, fmt=fmt), out, overwrite=True)
     return out
 
 

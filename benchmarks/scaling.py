@@ -75,10 +75,10 @@ def prepared_dir(dataset: str, work: Path, data_dir: Path, seed: int,
         from recfm.data import synthetic
 
         cfg = synthetic.SynthConfig(seed=seed, n_users=n_users)
-        synthetic.write_world(synthetic.generate(cfg), work / dataset / "world", cfg)
-        prepare(synthetic.load_world(work / dataset / "world"), out)
+        synthetic.write_world(synthetic.generate(cfg), work / dataset / "world", cfg, True)
+        prepare(synthetic.load_world(work / dataset / "world"), out, overwrite=True)
     elif dataset == "beauty":
-        prepare(load_raw(data_dir / "s3rec" / "Beauty.txt", fmt="s3rec"), out)
+        prepare(load_raw(data_dir / "s3rec" / "Beauty.txt", fmt="s3rec"), out, overwrite=True)
     else:
         raise SystemExit(f"unknown dataset {dataset!r}")
     return out

@@ -76,7 +76,7 @@ def main() -> None:
     t0 = time.perf_counter()
     peak = matmul_peak_gflops()
     work = args.work / args.dataset
-    prepare(load_raw(src, fmt=fmt), work / "prepared")
+    prepare(load_raw(src, fmt=fmt), work / "prepared", overwrite=True)
 
     model_kw = {**MODEL["default"], **MODEL.get(args.dataset, {})}
     train_kw = {**TRAIN["default"], **TRAIN.get(args.dataset, {}), "seed": args.seed,

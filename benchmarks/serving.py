@@ -541,8 +541,8 @@ def measure_collections(work: Path, n_users: int = 300) -> dict[str, Any]:
     world, prepared, run = work / "synth-world", work / "synth-prepared", work / "synth-run"
     if not (run / "model.safetensors").is_file():
         cfg = synthetic.SynthConfig(seed=0, n_users=3000, n_items=1000, events_per_user=80)
-        synthetic.write_world(synthetic.generate(cfg), world, cfg)
-        prepare(load_raw(world), prepared)
+        synthetic.write_world(synthetic.generate(cfg), world, cfg, overwrite=True)
+        prepare(load_raw(world), prepared, overwrite=True)
         shutil.rmtree(run, ignore_errors=True)
         train(prepared, run, ModelConfig(d_model=64, n_layers=2, max_len=50, dropout=0.2),
               TrainConfig(epochs=8, tensorboard=False))

@@ -2,7 +2,10 @@
 
 Files are written to a temporary sibling and renamed into place; directories are built
 under a temporary sibling name and renamed when complete. On failure the temporary is
-removed, so a failed command leaves no output behind.
+removed, so a failed command leaves no output behind. A directory output carries a marker
+(``.recfm-output.json``, its kind): an existing folder is replaced only when it is an
+output of the same kind and the caller asks to overwrite it, so nothing a command did not
+write is ever deleted.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from recfm.errors import InputError
+
+MARKER = ".recfm-output.json"
 
 
 def _umask_mode(mode: int) -> int:
@@ -23,25 +30,63 @@ def _umask_mode(mode: int) -> int:
     return mode & ~current
 
 
+def check_out(path: str | os.PathLike, kind: str, overwrite: bool = False,
+              inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Raise :class:`InputError` unless ``path`` may receive a ``kind`` output: it is absent
+    or an empty folder, or (with ``overwrite``) a previous ``kind`` output; and it is
+    neither an input nor a folder holding one."""
+    final = Path(path)
+    for inp in filter(None, inputs):
+        resolved = Path(inp).resolve()
+        if final.resolve() in (resolved, *resolved.parents):
+            raise InputError(str(final), None, None, "an output folder apart from the inputs",
+                             f"the input {inp} there")
+    if not final.exists() and not final.is_symlink():
+        return
+    if not final.is_dir():
+        raise InputError(str(final), None, None, f"a folder for the {kind} output", "a file")
+    names = sorted(os.listdir(final))
+    if not names:
+        return
+    try:
+        found = json.loads((final / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found == kind and overwrite:
+        return
+    if found == kind:
+        raise InputError(str(final), None, None, "a new or empty folder (--overwrite replaces "
+                         f"a previous {kind} output)", f"the {kind} output of an earlier run")
+    what = f"a recfm {found} output" if found else f"{len(names)} other file(s), e.g. {names[0]}"
+    raise InputError(str(final), None, None, f"a new or empty folder for the {kind} output",
+                     f"{what}; nothing there is replaced")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds.
+def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
+               inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` only if the block succeeds.
+
+    ``path`` is checked first (:func:`check_out`): an existing folder is replaced only
+    when it is a previous ``kind`` output and ``overwrite`` is set.
 
     Example:
-        >>> with atomic_dir("out/prepared") as tmp:   # doctest: +SKIP
+        >>> with atomic_dir("out/prepared", "prepared") as tmp:   # doctest: +SKIP
         ...     (tmp / "report.json").write_text("{}")
     """
     final = Path(path)
+    check_out(final, kind, overwrite, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
+        atomic_write_json(tmp / MARKER, {"kind": kind})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if final.exists():
+    if final.is_dir() and any(final.iterdir()):  # a previous output of this kind
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
     os.replace(tmp, final)

@@ -68,7 +68,7 @@ def _drop_unknown(seqs: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 
 def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | Path,
                               history: str | Path | None = None, replay: float = 0.0,
-                              seed: int = 0) -> dict[str, Any]:
+                              seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Write a prepared dataset for incremental training of ``run`` on ``events``.
 
     ``events``: canonical raw events (recent ones). ``history``: a prepared dataset whose
@@ -78,6 +78,7 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
     drawn at random (seeded), that are trained on too (replay of older events): recent
     events over-represent new titles, and a model fine-tuned on them alone learns to
     recommend new titles far more often than they are chosen (cold_start benchmark).
+    ``overwrite``: replace a dataset written before at ``out``.
     """
     run, out = Path(run), Path(out)
     rec = Recommender.from_pretrained(run)
@@ -128,7 +129,7 @@ def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | 
               "users": recent.height, "fresh_tokens": int(recent[FRESH].list.sum().sum()),
               "context_tokens": n_context, "events_in": events.height, "replay": replay,
               "unknown_item_tokens_dropped": unknown}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "prepared", overwrite, (run, history)) as tmp:
         recent.write_parquet(tmp / "tokens.parquet")
         rec.items.write_parquet(tmp / "items.parquet")
         tok.save(tmp / "tokenizer.json")

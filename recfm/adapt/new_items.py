@@ -55,7 +55,7 @@ from recfm.content.store import embed_new_items
 from recfm.data.readers import read_items
 from recfm.data.schema import LINE, normalize_items
 from recfm.errors import RecfmError
-from recfm.io import atomic_dir
+from recfm.io import atomic_dir, check_out
 from recfm.model.foundation import ITEM_ATTRIBUTE_COLUMNS, FoundationModel, item_attribute_csr
 from recfm.pipeline import Recommender
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS, Tokenizer
@@ -292,8 +292,10 @@ def grow_state(state: dict[str, torch.Tensor], n_old: int, n_new: int,
 def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path,
               init: str = "scaled", k: int = 10, embedder: str | None = None,
               vectors: str | Path | None = None, cache_dir: str | Path | None = None,
-              on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Append the items of ``items`` (a catalog file or frame) to ``run``; write ``out``.
+              on_step: Callable[[str], None] | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Append the items of ``items`` (a catalog file or frame) to ``run``; write ``out``
+    (``overwrite``: replacing a run written before by add-items).
 
     ``embedder``: for a run trained without content, the embedder used to find content
     neighbours / fit the content map (default: MiniLM for text, attribute bags otherwise).
@@ -305,8 +307,8 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     run, out = Path(run), Path(out)
     if init not in INIT_MODES:
         raise RecfmError(f"--init: expected one of {', '.join(INIT_MODES)}, found {init!r}")
-    if out.resolve() == run.resolve():
-        raise RecfmError(f"{out}: add-items writes a new run; choose an --out other than {run}")
+    inputs = (run, None if isinstance(items, pl.DataFrame) else items)
+    check_out(out, "run", overwrite, inputs)  # before any work
     step("reading new items")
     new = _read_new_items(items)  # a malformed file stops here, before any work
     step("loading the run")
@@ -355,7 +357,7 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     extra = {k2: v for k2, v in meta.items() if k2 != "model"}
     extra["attribute_vocab"] = vocab
     extra["added_items"] = list(meta.get("added_items", [])) + [report]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "run", overwrite, inputs) as tmp:
         Recommender(model2, tok2, items2).save_pretrained(tmp, extra)
     report["wall_s"] = round(time.perf_counter() - t0, 3)
     log.info("added %d items to %s → %s in %.1fs (%d already known)", n_new, run, out,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from recfm.adapt.new_items import add_items
-from recfm.cli.output import console, steps
+from recfm.cli.output import OVERWRITE, console, steps
 from recfm.content.store import embed_dataset
 
 content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attribute embeddings.")
@@ -53,11 +53,12 @@ def add_items_cmd(
     vectors: Optional[Path] = typer.Option(None, help="The new items' vectors, for a run "
                                            "trained on your own vectors (file:...)."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Add new titles to a run without retraining; existing items keep ids and weights."""
     with steps("adding items") as on_step:
         rep = add_items(run, items, out, init=init, k=k, embedder=embedder, vectors=vectors,
-                        cache_dir=cache, on_step=on_step)
+                        cache_dir=cache, on_step=on_step, overwrite=overwrite)
     console.print(f"wrote {out}: {rep['added']:,} new items ({rep['skipped_existing']:,} "
                   f"already known), {rep['n_items_after']:,} in all; init {rep['init']}, "
                   f"content {rep['embedder'] or 'none'}; {rep['wall_s']:.1f} s")

@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import console, print_json, steps
+from recfm.cli.output import OVERWRITE, console, print_json, steps
 from recfm.config import load_toml
 from recfm.data import synthetic
 from recfm.data.download import download_movielens
 from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
+from recfm.io import check_out
 from recfm.tokens.prepare import describe, load_raw, prepare
 from recfm.tokens.tokenizer import TokenizerConfig
 
@@ -37,6 +38,7 @@ def data_synth(
                                          "fixed cadence (0: uniform random days)."),
     completion_sigma: float = typer.Option(0.0, help="Spread of users' tendency to finish "
                                            "what they start (0: every user alike)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate the synthetic streaming world (events, items, ground truth)."""
     cfg = synthetic.SynthConfig(seed=seed, n_users=users, n_items=items,
@@ -46,9 +48,10 @@ def data_synth(
         cfg.validate()
     except ValueError as e:
         raise RecfmError(f"data synth: {e}") from None
+    check_out(out, "world", overwrite)
     with steps("synthesizing"):
         world = synthetic.generate(cfg)
-        synthetic.write_world(world, out, cfg)
+        synthetic.write_world(world, out, cfg, overwrite)
     console.print(f"wrote {out}: {world.events.height:,} events, "
                   f"{world.events['user_id'].n_unique():,} users, {world.items.height:,} items")
 
@@ -115,13 +118,15 @@ def prepare_cmd(
     map_: Optional[str] = typer.Option(None, "--map",
                                        help="Event columns, e.g. user_id=userId,item_id=movieId."),
     item_map: Optional[str] = typer.Option(None, "--item-map", help="Item columns, likewise."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Read events (+ items), tokenize, and write a prepared dataset directory."""
+    check_out(out, "prepared", overwrite, (events, items))  # before the (long) reading
     cfg = load_toml(TokenizerConfig, tokenizer) if tokenizer else None
     with steps("preparing") as on_step:
         on_step("reading")
         raw = load_raw(events, items, fmt, parse_mapping(map_), parse_mapping(item_map))
-        report = prepare(raw, out, cfg, on_step=on_step)
+        report = prepare(raw, out, cfg, on_step=on_step, overwrite=overwrite)
     _print_report(report, out)
 
 

@@ -22,7 +22,7 @@ from recfm.cli.data import data_describe
 from recfm.cli.output import console, print_metrics_table, steps
 from recfm.data import synthetic
 from recfm.evaluate.evaluator import evaluate_run
-from recfm.io import atomic_write_json
+from recfm.io import MARKER, atomic_write_json, check_out
 from recfm.model.config import ModelConfig
 from recfm.pipeline import Recommender
 from recfm.tokens.prepare import prepare
@@ -38,19 +38,24 @@ DEMO_TRAIN = TrainConfig(epochs=30, batch_size=128, lr=2e-3, warmup_steps=50, pa
 
 def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | None = None,
              on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run the whole path into ``out`` and return the report also written to ``report.json``."""
+    """Run the whole path into ``out`` and return the report also written to ``report.json``.
+
+    ``out`` is new, empty or an earlier demo's folder (replaced); anything else is refused.
+    """
     step = on_step or (lambda s: log.info(s))
     out = Path(out)
+    check_out(out, "demo", overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MARKER, {"kind": "demo"})
     t0 = time.perf_counter()
 
     step("synthesizing the world")
     cfg = synthetic.SynthConfig(seed=seed)
     world = synthetic.generate(cfg)
-    synthetic.write_world(world, out / "world", cfg)
+    synthetic.write_world(world, out / "world", cfg, overwrite=True)
 
     step("preparing tokens")
-    prep_report = prepare(synthetic.load_world(out / "world"), out / "prepared")
+    prep_report = prepare(synthetic.load_world(out / "world"), out / "prepared", overwrite=True)
 
     step("training")
     shutil.rmtree(out / "run", ignore_errors=True)

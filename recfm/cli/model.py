@@ -26,6 +26,7 @@ from recfm.runinfo import run_data_dir
 from recfm.train.distributed import launch, strip_nproc
 from recfm.train.config import TrainConfig, load_run_config
 from recfm.train.loop import train
+from recfm.train.run import refuse_existing_run
 
 
 def register(app: typer.Typer) -> None:
@@ -80,6 +81,7 @@ def train_cmd(
             for key, value in INCREMENTAL_TRAIN.items():
                 if key != "epochs" or epochs is None:
                     setattr(tcfg, key, value)
+        refuse_existing_run(out, resume)  # before its data folder is rebuilt
         data_dir = _recent_dataset(events, data_dir, out, init_from, incremental, replay)
     command = " ".join(["recfm"] + sys.argv[1:])
     result = _train_with_progress(data_dir, out, mcfg, tcfg, resume, command, init_from)
@@ -91,13 +93,15 @@ def train_cmd(
 def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: Path,
                     incremental: bool, replay: float) -> Path:
     """Tokenize the recent ``events`` with the ``init_from`` run's tokenizer into
-    ``out/data`` (older histories as context) and return that dataset directory."""
+    ``out/data`` (older histories as context; one written before by this command is
+    replaced) and return that dataset directory."""
     history = data_dir if data_dir is not None else \
         run_data_dir(init_from) if incremental else None
     with steps("tokenizing recent events"):
         recent = read_events(events).drop("_line")
         data_dir = out / "data"
-        rep = build_incremental_dataset(init_from, recent, data_dir, history, replay)
+        rep = build_incremental_dataset(init_from, recent, data_dir, history, replay,
+                                        overwrite=True)
     console.print(f"recent events: {rep['fresh_tokens']:,} tokens of {rep['users']:,} users "
                   f"(+{rep['context_tokens']:,} context tokens from {rep['history']}); "
                   f"{rep['unknown_item_tokens_dropped']:,} on unknown items dropped")

@@ -1,5 +1,6 @@
 """What the commands print with: one console, a spinner, and the tables several commands share
-(and :func:`override`, how every command lays its options over a config).
+(and :func:`override`, how every command lays its options over a config; ``OVERWRITE``, the
+``--overwrite`` option of the commands that write an output folder).
 
 The library logs; only :mod:`recfm.cli` prints.
 """
@@ -9,11 +10,16 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+# --overwrite of every command that writes an output folder (recfm.io.atomic_dir)
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace this command's earlier output "
+                         "at --out (a folder holding anything else is never replaced).")
 
 
 @contextmanager

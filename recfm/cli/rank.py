@@ -19,10 +19,10 @@ import torch
 import typer
 from rich.table import Table
 
-from recfm.cli.output import console, override
+from recfm.cli.output import OVERWRITE, console, override
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
-from recfm.io import atomic_write_json
+from recfm.io import atomic_write_json, check_out
 from recfm.pipeline import Recommender
 from recfm.rank.data import (TASKS, RankData, RankDataConfig, build_requests, check_task,
                               holdout_dataset)
@@ -54,9 +54,10 @@ def holdout_cmd(
     prepared: Path = typer.Argument(..., help="A prepared dataset (recfm prepare)."),
     out: Path = typer.Option(..., help="Where to write the copy the foundation model trains on."),
     holdout: int = typer.Option(6, help="Tokens per user held out for ranking requests."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Copy a prepared dataset without each user's last tokens (the ranking requests)."""
-    counts = holdout_dataset(prepared, out, holdout)
+    counts = holdout_dataset(prepared, out, holdout, overwrite)
     console.print(f"{out}: {counts['users']} users, {counts['tokens']} tokens "
                   f"({counts['tokens_held_out']} held out for ranking)")
 
@@ -73,8 +74,10 @@ def train_cmd(
     embedder: Optional[str] = typer.Option(None, help="minilm (default) or hash:D."),
     seed: Optional[int] = typer.Option(None, help="Seed of the ranker."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Build ranking requests with the foundation model, then train the unified ranker."""
+    check_out(out / "data", "rank-data", overwrite)  # before the (long) request building
     if threads:
         torch.set_num_threads(threads)
     data_cfg, rank_cfg = RankDataConfig(), RankerConfig()
@@ -92,7 +95,7 @@ def train_cmd(
         model_fm = Recommender.from_pretrained(fm)
         data = build_requests(prepared, model_fm, data_cfg,
                               progress=lambda s: status.update(s))
-        data.save(out / "data")
+        data.save(out / "data", overwrite)
         status.update("computing features")
         feats, vocab, tables_, _ = prepare_features(data, rank_cfg.embedder)
 

@@ -188,10 +188,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def save_downstream(model: nn.Module, path: str | Path, config: dict[str, Any] | None = None,
-                    copy_foundation: bool = False) -> None:
+                    copy_foundation: bool = False, overwrite: bool = False) -> None:
     """Write ``model``'s own weights and its foundation reference to ``path`` (atomically).
 
     ``config``: anything the caller needs to rebuild ``model`` (saved as is, JSON).
+    ``overwrite``: replace a downstream model saved before at ``path``.
     """
     prefix, enc = _encoder_of(model)
     if enc.run is None:
@@ -205,7 +206,7 @@ def save_downstream(model: nn.Module, path: str | Path, config: dict[str, Any] |
                            "copied": copy_foundation, "prefix": prefix},
             "config": config or {}, "recfm_version": __version__,
             "weights": sorted(state)}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, "downstream", overwrite, (enc.run,)) as tmp:
         save_file(state, str(tmp / DOWNSTREAM_WEIGHTS), metadata={"recfm_version": __version__})
         (tmp / DOWNSTREAM_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if copy_foundation:

@@ -229,7 +229,7 @@ def download_movielens(name: str, dest_dir: str | os.PathLike, *, base_url: str 
             found = _fetch(url, out, progress, timeout)
         if found != expected:
             raise ChecksumError(url, expected, found)
-        with atomic_dir(final) as staging:
+        with atomic_dir(final, "download", force) as staging:
             _extract(tmp, staging, url)
         ok = True
     except OSError as e:

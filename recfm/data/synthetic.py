@@ -1296,8 +1296,11 @@ def world_summary(world: SynthWorld) -> dict[str, Any]:
     }
 
 
-def write_world(world: SynthWorld, out: str | Path, cfg: SynthConfig | None = None) -> None:
+def write_world(world: SynthWorld, out: str | Path, cfg: SynthConfig | None = None,
+                overwrite: bool = False) -> None:
     """Write the world atomically: data, ground truth and ``world.json``.
+
+    ``overwrite``: replace a world written before at ``out`` (nothing else is replaced).
 
     Layout::
 
@@ -1314,7 +1317,7 @@ def write_world(world: SynthWorld, out: str | Path, cfg: SynthConfig | None = No
         "languages": list(LANGUAGES),
         "reasons": list(REASONS),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "world", overwrite) as tmp:
         _write_parquet(world.events, tmp / "events.parquet")
         _write_parquet(world.items, tmp / "items.parquet")
         (tmp / "truth").mkdir()

@@ -128,8 +128,8 @@ class RankData:
     popularity: np.ndarray
     counts: dict = field(default_factory=dict)
 
-    def save(self, path: str | Path) -> None:
-        with atomic_dir(path) as tmp:
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        with atomic_dir(path, "rank-data", overwrite) as tmp:
             self.requests.write_parquet(tmp / REQUESTS_FILE)
             self.items.write_parquet(tmp / "items.parquet")
             save_file({"user_vec": np.ascontiguousarray(self.user_vec, np.float32),
@@ -162,7 +162,8 @@ class RankData:
 # ----------------------------------------------------------------------------- FM holdout
 
 
-def holdout_dataset(prepared: str | Path, out: str | Path, holdout: int) -> dict[str, int]:
+def holdout_dataset(prepared: str | Path, out: str | Path, holdout: int,
+                    overwrite: bool = False) -> dict[str, int]:
     """A copy of a prepared dataset without each user's last ``holdout`` tokens.
 
     The foundation model trains on this copy, so no request label is a training target.
@@ -176,7 +177,7 @@ def holdout_dataset(prepared: str | Path, out: str | Path, holdout: int) -> dict
     cut = (seqs.with_columns([pl.col(c).list.head(keep) for c in lists])
            .with_columns(pl.col("item").list.len().cast(seqs["length"].dtype).alias("length"))
            .filter(pl.col("length") > 0))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "prepared", overwrite, (src,)) as tmp:
         cut.write_parquet(tmp / "tokens.parquet")
         for name in ("items.parquet", "tokenizer.json", "content.parquet", "content.json"):
             if (src / name).is_file():

@@ -112,10 +112,13 @@ def prepare(
     out: str | Path,
     config: TokenizerConfig | None = None,
     on_step: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Tokenize ``raw`` and write the prepared dataset directory ``out`` atomically.
 
-    Returns the report (also written as ``report.json``).
+    ``overwrite``: replace a previous prepared dataset at ``out`` (anything else there is
+    refused, see :func:`recfm.io.check_out`). Returns the report (also written as
+    ``report.json``).
     """
     step = on_step or (lambda name: log.info(name))
     t0 = time.perf_counter()
@@ -159,7 +162,7 @@ def prepare(
 
     step("writing")
     items_table = _items_table(tok, raw, seqs, ev)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "prepared", overwrite, (raw.events_file, raw.items_file)) as tmp:
         seqs.write_parquet(tmp / "tokens.parquet", compression="zstd", row_group_size=2048)
         items_table.write_parquet(tmp / "items.parquet", compression="zstd")
         tok.save(tmp / "tokenizer.json")

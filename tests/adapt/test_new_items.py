@@ -162,7 +162,7 @@ def test_new_items_are_served_at_once_and_a_second_add_skips_known_ids(runs, tmp
     assert rep["attribute_values_unknown"] == 1  # "genres:unheard-of" is not in the vocabulary
     meta = json.loads((tmp_path / "run3" / "config.json").read_text())
     assert [r["added"] for r in meta["added_items"]] == [2, 1]
-    with pytest.raises(RecfmError, match="other than"):
+    with pytest.raises(RecfmError, match="apart from the inputs"):
         add_items(tmp_path / "run2", both, tmp_path / "run2")
 
 

@@ -118,3 +118,45 @@ def test_out_of_range_world_setting_is_one_line(tmp_path):
     assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
     assert "habit_fraction" in res.stderr and "1.5" in res.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_prepare_refuses_an_out_holding_its_input_and_leaves_it_untouched(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    events = write(d / "e.csv", HEADER + OK_ROW + "u1,b,200,play,30,1\n")
+    before = events.read_bytes()
+    for out in (d, tmp_path):  # the input's folder, and a folder above it
+        res = run_cli("prepare", "--events", str(events), "--out", str(out), "--overwrite",
+                      cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+        assert "found the input" in res.stderr
+    assert events.read_bytes() == before
+    assert [p.name for p in d.iterdir()] == ["e.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_an_out_with_other_files_or_naming_a_file_is_refused(tmp_path):
+    events = write(tmp_path / "e.csv", HEADER + OK_ROW + "u1,b,200,play,30,1\n")
+    (tmp_path / "w").mkdir()
+    mine = write(tmp_path / "w" / "notes.txt", "mine")
+    for args in (["data", "synth", "--out", str(tmp_path / "w"), "--users", "50", "--items",
+                  "40", "--events-per-user", "5"],
+                 ["prepare", "--events", str(events), "--out", str(tmp_path / "w")],
+                 ["prepare", "--events", str(events), "--out", str(mine), "--overwrite"]):
+        res = run_cli(*args, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert mine.read_text() == "mine" and [p.name for p in (tmp_path / "w").iterdir()] == [
+        "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv", "w"]
+
+
+def test_an_earlier_output_is_replaced_only_with_overwrite(tmp_path):
+    events = write(tmp_path / "e.csv", HEADER + OK_ROW + "u1,b,200,play,30,1\n")
+    args = ["prepare", "--events", str(events), "--out", str(tmp_path / "out")]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    res = run_cli(*args, cwd=tmp_path)
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+    assert run_cli(*args, "--overwrite", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "out" / "tokens.parquet").is_file()

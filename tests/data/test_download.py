@@ -16,6 +16,7 @@ import pytest
 from recfm.data import download, movielens
 from recfm.data.download import ChecksumError, DownloadError, download_movielens
 from recfm.errors import RecfmError
+from recfm.io import MARKER
 
 RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n2,1,3.0,964982704\n"
 MOVIES = "movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n"
@@ -76,7 +77,7 @@ def test_success_extracts_atomically(server: Server, tmp_path: Path) -> None:
     out = download_movielens("ml-latest-small", dest, base_url=server.url, sha256=digest,
                              progress=False)
     assert out == dest / "ml-latest-small"
-    assert sorted(p.name for p in out.iterdir()) == ["movies.csv", "ratings.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "movies.csv", "ratings.csv"]
     assert (out / "ratings.csv").read_text() == RATINGS
     assert sorted(p.name for p in dest.iterdir()) == ["ml-latest-small"]  # no temporaries
     assert server.requests == ["/movielens/ml-latest-small.zip"]

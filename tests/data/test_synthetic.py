@@ -340,10 +340,10 @@ def test_write_load_round_trip_and_identical_bytes(world: SynthWorld, tmp_path: 
     synthetic.write_world(synthetic.generate(SynthConfig(**vars(SMALL))), tmp_path / "b")
     a, b = _file_bytes(tmp_path / "a"), _file_bytes(tmp_path / "b")
     assert set(a) == {"events.parquet", "items.parquet", "world.json", "truth/users.parquet",
-                      "truth/items.parquet", "truth/choices.parquet"}
+                      "truth/items.parquet", "truth/choices.parquet", ".recfm-output.json"}
     assert a == b
     # Re-writing over an existing world replaces it atomically with the same bytes.
-    synthetic.write_world(world, tmp_path / "a", SMALL)
+    synthetic.write_world(world, tmp_path / "a", SMALL, overwrite=True)
     assert _file_bytes(tmp_path / "a") == a
 
     assert synthetic.detect(tmp_path / "a")

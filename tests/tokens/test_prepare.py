@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from recfm.data.readers import read_generic
+from recfm.io import MARKER
 from recfm.tokens.prepare import PreparedDataset, describe, prepare
 
 
@@ -39,7 +40,7 @@ def test_prepare_writes_dataset_and_report(tmp_path, event_file):
     report = prepare(raw, tmp_path / "prep")
     out = tmp_path / "prep"
     assert {p.name for p in out.iterdir()} == {"tokens.parquet", "items.parquet",
-                                               "tokenizer.json", "report.json"}
+                                               "tokenizer.json", "report.json", MARKER}
     assert report["events_in"] == 3000
     assert report["dropped"]["action:impression"] > 0
     assert report["events_kept"] == 3000 - report["dropped_total"]
@@ -77,7 +78,7 @@ def test_prepare_replaces_output_atomically(tmp_path, event_file):
             raise Boom
 
     with pytest.raises(Boom):
-        prepare(raw, tmp_path / "prep", on_step=explode)
+        prepare(raw, tmp_path / "prep", on_step=explode, overwrite=True)
     # the earlier result is untouched and no temporary directory is left behind
     assert digest(tmp_path / "prep" / "tokens.parquet") == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "prep"]

@@ -1,0 +1,57 @@
+"""Output folders: written atomically, and never replacing what a command did not write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recfm.errors import InputError
+from recfm.io import MARKER, atomic_dir
+
+
+def write_out(path, kind="prepared", text="new", **kw):
+    with atomic_dir(path, kind, **kw) as tmp:
+        (tmp / "data.txt").write_text(text)
+
+
+def test_a_new_or_empty_folder_gets_the_output_and_its_kind(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for name in ("new", "empty"):
+        write_out(tmp_path / name)
+        assert (tmp_path / name / "data.txt").read_text() == "new"
+        assert json.loads((tmp_path / name / MARKER).read_text()) == {"kind": "prepared"}
+
+
+def test_a_folder_with_other_files_is_refused_and_left_as_it_was(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "e.csv").write_text("mine")
+    with pytest.raises(InputError, match="other file.*e.csv; nothing there is replaced"):
+        write_out(tmp_path / "d", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["e.csv"]
+
+
+def test_an_earlier_output_is_replaced_only_with_overwrite_and_only_of_its_kind(tmp_path):
+    out = tmp_path / "out"
+    write_out(out, text="first")
+    with pytest.raises(InputError, match="--overwrite"):
+        write_out(out, text="second")
+    with pytest.raises(InputError, match="found a recfm prepared output"):
+        write_out(out, kind="world", overwrite=True)
+    assert (out / "data.txt").read_text() == "first"
+    write_out(out, text="third", overwrite=True)
+    assert (out / "data.txt").read_text() == "third"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left aside
+
+
+def test_a_file_or_a_folder_holding_an_input_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(InputError, match="a file"):
+        write_out(tmp_path / "f", overwrite=True)
+    assert (tmp_path / "f").read_text() == "mine"
+    with pytest.raises(InputError, match="the input .* there"):
+        write_out(tmp_path / "in", inputs=[tmp_path / "in" / "sub" / "e.csv"])
+    with pytest.raises(InputError, match="the input .* there"):
+        write_out(tmp_path / "f", inputs=[tmp_path / "f"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
