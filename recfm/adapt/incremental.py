@@ -1,18 +1,9 @@
 """Incremental training: fine-tune an existing run on recent events only.
 
-New titles join a run with ``recfm add-items``; their interactions (and everything else
-that happened since) then arrive as *recent events*. Instead of retraining from scratch,
-
-    recfm train --init-from RUN2 --events recent.parquet --incremental --out RUN3
-
-tokenizes the recent events with the run's own tokenizer, appends them to each user's
-older history (the run's training data, when it is still there, as context), and
-fine-tunes the run's weights with the loss on the recent tokens only: older tokens are
-context, never targets. A ``fresh`` list column (1: recent, 0: context) marks them;
-:func:`recfm.train.loop.train` recognises it (the training side: :mod:`recfm.train.fresh`).
-
-Validation: the last recent token of a sample of users is held out (model selection and
-early stopping only); everything else recent is trained on.
+Recent events are tokenized with the run's own tokenizer and appended to each user's older
+history; a ``fresh`` list column (1: recent, 0: context) makes only the recent tokens
+targets (:func:`recfm.train.loop.train` recognises it; the training side:
+:mod:`recfm.train.fresh`). Usage: docs/guide/training.md.
 """
 
 from __future__ import annotations

@@ -1,38 +1,10 @@
 """Add new titles to a trained run without retraining: ``recfm add-items``.
 
-    recfm add-items RUN --items new.parquet --out RUN2 [--init neighbours]
-
-The vocabulary grows by appending (existing items keep their index, their id embedding
-and every other weight bit for bit). Each new item gets
-
-* its content vector (same embedder as the run: MiniLM text, attribute bag, or your own
-  vectors), so a model trained with content represents it at once;
-* its attribute bag (genres, attribute ids, entity type) in the run's attribute
-  vocabulary (values the run has never seen are dropped and counted);
-* an id embedding initialised by ``init``:
-
-  ``zero``        content alone (what id dropout trained the model for); what ``scaled``
-                  falls back to for a run it does not apply to;
-  ``scaled``      the default: content alone, as long as a trained item's vector:
-                  the new item's content-only vector (projected content + attribute
-                  bag) times s = mean ‖trained item vector‖ / mean ‖its content-only
-                  part‖ over the trained items (a sum model's id row is then
-                  (s − 1) × that vector). Scores are dot products, and a content-only
-                  vector is shorter than an id + content one, so without this a new title
-                  ranks below nearly every trained item (cold-start rows of
-                  benchmarks/RESULTS.md); for a run with content summed to
-                  tied id embeddings (otherwise ``zero``: an attribute bag alone, scaled,
-                  floods the top of every list);
-  ``random``      N(0, 0.02), as a fresh id embedding would start (the id-only baseline);
-  ``content``     projected content: a ridge regression from content vectors to id
-                  embeddings, fitted on the trained items (norms recalibrated: ridge
-                  predictions shrink toward the mean);
-  ``neighbours``  the similarity-weighted mean id embedding of the ``k`` trained items
-                  nearest in content space (cosine), rescaled to their mean norm
-                  (averaging directions shrinks a vector, and scores are dot products).
-
-``RUN2`` serves the new items immediately (``recommend``, ``serve``) and is the starting
-point of incremental training (:mod:`recfm.adapt.incremental`).
+The vocabulary grows by appending: existing items keep their index, id embedding and every
+other weight bit for bit. Each new item gets its content vector, its attribute bag and an
+id embedding chosen by ``init`` (default ``scaled``: scores are dot products, and a
+content-only vector is shorter than a trained one). The ``init`` modes:
+docs/guide/new-items.md.
 """
 
 from __future__ import annotations
@@ -116,7 +88,7 @@ def neighbour_mean(new: np.ndarray, known: np.ndarray, known_rows: np.ndarray, k
 def init_rows(mode: str, table: np.ndarray, trained: np.ndarray, n_new: int,
               new_content: np.ndarray | None, old_content: np.ndarray | None, k: int = 10,
               seed: int = 0) -> np.ndarray:
-    """(n_new, d) initial rows of an item table for new items (see module docstring)."""
+    """(n_new, d) initial rows of an item table for new items (docs/guide/new-items.md)."""
     d = table.shape[1]
     if mode in ("zero", "scaled") or n_new == 0:  # scaled: set once the model is grown
         return np.zeros((n_new, d), dtype=np.float32)
@@ -147,7 +119,7 @@ def scalable(model) -> bool:
 def scale_new_rows(model, trained: np.ndarray, n_old: int) -> float:
     """``--init scaled``: set the id rows of items ``n_old:`` (zero so far) so that each new
     item's vector is s × its content-only vector, s the trained items' mean ratio of norms
-    (see the module docstring). Returns s."""
+    (docs/guide/new-items.md). Returns s."""
     enc = model.item_encoder
     if not scalable(model):
         raise RecfmError("--init scaled needs a run with content summed to tied id embeddings")

@@ -1,21 +1,9 @@
-"""Distillation: a small student trained on a big teacher's item scores.
+"""Distillation: a small student trained on a big teacher's item scores (``recfm distill``).
 
-At every position the student matches the teacher's whole distribution over the catalog
-(KL at temperature τ, scaled by τ², Hinton et al. 2015, "Distilling the Knowledge in a
-Neural Network") and the observed next item (cross-entropy)::
-
-    loss = α · τ² · KL(softmax(t / τ) ‖ softmax(s / τ)) + (1 − α) · CE(s, next item)
-
-The teacher runs in eval mode without gradients on the same batches, its scores computed
-on the fly (in chunks of positions). The student shares the teacher's tokenizer and item
-vocabulary and is trained by the ordinary run (:func:`recfm.train.loop.train` with a
-:class:`~recfm.train.loop.LossHook` as the Trainer's loss), so its run directory is a
-normal one::
-
-    recfm distill runs/big --student-config small.toml --out runs/small
-
-``small.toml`` holds ``[model]`` (the student's ModelConfig), ``[train]`` (TrainConfig)
-and ``[distill]`` (:class:`DistillConfig`) tables.
+``loss = α · τ² · KL(softmax(t / τ) ‖ softmax(s / τ)) + (1 − α) · CE(s, next item)``; the
+teacher runs in eval mode without gradients, its scores computed on the fly in chunks of
+positions. The student is an ordinary run (:func:`recfm.train.loop.train` with a
+:class:`~recfm.train.loop.LossHook`). Config tables: docs/guide/finetune.md.
 """
 
 from __future__ import annotations

@@ -1,45 +1,10 @@
 """Fine-tuning the foundation model for one downstream task (``recfm finetune``).
 
-A task has its own targets and objective, read from a TOML file (:class:`TaskConfig`):
-
-* ``kind = "surface"`` — recommendations on a surface that shows only a subset of the
-  catalog (e.g. kids titles). The subset is an item-catalog filter (``[items]``, e.g.
-  ``kids = "true"``). Only positions whose next item is in the subset are targets, and the
-  softmax runs over the subset only. Metrics: NDCG@10 / HR@10 / MRR ranking the subset, on
-  leave-one-out test events whose target is in it (seen items excluded).
-* ``kind = "binary"`` — a binary head on the user state and the candidate item, e.g.
-  "will the user complete the next title" (``label_action = "complete"``: positive when
-  the next token's strongest action is ``complete``). Trained with binary cross-entropy;
-  metrics: AUC and log-loss on the test events.
-* ``kind = "shown"`` — the same head for "will the user choose this title they are shown":
-  the task's own data is an impressions file (``impressions``: user_id, item_id, timestamp;
-  rows with another ``action`` than ``impression`` are ignored). Each token's negative is
-  the last title shown to the user after the token before it that was not the token's
-  own (:func:`with_shown`); the chosen title is the positive. Trained with binary
-  cross-entropy on (chosen, shown) pairs; metrics: AUC and log-loss over the pairs of the
-  test events.
-
-The task model starts from a run's backbone and embeddings (or from random init with
-``from_scratch``, the baseline it must beat at the same number of steps), optionally with
-the lower layers frozen (``trainable_layers``), and uses the run's leave-one-out split:
-training tokens, validation events for early stopping and model selection, test events
-for the reported metrics. Training is a configuration of the one
-:class:`recfm.train.trainer.Trainer`: the task model's loss, validation every
-``eval_every`` steps with the starting model as a candidate, ``max_steps`` steps. The
-output is a run directory: ``FoundationModel.from_pretrained`` loads its backbone;
-:meth:`TaskModel.from_pretrained` loads the whole task model.
-
-Example ``task.toml``::
-
-    kind = "surface"
-    name = "kids"
-    max_steps = 300
-    [items]
-    kids = "true"             # catalog column = value (or a list of values; list columns
-                              # such as genres match when any element does)
-    [train]
-    lr = 1e-3
-    warmup_steps = 20
+A task (:class:`TaskConfig`, TOML) is a ``surface`` (softmax over a catalog subset), a
+``binary`` head or a ``shown`` head (chosen vs shown titles, :func:`with_shown`). Training
+is a configuration of the one :class:`recfm.train.trainer.Trainer` on the run's
+leave-one-out split; the output is a run directory (:meth:`TaskModel.from_pretrained`).
+``task.toml`` and metrics: docs/guide/finetune.md.
 """
 
 from __future__ import annotations
@@ -270,7 +235,7 @@ class BinaryHead(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """The foundation model with a task's targets and objective (see module docstring)."""
+    """The foundation model with a task's targets and objective (docs/guide/finetune.md)."""
 
     def __init__(self, rec: Recommender, task: TaskConfig) -> None:
         super().__init__()

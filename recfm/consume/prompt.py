@@ -1,42 +1,9 @@
 """Prompt tuning: per-surface soft tokens before the history, the foundation frozen.
 
-A *prompt* is k learned tokens placed before a user's events; the history attends to them
-like earlier events. Only the prompt is trained, on the next-item loss of one *surface* —
-the positions whose next token matches a filter, such as kids titles — plus the log
-probability that the next item is on the surface at every position of every user (the
-prompt must lead *any* history there) and, optionally (``rank_weight``), a top-k ranking
-term that pushes the best off-surface items of every position below the k-th best
-on-surface one (:func:`rank_loss`), so one frozen backbone serves many surfaces, each a
-few kilobytes::
-
-    recfm prompt-tune RUN --name kids --surface item.kids=true --tokens 16
-
-    rec = Recommender.from_pretrained(RUN)
-    rec.recommend(history, k=10, prompt="kids")  # reads RUN/prompts/kids.safetensors once
-    rec.recommend(history, k=10)                 # the unprompted model, unchanged
-
-Two depths (``PromptConfig.depth``):
-
-* ``input`` — k vectors (k, d) prepended to the event embeddings (Lester et al. 2021).
-* ``deep`` (default) — k learned keys and values in every layer, (2, n_layers, k, d), the
-  KV cache k prompt events would leave (prefix tuning, Li & Liang 2021; P-Tuning v2, Liu
-  et al. 2022). They start as the cache of k frequent surface items.
-
-Deep prompts move a small frozen backbone much further than input ones (with pre-norm
-blocks an input token's keys and values are those of a LayerNorm-ed vector, which bounds
-its pull); the ranking term puts the surface in every user's top k, at some cost in
-next-surface-item accuracy (figures: benchmarks/RESULTS.md).
-
-Positions: the history keeps its own positions (learned position embeddings are added
-before the prompt goes in front, so the events look exactly as they do unprompted); with
-rotary positions the prompt holds sequence positions 0..k-1 and the history k.., which
-leaves every history-to-history attention score unchanged (rotary depends only on the
-offset). The causal mask lets every event see the whole prompt; the prompt sees only
-itself.
-
-Storage: ``RUN/prompts/<name>.safetensors`` holds ``{"prompt": tensor}`` with the metadata
-(surface, depth, tokens, backbone hash, training stats) in its header, and a readable copy
-in ``<name>.json``. Both are written atomically; the model files are never touched.
+Only the prompt (``input``: k vectors; ``deep``: k keys/values per layer) trains, so one
+frozen backbone serves many surfaces. The history keeps its own positions (with rotary the
+prompt holds 0..k-1, leaving every history-to-history score unchanged); every event sees
+the whole prompt, the prompt only itself. Usage, loss and storage: docs/guide/prompts.md.
 """
 
 from __future__ import annotations
@@ -79,16 +46,8 @@ log = logging.getLogger(__name__)
 class PromptConfig:
     """What a prompt is trained on and how (``recfm prompt-tune --config`` TOML keys).
 
-    ``surface``: conditions every *target* token must meet, all of them —
-    ``item.<column>`` compares an ``items.parquet`` column of the next item (a list column
-    matches when it contains the value), any other key a token facet of the next event
-    (e.g. ``surface = "kids"``, ``action = "complete"``).
-
-    Example::
-
-        name = "kids"
-        tokens = 16
-        surface = { "item.kids" = "true" }
+    ``surface``: conditions every *target* token must meet, all of them (``item.<column>``
+    on the next item, any other key a token facet of the next event): docs/guide/prompts.md.
     """
 
     name: str = "kids"
@@ -96,7 +55,7 @@ class PromptConfig:
     depth: Literal["deep", "input"] = "deep"
     """``input``: k vectors before the event embeddings (Lester et al. 2021). ``deep``: k
     key/value vectors in every layer (prefix tuning): a small frozen backbone lets an
-    input-level prompt move its recommendations only a little (see the module docstring)."""
+    input-level prompt move its recommendations only a little (docs/guide/prompts.md)."""
     surface: dict[str, str] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128

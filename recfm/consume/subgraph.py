@@ -1,29 +1,9 @@
 """The foundation model as a subgraph (an ``nn.Module``) inside a downstream model.
 
-A downstream team builds its own model around :class:`FoundationEncoder`, which turns
-token batches into (B, d) user vectors with the foundation weights frozen, or with only
-the top ``n`` transformer blocks (and the final norm) trainable:
-
-    enc = FoundationEncoder.from_pretrained("runs/base", trainable_layers=0)
-
-    class KidsHead(nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc, self.out = enc, nn.Linear(enc.dim, 1)
-        def forward(self, batch):                    # batch: (B, T) token tensors
-            return self.out(self.enc(batch))[:, 0]   # (B,) logits
-
-    model = KidsHead(enc)
-    ...                                             # train with any optimizer
-    save_downstream(model, "out/kids-head", config={"hidden": 0})
-    model2 = KidsHead(FoundationEncoder.from_downstream("out/kids-head"))
-    load_downstream(model2, "out/kids-head")        # same outputs as ``model``
-
-``save_downstream`` writes the downstream model's own weights (and the foundation weights
-it trained, if any) to ``downstream.safetensors`` and a reference to the foundation run
-(path and SHA-256 of its weights) to ``downstream.json``; with ``copy_foundation=True``
-the run is copied into ``foundation/`` beside them, so the folder stands alone. Frozen
-foundation weights are never duplicated otherwise.
+:class:`FoundationEncoder`: token batches → (B, d) user vectors, frozen or with the top
+``n`` blocks trainable. :func:`save_downstream` / :func:`load_downstream` store the
+downstream weights and a reference (path, SHA-256) to the foundation run; frozen
+foundation weights are never duplicated. Example and files: docs/guide/finetune.md.
 """
 
 from __future__ import annotations

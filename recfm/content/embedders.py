@@ -1,22 +1,9 @@
 """Item content → fixed vectors: the embedder interface and its implementations.
 
-An embedder turns catalog rows (a Polars frame in the item schema) into an (n, dim)
-float32 matrix. The model projects these vectors and combines them with item-id
-embeddings (:class:`recfm.model.embeddings.ItemEncoder`), so a title never seen in
-training is still represented — from its content alone.
-
-=====================  ==========================================================
-``minilm``             all-MiniLM-L6-v2 (384-d) on the item text, offline, cached
-``hash:D``             hashed bag of words (D-d): deterministic, no model; the test
-                       double of the text embedders, and a fallback
-``attributes:D``       bag of attribute ids (S3-Rec ``*_item2attributes.json``,
-                       genres, entity type) as a fixed random projection (D-d)
-``file:PATH``          your own vectors: a Parquet file of ``item_id`` → ``vector``
-=====================  ==========================================================
-
-Each embedder has a ``spec`` (the string above) that :func:`make_embedder` turns back
-into the same embedder; a run records it so ``recfm add-items`` embeds new titles in the
-same space.
+Catalog rows → an (n, dim) float32 matrix that the model combines with item-id embeddings
+(:class:`recfm.model.embeddings.ItemEncoder`), so an unseen title is represented from its
+content alone. A run records each embedder's ``spec`` (:func:`make_embedder` rebuilds it),
+so ``recfm add-items`` embeds new titles in the same space. Specs: docs/guide/prepare.md.
 """
 
 from __future__ import annotations

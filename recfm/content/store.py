@@ -1,13 +1,8 @@
 """Content vectors of a prepared dataset: ``content.parquet`` + ``content.json``.
 
-``recfm content embed DATA_DIR`` writes them beside ``items.parquet``; ``recfm train``
-then combines every item's id embedding with its projected content vector (a dataset
-without them trains id-only, as before). A run keeps the vectors in
+Written by ``recfm content embed`` beside ``items.parquet``; a run keeps the vectors in
 ``model.safetensors`` (buffer ``item_encoder.content``), so it needs no dataset at
-inference.
-
-    content.parquet   item_id Utf8, vector Array(Float32, dim)
-    content.json      {"embedder": spec, "dim", "items", "items_without_content", ...}
+inference. File layout: docs/guide/prepare.md.
 """
 
 from __future__ import annotations

@@ -2,14 +2,7 @@
 
 The recipe is fixed and versioned (``TEXT_RECIPE``): the cache key is a hash of the text,
 so any change to how the text is built must change the text (and therefore the key).
-
-    Toy Story (1995). movie. Genres: Adventure, Animation, Children. Tags: fun, pixar.
-    A toy cowboy…
-
-Fields used when present: ``title``, ``release_year``, ``entity_type``, ``genres``,
-``tags`` (MovieLens user tags), ``attributes`` when they are words, ``language`` and
-``description``. Numeric attribute ids (S3-Rec) carry no text: use the attribute-bag
-embedder for them (:class:`recfm.content.embedders.AttributeBagEmbedder`).
+Fields used and an example: docs/guide/prepare.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,8 @@
 """Amazon product reviews (McAuley et al., the 2014 and 2018 releases) from local files.
 
-Reviews: one record per line (``.json``/``.jsonl``, optionally ``.gz``) with ``reviewerID``,
-``asin``, ``unixReviewTime`` (or, when absent, ``reviewTime`` such as ``"09 13, 2009"``, read
-as midnight UTC) and ``overall`` (the star rating, optional).
-
-Metadata: one record per line with ``asin``, ``title``, ``description`` (a string, or a list
-joined with newlines), ``categories`` (2014: a list of category paths, flattened, distinct,
-first-seen order) or ``category`` (2018: a list), and ``brand``. The 2014 metadata lines are
-Python literals (single quotes); a line that is not JSON is read with
-:func:`ast.literal_eval`, which evaluates literals only and runs no code.
-
-Usage::
-
-    from recfm.data import amazon
-    ds = amazon.load("reviews_Beauty_5.json.gz", meta="meta_Beauty.json.gz")
-    ds = amazon.load("data/amazon-beauty")   # a folder: the reviews file and meta_* file
-
-What comes out:
-
-* ``events``: ``user_id`` (reviewerID), ``item_id`` (asin), ``timestamp`` (seconds; day
-  resolution), ``action="review"``, ``value`` (overall; null when absent), ``_line``.
-* ``items`` (None without metadata): ``item_id``, ``title``, ``description``, ``genres`` (the
-  categories), ``brand`` (an extra column), ``_line``. The 2018 metadata repeats some
-  records; with ``dedupe_items=True`` (the default) the first record of an asin is kept and
-  the number dropped goes into ``meta["duplicate_items_dropped"]``.
-* ``meta``: ``{"name": "amazon", "format": "amazon", "category": …, "has_time": True,
-  "value_kind": "rating", "tokenizer": {"value_agg": "max"}}``.
-
-Errors are :class:`~recfm.errors.InputError` naming ``file:line:column`` with the record's
-own key (``asin``, ``reviewerID``, ``unixReviewTime``, ``reviewTime``, ``overall``).
+The 2014 metadata lines are Python literals: a line that is not JSON is read with
+:func:`ast.literal_eval`, which evaluates literals only and runs no code. Record fields,
+output columns and errors: docs/guide/data.md.
 """
 
 from __future__ import annotations
@@ -226,7 +200,7 @@ def _review_time(text: Any, file: str, line: int, cache: dict[str, int]) -> str:
 
 
 def read_reviews(path: str | Path) -> pl.DataFrame:
-    """Reviews → canonical events (see the module doc)."""
+    """Reviews → canonical events (docs/guide/data.md)."""
     path = Path(path)
     file = str(path)
     users: list[str] = []

@@ -1,24 +1,9 @@
 """Download a MovieLens archive from GroupLens, verify its SHA-256 and extract it atomically.
 
-Usage::
-
-    from recfm.data.download import download_movielens
-    folder = download_movielens("ml-1m", "data")        # → data/ml-1m
-    folder = download_movielens("ml-10m", "data", sha256="…")   # → data/ml-10M100K
-
-The archive is streamed to a temporary file beside the destination while its SHA-256 is
-computed; a digest that differs from the expected one raises :class:`ChecksumError` and
-leaves nothing behind (no partial file, no folder — and ``dest_dir`` itself is removed again
-if this call created it and it is still empty). A good archive is extracted through
-:func:`recfm.io.atomic_dir`, so the folder appears whole or not at all. An existing folder
-is returned as it is unless ``force=True``.
-
-Checksums: GroupLens publishes only MD5 files (``<name>.zip.md5``). The SHA-256 values below
-come from TensorFlow Datasets' recorded checksums, ``tensorflow/datasets`` file
+A bad digest leaves nothing behind; a good archive appears whole or not at all. GroupLens
+publishes only MD5: the SHA-256 values below come from TensorFlow Datasets'
 ``tensorflow_datasets/url_checksums/movielens.txt`` (commit
-1c076ac3c19c8ea83e1d1a75e0623c9a699e0d7c), which lists URL, size in bytes and SHA-256 for
-ml-latest-small, ml-1m and ml-25m. No published SHA-256 was found for ml-10m or ml-32m:
-for those two the caller must pass ``sha256=`` (otherwise :class:`DownloadError` says so).
+1c076ac3c19c8ea83e1d1a75e0623c9a699e0d7c). Usage and checksums: docs/guide/data.md.
 """
 
 from __future__ import annotations

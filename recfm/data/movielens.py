@@ -1,35 +1,8 @@
 """MovieLens adapter: the CSV layout (ml-latest-small, ml-25m, ml-32m) and the ``::`` layout
-(ml-1m, ml-10m), read from a local folder.
+(ml-1m, ml-10m), read from a local folder into a :class:`MovieLensDataset`.
 
-Usage::
-
-    from recfm.data import movielens
-    if movielens.detect("data/ml-1m"):
-        ds = movielens.load("data/ml-1m")   # a MovieLensDataset (a RawDataset)
-        ds.events, ds.items, ds.tags, ds.meta
-
-What comes out:
-
-* ``events``: one row per rating — ``user_id``, ``item_id``, ``timestamp`` (seconds),
-  ``action="rate"``, ``value`` (the rating) and ``_line``. Tags never become events, so the
-  event count is the ratings count.
-* ``items`` (None when there is no movies file): ``item_id``; ``title`` without the trailing
-  " (1995)"; ``release_year`` parsed from it (null when absent; "(2006–2007)" gives 2006);
-  ``genres`` split on "|" ("(no genres listed)" gives an empty list); and, when a tags file is
-  present, ``tags``: the distinct lower-cased tags applied to the movie, sorted.
-* ``tags`` (an attribute of :class:`MovieLensDataset`, None without a tags file): the raw tag
-  applications — ``user_id``, ``item_id``, ``tag`` (as written, not lower-cased),
-  ``timestamp``.
-* ``meta``: ``{"name": "movielens", "format": "movielens", "layout": "csv" | "dat",
-  "has_time": True, "value_kind": "rating", "tokenizer": {"value_agg": "max"}}`` plus
-  ``tags_file`` and ``tag_count`` when tags were read.
-
-Errors are :class:`~recfm.errors.InputError` naming ``file:line:column`` with the file's own
-column names (``rating`` in ratings.csv, ``Rating`` in ratings.dat).
-
-The ``::`` files: ml-1m's are latin-1, ml-10m's UTF-8. With ``encoding="auto"`` (the default)
-a file that is valid UTF-8 is read as UTF-8 and any other as latin-1 (which cannot fail);
-pass ``encoding="utf-8"`` to reject non-UTF-8 bytes instead.
+Errors name ``file:line:column`` with the file's own column names. Output columns, tags
+and file encodings: docs/guide/data.md.
 """
 
 from __future__ import annotations
@@ -101,7 +74,7 @@ def detect(path: str | Path) -> bool:
 
 
 def load(path: str | Path, *, tags: bool = True, encoding: str = "auto") -> MovieLensDataset:
-    """Read a MovieLens folder (CSV or ``::`` layout); see the module doc for the output."""
+    """Read a MovieLens folder (CSV or ``::`` layout); the output: docs/guide/data.md."""
     path = Path(path)
     root = _find_root(path)
     if root is None:

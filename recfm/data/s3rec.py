@@ -1,36 +1,8 @@
 """S3-Rec / SASRec / BERT4Rec sequence files: integer ids, order but no time.
 
-Two layouts of ``NAME.txt`` (whitespace-separated integers, one record per line):
-
-* **sequence** (S3-Rec, CoSeRec, ICLRec, …): ``user item1 item2 …`` — a user's whole history
-  on one line, oldest first;
-* **pairs** (SASRec, BERT4Rec): ``user item`` — one interaction per line, a user's lines in
-  chronological order.
-
-``layout="auto"`` (the default) takes a file whose every line has at most two tokens as
-pairs, any other as sequences (the two readings agree on a two-token line anyway). Tokens are
-separated by runs of spaces or tabs; blank lines are skipped.
-
-Usage::
-
-    from recfm.data import s3rec
-    ds = s3rec.load("data/s3rec/Beauty.txt")          # or load("data/s3rec", name="Beauty")
-
-What comes out:
-
-* ``events``: ``user_id``, ``item_id`` (the integers as decimal strings, so "007" is "7"),
-  ``timestamp`` = the 0-based position of the interaction in the user's history (counted in
-  file order over all the user's lines), ``_line``.
-* ``items``: from ``NAME_item2attributes.json`` beside the text file when there is one
-  (``{"item": [attribute ids]}``) — ``item_id`` and ``attributes`` (the ids as strings,
-  repeats dropped, first-seen order kept); None otherwise.
-* ``meta``: ``{"name": NAME, "format": "s3rec", "layout": "sequence" | "pairs",
-  "has_time": False, "value_kind": None, "tokenizer": {"merge_window_s": 0}}`` — never merge
-  repeats: in these benchmarks a repeat is a real interaction.
-
-Errors are :class:`~recfm.errors.InputError`: ``file:line:user`` or ``file:line:item``, with
-the 1-based token position on the line in the message, for a token that is not a
-non-negative integer or a line with a user and no item.
+``timestamp`` is an interaction's 0-based position in its user's history, and repeats are
+never merged (``merge_window_s = 0``): in these benchmarks a repeat is a real interaction.
+Layouts, output and errors: docs/guide/data.md.
 """
 
 from __future__ import annotations

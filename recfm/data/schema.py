@@ -1,27 +1,8 @@
 """Event and item columns, and validation with errors that name file, line and column.
 
-A *raw* frame is whatever a reader or adapter produced (often all strings). It carries a
-``_line`` column: the 1-based line (CSV/JSONL/text) or row (Parquet) each record came from,
-so that every error can point at it. :func:`normalize_events` and :func:`normalize_items`
-turn a raw frame into the canonical typed frame or raise :class:`~recfm.errors.InputError`.
-
-Canonical events (one row per interaction)::
-
-    user_id    Utf8     required
-    item_id    Utf8     required
-    timestamp  Int64    required, seconds since the epoch (ms and ISO-8601 are converted)
-    action     Utf8     optional categorical (impression, play, complete, rate, …)
-    value      Float64  optional: a duration in seconds, or a rating
-    device, country, surface  Utf8  optional categoricals
-    row        Int64    optional: the row of the page the item was shown in
-    <extra>    Utf8     any other column, kept as a categorical facet
-    _line      Int64    where the record came from (dropped before writing)
-
-Canonical items (one row per catalog entry)::
-
-    item_id Utf8 required; title, description, entity_type, language Utf8;
-    genres List(Utf8) ("a|b" strings are split); release_year Int64;
-    attributes List(Utf8); <extra> Utf8
+Raw frames carry ``_line`` (the 1-based line, or Parquet row, of each record) so that
+:func:`normalize_events` / :func:`normalize_items` can raise an
+:class:`~recfm.errors.InputError` pointing at it. Column tables: docs/guide/data.md.
 """
 
 from __future__ import annotations
@@ -174,7 +155,7 @@ def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.
 
 
 def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
-    """Validate a raw event frame and return the canonical typed frame (see module doc)."""
+    """Validate a raw event frame and return the canonical typed frame (docs/guide/data.md)."""
     if LINE not in df.columns:
         df = df.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
     require_columns(df, EVENT_REQUIRED, file, "event")

@@ -1,23 +1,9 @@
-"""Evaluation splits over prepared token sequences.
+"""Evaluation splits over prepared token sequences: leave-one-out, temporal, last-token.
 
-* **Leave-one-out** (the offline protocol of ``docs/BENCHMARKS.md``): per user, the last
-  token is the test target, the second-last the validation target (model selection and
-  early stopping only), the rest is training. Users with fewer than three tokens cannot
-  give both targets: they train on everything and are counted, never silently lost.
-* **Global temporal split**: tokens before time ``T`` train; each user's first token at
-  or after ``T`` is the test target, with everything before ``T`` as its history. Users
-  with no history before ``T`` (cold) and users with nothing after ``T`` are counted.
-* **Last-token split**: every token but each user's last trains, the last validates
-  (early stopping only, when the test lies elsewhere, e.g. a later time period).
-
-The building blocks are public, so that every "hold out the last k" in recfm and the
-benchmarks is written once: :func:`drop_last` (the sequences without their last k
-tokens), :func:`history_rows` (one row per user: the history before a position and the
-target at it) and :func:`event_rows` (one row per token from a position on: every event
-ranked from the whole history before it).
-
-Sequences are rows of list columns (see :func:`recfm.tokens.tokenizer.tokenize`); the split
-slices every list column the same way, so facets stay aligned with items.
+The building blocks (:func:`drop_last`, :func:`history_rows`, :func:`event_rows`) are
+public so that every "hold out the last k" in recfm and the benchmarks is written once. A
+split slices every list column the same way, so facets stay aligned with items.
+The protocols: docs/guide/training.md.
 """
 
 from __future__ import annotations

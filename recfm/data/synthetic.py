@@ -1,47 +1,8 @@
 """A simulated streaming service: the offline default world of the demo and the tests.
 
-The world is small enough to generate in seconds and rich enough to exercise every layer:
-
-* **Catalog.** Titles of four entity types (movie, series, game, live) in 15 genres and
-  eight languages, with release years, runtimes and a kids flag. Titles and descriptions
-  are built from per-genre word lists, so the words of a title tell its genre (search
-  queries can be made of title words). Works come in *franchises*: the seasons of a
-  series, the sequels of a movie or game, the yearly editions of a live event. Every
-  title sits in a fine-grained *cluster* inside its genre and has a latent factor vector
-  near its cluster's centroid. A few titles launch during the simulated year.
-* **Users.** A home country (and its language), one or two devices, a genre mix and a
-  latent taste vector that *drifts* linearly towards a second genre mix over the year;
-  about 8 % are kids profiles that only watch kids titles, mostly on the kids surface.
-* **Choices.** Each user makes a sequence of *choices* (titles they engage with), grouped
-  into sessions spread over the year. The next choice is, in order of precedence:
-  another episode of the series being binged (the same title again); the next
-  installment of the franchise just watched (``p_successor``); a popular title from the
-  same cluster (``p_same_cluster``); otherwise a draw from the softmax of the user's
-  current taste · item factors + popularity + a language bonus. Already-seen titles and
-  titles not yet launched are skipped. The transitions are the sequential signal a causal
-  model can learn and a popularity baseline cannot.
-* **Events.** Every choice becomes a burst of events on one surface (home, search, kids,
-  continue_watching) and row: impressions of the chosen title and of a few others, maybe
-  a search click, an add-to-list, a trailer (30–150 s), one ``play`` event per viewing
-  segment of at most 25 minutes (value: seconds watched in the segment, logged when the
-  segment ends), ``complete`` (value ≈ runtime) when the title was watched to the end,
-  and sometimes a thumbs-up. Events of one choice are seconds to minutes apart, so a
-  tokenizer's merge-repeats step rolls them up into one token.
-* **Habits** (off by default). ``habit_fraction``: that share of users watch on a fixed
-  cadence (daily to fortnightly) instead of on uniform random days; ``completion_sigma``:
-  users differ in how often they finish what they start. Only with them does a history
-  tell when the next event comes and whether it will be a completion.
-
-Everything is drawn from one :class:`numpy.random.Generator` seeded by
-``SynthConfig.seed`` (the habits from their own streams, seeded by it too): the same seed
-gives the same frames and byte-identical files.
-The hidden truth (tastes, drift, factors, clusters, franchises, why each choice was made)
-is returned and written beside the data, so tests can check what a model learned.
-
-Example:
-    >>> world = generate(SynthConfig(n_users=100, n_items=80, seed=1))   # doctest: +SKIP
-    >>> write_world(world, "out/world")                                  # doctest: +SKIP
-    >>> raw = load_world("out/world")                                    # doctest: +SKIP
+Small enough to generate in seconds, rich enough to exercise every layer. The hidden truth
+behind each choice is returned and written beside the data, so tests can check what a model
+learned; one seed gives byte-identical files. What it simulates: docs/guide/data.md.
 """
 
 from __future__ import annotations
@@ -278,20 +239,9 @@ class SynthConfig:
 class SynthWorld:
     """The generated data (canonical frames) and the hidden truth behind it.
 
-    ``events`` and ``items`` are in the canonical schema of :mod:`recfm.data.schema`
-    (``normalize_events`` / ``normalize_items`` leave them as they are, bar ``_line``).
-
-    ``truth_users``: user_id, is_kids, country, language, devices, n_choices, n_events,
-    drift, genre_pref_start / genre_pref_end (List(Float64) over :data:`GENRES`),
-    taste_start / taste_end (List(Float64), ``dim`` long; the taste at time fraction τ
-    is ``taste_start + τ · (taste_end − taste_start)``).
-
-    ``truth_items``: item_id, primary_genre, cluster, franchise_id, franchise_pos,
-    successor (the next installment's id or null), log_popularity, factor (List(Float64)),
-    kids, runtime_s, launch_ts, available.
-
-    ``choices``: one row per choice — user_id, item_id, timestamp (its first event),
-    reason (one of :data:`REASONS`), surface.
+    ``events`` and ``items`` are in the canonical schema of :mod:`recfm.data.schema`;
+    ``truth_users``, ``truth_items`` and ``choices`` (one row per choice, with its
+    ``reason`` from :data:`REASONS`): their columns are in docs/guide/data.md.
     """
 
     events: pl.DataFrame

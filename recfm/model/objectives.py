@@ -1,15 +1,8 @@
 """Objectives beyond the next item, and user representations (the options:
 :class:`recfm.model.config.ObjectiveConfig`, ``ModelConfig.user_repr``).
 
-* **Facet heads**: a small head per facet of the next event (action, gap, …) or item
-  (entity type, genres); ``hierarchical`` conditions the item logits on the predicted type.
-* **Multi-token prediction**: item t+j (j = 2..k) from position t, through a residual
-  projection per offset (Gloeckle et al. 2024).
-* **Future window** (PinnerFormer's dense all-action loss, Pancha et al. 2022): every item
-  within the next N tokens (and T days) is a target of position t.
-* **Engagement weighting**: a target weighs by its action (0 masks), optionally its value.
-* **User representations** are computed at every position, so the model is trained with
-  the representation it is served with.
+User representations are computed at every position, so the model is trained with the
+representation it is served with. What each objective does: docs/guide/model.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Local + global causal attention whose memory grows linearly with sequence length.
 
-Each query at position p sees the ``window`` most recent positions (p - window, p] and the
-first ``n_global`` positions of the sequence (global "sink" tokens, as in Longformer,
-Beltagy et al. 2020, and the attention sinks of StreamingLLM, Xiao et al. 2023, kept
-causal). Stacked over L layers the receptive field is L × window tokens.
-
-The fast path cuts the sequence into blocks of ``window`` queries; block j attends to the
-global keys, block j - 1 and block j, so every score tensor is
-(B, H, n_blocks, window, n_global + 2·window) — linear in T — and runs through
-:func:`torch.nn.functional.scaled_dot_product_attention` with a block-local boolean mask
-(FlexAttention has no CPU backward pass). :func:`local_attention_mask` is the same
-pattern as one dense (T, T) mask: the plain reference the blocks are tested against.
+Each query sees the ``window`` most recent positions and the first ``n_global`` ones. The
+fast path runs blocks of ``window`` queries (block j attends to the globals and blocks
+j - 1 and j) through SDPA with a block-local mask (FlexAttention has no CPU backward pass);
+:func:`local_attention_mask` is the dense reference. The pattern: docs/guide/model.md.
 
 Example:
     >>> q = k = v = torch.randn(1, 2, 10, 8)

@@ -1,36 +1,8 @@
 """Ranking requests from a prepared dataset: search sessions and recommendation impressions.
 
-The second-pass ranker learns from *requests*: a context (task, country, language,
-device, and for search a typed query), the candidates a first-pass retriever returned,
-and the item the user then played. This module derives them from a prepared dataset
-(normally the synthetic world's, :mod:`recfm.data.synthetic`) and a foundation model run:
-
-* **Which tokens.** The last ``holdout`` tokens of every user are requests; the
-  foundation model is trained on the tokens before them only (:func:`holdout_dataset`),
-  so its features never saw a label. Per user the last request is ``test``, the one
-  before ``valid``, the rest ``train`` (temporal, like leave-one-out). A token whose item
-  is already in the user's history (a re-watch) is not a request (counted).
-* **Task.** ``kids`` for tokens on the kids surface; ``search`` for tokens on the search
-  surface and for a share (``p_extra_search``) of the others; of the rest, a share
-  (``p_more_like_this``) is ``more-like-this`` — the user opened the detail page of the
-  title they watched last (the *anchor*) — and the others are ``home``.
-* **Queries.** For a search request the user types a query for the title they are about
-  to play: its exact title (*navigational*), a prefix of it (*partial*), one or two of
-  its words (*words*), one of its genres (*genre*, maybe with the entity type), or its
-  words with typos (*misspelling*). Word and genre queries are ambiguous: many titles
-  match, and only the user's taste tells which one they want.
-* **Candidates.** Search: BM25 over titles and genres (:mod:`recfm.rank.lexical`), ties
-  broken by popularity. Home: the foundation model's top-N unseen items. Kids: the same
-  among kids titles. More-like-this: the nearest unseen items to the anchor by the
-  model's item vectors, then the model's top items for the user. The label is where the
-  retriever put it, or missing (``label_pos = -1``) when the retriever did not find it.
-
-Everything is drawn from one generator seeded by :attr:`RankDataConfig.seed`.
-
-Example:
-    >>> holdout_dataset("prepared", "prepared-fm", holdout=6)     # doctest: +SKIP
-    >>> # train a foundation model on prepared-fm, then:
-    >>> data = build_requests("prepared", Recommender.from_pretrained("run"))  # doctest: +SKIP
+The last ``holdout`` tokens of every user are requests, and the foundation model trains on
+the tokens before them only (:func:`holdout_dataset`), so its features never saw a label.
+Tasks, queries and candidates: docs/guide/ranker.md.
 """
 
 from __future__ import annotations
@@ -212,7 +184,7 @@ def _typo(word: str, rng: np.random.Generator) -> str:
 
 def make_query(title: str, genres: list[str], entity: str | None, kind: str,
                rng: np.random.Generator) -> str:
-    """A query a user types to find the title ``title`` (see the module docstring)."""
+    """A query a user types to find the title ``title`` (docs/guide/ranker.md)."""
     content = [w for w in words(title) if w not in STOPWORDS and not w.isdigit()] or words(title)
     if kind == "navigational":
         return title if rng.random() < 0.5 else title.lower()
@@ -431,7 +403,7 @@ def _recommend_candidates(cfg: RankDataConfig, store: SequenceStore, rows: np.nd
 
 def build_requests(prepared: str | Path, rec: Recommender, cfg: RankDataConfig | None = None,
                    progress=None) -> RankData:
-    """Requests of every user of ``prepared`` (see the module docstring) with the vectors of
+    """Requests of every user of ``prepared`` (docs/guide/ranker.md) with the vectors of
     ``rec``'s model, trained on :func:`holdout_dataset` of the same prepared dataset (same
     item indices).
     """

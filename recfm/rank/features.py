@@ -1,24 +1,7 @@
 """Requests → the ranker's input tensors: context, item, cross and foundation-model features.
 
-Feature groups (all computed per request, or per item once):
-
-=================  ===========================================================================
-context            task, country, language, device (ids); the query's text embedding
-item               entity type, language (ids); log-popularity, kids flag, release year,
-                   genres (multi-hot); the item's content embedding (title, genres, text)
-cross (lexical)    BM25 score (raw, share of the request's best, rank), exact title match,
-                   title starts with the query, query words in the title and title words in
-                   the query, query–title and query–content cosine, a genre named in the
-                   query, anchor–candidate content cosine and genre overlap, item language
-                   = user language
-foundation model   user–item score (raw, z-scored and ranked within the request),
-                   anchor–candidate cosine of the model's item vectors; the model's user
-                   vector; the model's item vectors
-=================  ===========================================================================
-
 The lexical and content features need no foundation model; the last group is what
-personalization adds. Text embeddings come from :mod:`recfm.content` (the offline
-MiniLM by default, cached; ``hash:D`` in tests).
+personalization adds. The feature table: docs/guide/ranker.md.
 """
 
 from __future__ import annotations
@@ -265,7 +248,7 @@ def _fm_features(user: np.ndarray, tables: ItemTables, cand: np.ndarray, mask: n
 
 def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
               bm25: BM25Index | None = None) -> Batchable:
-    """Every feature of every request of ``data`` (see the module docstring)."""
+    """Every feature of every request of ``data`` (docs/guide/ranker.md)."""
     req = data.requests
     cand, mask = _candidate_slots(req["candidates"].to_list())
     ctx = _context_ids(req, vocab)

@@ -2,22 +2,8 @@
 
     score(request, item) = base(context, item, lexical) + knob[task] · personal(everything + FM)
 
-* ``base`` sees the context (task, country, language, device, query embedding), the item
-  (metadata, popularity, content embedding) and the lexical cross features — no
-  foundation model. Trained first, alone: it *is* the unified ranker without FM features.
-* ``personal`` sees the same inputs plus the foundation model's features (user–item
-  score, the user vector, the item vector); trained second, on top of the frozen base.
-  Its output is what personalization adds.
-* ``knob`` (per task, at inference): 0 gives exactly the base ranking (no
-  personalization); 1 the model as trained; above 1 personalization outweighs lexical
-  relevance more and more (:meth:`UnifiedRanker.forward`).
-
-Each tower is a DCN-v2 cross network (Wang et al. 2021, "DCN V2": ``x_{l+1} = x_0 ⊙
-(W x_l + b) + x_l``) beside a deep tower of residual MLP blocks (skip connections),
-read out by a per-task head (``per_task_heads``) or a shared one.
-
-A saved ranker is ``config.json`` (:class:`RankerConfig`, vocabularies, feature names,
-normalisation) and ``model.safetensors`` (weights and the item tables it scores from).
+``base`` has no foundation-model input and trains first; ``personal`` trains on top of the
+frozen base; ``knob`` 0 gives exactly the base ranking. Towers and files: docs/guide/ranker.md.
 """
 
 from __future__ import annotations
@@ -140,7 +126,7 @@ class Tower(nn.Module):
 
 
 class UnifiedRanker(nn.Module):
-    """The base tower plus the personalization tower (see the module docstring).
+    """The base tower plus the personalization tower (docs/guide/ranker.md).
 
     The item tables (ids, dense metadata, content and FM vectors) and the feature
     normalisation are buffers: a saved ranker scores without any other file.

@@ -1,14 +1,8 @@
 """The ranker as a second pass: rerank a first pass's candidates for live requests.
 
-:class:`RankerHook` loads a ranker directory (``recfm rank train``) and reranks
-candidate lists given the foundation model's user vectors and the request context. The
-serving engine calls it when ``ServeConfig.ranker`` is set (``recfm.serve.engine``);
-``recfm rank serve-hook`` calls it from the command line.
-
-Example:
-    >>> hook = RankerHook("rank-run")                                        # doctest: +SKIP
-    >>> order, scores = hook.rerank(user_vecs, [[5, 9, 7]], tasks=["search"],
-    ...                             queries=["iron strike"])[0]             # doctest: +SKIP
+:class:`RankerHook` loads a ranker directory (``recfm rank train``); the serving engine
+calls it when ``ServeConfig.ranker`` is set, ``recfm rank serve-hook`` from the command
+line. Example: docs/guide/ranker.md.
 """
 
 from __future__ import annotations

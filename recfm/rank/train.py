@@ -1,18 +1,8 @@
 """Training and evaluation of the unified ranker on ranking requests.
 
-Training is listwise: a softmax over each request's candidates, cross-entropy against
-the played item (requests whose label the retriever missed teach nothing and are left
-out). Two stages (:mod:`recfm.rank.model`): the base tower alone, then the
-personalization tower on top of the frozen base. Each stage keeps the epoch with the
-best validation NDCG@10, averaged over tasks (model selection on validation, never on test).
-
-Metrics are over the candidate set of each request whose label was retrieved: NDCG@10
-(``1 / log2(rank + 2)`` when the label is in the top 10) and MRR, with ties counted
-against the model.
-
-Example:
-    >>> model, history = fit(train_data, valid_data, RankerConfig(embedder="hash:64"))  # doctest: +SKIP
-    >>> evaluate(model, featurize(...), tasks)                                           # doctest: +SKIP
+Listwise softmax over each request's candidates, in two stages (base, then personalization
+on the frozen base), each keeping the epoch with the best validation NDCG@10 averaged over
+tasks (never test). Metrics: docs/guide/ranker.md.
 """
 
 from __future__ import annotations

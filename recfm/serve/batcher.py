@@ -1,12 +1,9 @@
 """Micro-batching: concurrent requests share one model call.
 
-Request handlers (on the event loop) put jobs on a queue and await a future; one worker
-thread takes whatever has queued up — at most ``max_batch`` jobs, after waiting at most
-``wait_ms`` for company — groups them by engine and kind, and runs each group as one
-batch. At concurrency 1 a request never waits for others (wait 0 by default); under load
-the queue fills while the model is busy, so batches grow exactly when they pay off.
-Each job carries the engine it was resolved against, so a hot reload never mixes versions
-inside a batch.
+One worker thread takes up to ``max_batch`` queued jobs (waiting at most ``wait_ms``),
+groups them by engine and kind and runs each group as one batch; each job carries the
+engine it was resolved against, so a hot reload never mixes versions inside a batch.
+See docs/guide/serving.md.
 """
 
 from __future__ import annotations

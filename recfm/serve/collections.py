@@ -1,13 +1,9 @@
 """Generated collections: a row of N items decoded autoregressively with beam search.
 
-Each step appends the items chosen so far to the user's history as tokens and asks the
-model for the next one — the row is generated the way the model generates a history
-(generative retrieval of a whole collection, not N independent top picks). Constraints
-act *during* decoding: an item that is ineligible (business rules), already in the row,
-already seen, or that would put a genre over ``max_per_genre`` gets probability 0 before
-the beam is extended, so every beam is valid at every step and nothing is filtered
-afterwards. Beams share the history's keys/values and each step runs one token per beam
-through the model (:meth:`FoundationModel.encode_incremental`).
+Constraints (ineligible, already in the row or seen, over ``max_per_genre``) zero an item's
+probability *before* the beam is extended, so every beam is valid at every step; beams
+share the history's keys/values (:meth:`FoundationModel.encode_incremental`).
+How: docs/guide/serving.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Top-k maximum-inner-product retrieval over the item table, with per-query eligibility.
 
-:class:`ExactIndex` scores every item (one matmul; exact). :class:`HNSWIndex` walks a faiss
-HNSW graph (Malkov & Yashunin 2016) built over the items after the standard MIPS → L2
-reduction (Bachrach et al. 2014: append ``sqrt(M² − |x|²)`` to each item and 0 to the
-query, so the nearest item in L2 is the one with the largest inner product), because
-HNSW's graph heuristics assume a metric. Eligibility (business rules, items already
-seen) is a bitmap the graph search honours while it walks (faiss ``IDSelectorBitmap``);
-when the walk finds fewer than k eligible items although k exist — a very selective
-rule — the query falls back to exact search over the eligible items, so k always come back.
+:class:`ExactIndex` scores every item; :class:`HNSWIndex` walks a faiss HNSW graph built
+after the MIPS → L2 reduction (HNSW assumes a metric), honouring an eligibility bitmap, and
+falls back to exact search when the walk finds fewer than k eligible items although k
+exist. Details: docs/guide/serving.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """The serving step: one new token after a cached user state, written lean.
 
-A history that grew by one event needs one token run through the model against the cached
-keys/values (:meth:`FoundationModel.encode_incremental`). At serving sizes (d = 128, two
-blocks) that token costs almost no flops; what it costs is per-op overhead — module calls,
-the batch dict, masks, shape checks. :class:`OneTokenStep` does the same arithmetic with
-everything that does not depend on the token prepared once per model version, and the
-arithmetic in numpy, whose per-call overhead on a (C,) row is several times smaller than
-torch's (serving rows of benchmarks/RESULTS.md):
-
-* weights as contiguous (in, out) float32 matrices for a (C,) row, the attention scale
-  1/√Dh folded into the query rows of the fused qkv projection;
-* learned position rows, or rotary cos/sin rows, looked up by index instead of built;
-* single-query attention without a mask (the new token sees every cached key);
-* the new key/value written into the cache's reserved buffers (:class:`~recfm.model.attention.Room`) in place,
-  through numpy views of the same memory.
-
-It is exact up to float rounding: ``tests/serve/test_step.py`` holds it to
-:meth:`FoundationModel.encode_incremental` (the reference path) within 1e-5. It serves
-only what it covers — one token, B = 1, dense attention, a cache with room to append in
-place; :meth:`OneTokenStep.supports` says so and the engine takes the reference path
-otherwise.
+At serving sizes one token costs per-op overhead, not flops, so :class:`OneTokenStep` does
+the arithmetic of :meth:`FoundationModel.encode_incremental` in numpy, with everything
+token-independent prepared once per model version. Exact up to float rounding
+(``tests/serve/test_step.py``: 1e-5); :meth:`OneTokenStep.supports` says what it covers and
+the engine takes the reference path otherwise. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations

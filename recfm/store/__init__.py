@@ -1,15 +1,9 @@
 """Embedding store: versioned user and item embeddings for the rest of the company.
 
-    from recfm.store import embed, open_store
-    embed("runs/first", "prepared", "emb")           # publish a version (LanceDB, embedded)
-    store = open_store("emb")
-    store.user_vectors(["u00001", "u00002"])         # (2, d), current version
-    store.similar_items("i0042", k=10)
-    store.diff()                                     # stability of the two latest versions
-
-Publishing is atomic and versions are retained up to ``keep`` (see
-:mod:`recfm.store.base`); the default backend is LanceDB (:mod:`recfm.store.lance`), the
-other stores Parquet files (:mod:`recfm.store.parquet`).
+:func:`embed` publishes a version, :func:`open_store` reads one. Publishing is atomic and
+versions are retained up to ``keep`` (:mod:`recfm.store.base`); backends: LanceDB (the
+default, :mod:`recfm.store.lance`) and Parquet (:mod:`recfm.store.parquet`).
+Usage: docs/guide/store.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,9 @@
 """The embedding store: versions, an atomically swapped manifest, retention, and reads.
 
-A store holds *versions*. Each version is two tables and a metadata record::
-
-    users_v000003   id (utf8), version (int32), vector (fixed_size_list<float32>[d])
-    items_v000003   id, version, vector (+ title when the catalog has titles)
-    manifest.json   {"format": 1, "backend": "lancedb", "current": 3, "last_version": 3,
-                     "keep": 3, "versions": [VersionInfo, ...]}
-
-**Atomic publish.** :meth:`EmbeddingStore.publish` writes the new version's tables under
-fresh names first and only then replaces ``manifest.json`` (a temporary file and a rename,
-:func:`recfm.io.atomic_write_json`). Readers resolve the version once per call (or are
-pinned to one, ``open_store(path, version=3)``) and read only tables the manifest named,
-so a reader sees the old version or the new one — never a mix, never a half-written table.
-Every row also carries its ``version``, and reads check it.
-
-**Retention.** After the manifest has moved, versions beyond the last ``keep`` are dropped.
-A reader that resolved a version just before it was dropped re-resolves and reads the
-current one; a reader pinned to a dropped version gets a one-line error. Publishers are
-serialized by a lock file; tables a crashed publish left behind (named in no manifest) are
-removed by the next publish.
-
-Backends implement four table primitives (write, read, drop, list) and may override the
-exact reference implementations of id lookup and nearest-neighbour search
-(:class:`recfm.store.lance.LanceStore` uses LanceDB's filtered scans and vector search).
+A version's tables are written under fresh names before ``manifest.json`` is replaced
+(:func:`recfm.io.atomic_write_json`), and readers read only tables the manifest named, so
+a reader sees the old version or the new one, never a mix; every row carries its
+``version`` and reads check it. Layout, retention and backends: docs/guide/store.md.
 """
 
 from __future__ import annotations
@@ -154,7 +135,7 @@ def read_manifest(root: Path, missing_ok: bool = False) -> dict[str, Any] | None
 
 
 class EmbeddingStore(ABC):
-    """Versioned user and item embeddings (see module docstring).
+    """Versioned user and item embeddings (docs/guide/store.md).
 
     Example:
         >>> store = open_store("emb")                                   # doctest: +SKIP

@@ -1,26 +1,9 @@
 """Compute a run's user and item embeddings and publish them as a store version.
 
-User vectors come from :meth:`FoundationModel.encode_users` over every user's whole
-history in a prepared dataset (the last ``max_len`` tokens, as the model sees them at
-serving time); item vectors are the model's output item table
-(:meth:`FoundationModel.item_table`, reserved rows left out), so a user vector dotted with
-the item vectors gives the model's recommendation scores (without hierarchical bias).
-
-Users are encoded in chunks sorted by history length, so each batch pads only to similar
-lengths; the vectors are put back in the dataset's user order before publishing.
-
-**Several processes** (``recfm embed RUN --store S --nproc N`` or
-``torchrun --nproc_per_node=N -m recfm.store RUN --store S``; process group as in
-:mod:`recfm.train.distributed`): rank ``r`` encodes users ``r::N`` and writes its shard
-(``row, id, vector``; Parquet, atomic) to a staging directory inside the store
-(``.embed-staging-<id>/``). After a barrier rank 0 alone reads the shards, checks that
-together they hold every user exactly once, and publishes one version through
-:meth:`EmbeddingStore.publish` (so publishing stays atomic); it alone computes the item
-vectors and removes the staging directory. ``extra.users_per_s`` is over the whole job
-(all users / wall time from the common start until rank 0 holds every vector). A job
-killed before that leaves its staging directory behind; rank 0 of a later job removes
-staging directories older than ``STALE_STAGING_S`` (younger ones may belong to a job that
-is still running).
+Users are encoded in length-sorted chunks and put back in dataset order; items are the
+output item table, so user · item is the model's score. With N processes each rank stages
+a shard and rank 0 alone checks them and publishes (atomically); it removes stale staging
+directories of killed jobs (``STALE_STAGING_S``). Details: docs/guide/store.md.
 """
 
 from __future__ import annotations
@@ -72,7 +55,7 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     ``pooling``: how a user vector is read from the hidden states (``last``, ``mean_last``,
     ``attention``, ``last_attention``, ``layer_mean``, ``layer_mix``, ``mean``); default: the
     representation the model was trained with. ``on_progress(users_done, users)`` after each
-    chunk (of this rank's users when several processes run it, see the module docstring).
+    chunk (of this rank's users when several processes run it, see docs/guide/store.md).
     The version's metadata records the run, model and tokenizer hashes, data fingerprint,
     pooling, counts and the encoding throughput (``extra.users_per_s``).
     """

@@ -1,14 +1,7 @@
 """Raw events → a prepared dataset directory (the input of every later step).
 
-A prepared dataset is a directory, written atomically::
-
-    tokens.parquet    one row per user: user_idx, user_id, length, list columns per facet
-    items.parquet     the item vocabulary: idx (model index), item_id, catalog metadata,
-                      n_events / n_tokens (how often it occurs)
-    tokenizer.json    tokenizer config + facet vocabularies, versioned
-    report.json       events in, tokens out, compression, drops by reason, lengths, splits
-
-Re-running prepare on the same input writes byte-identical Parquet files.
+Written atomically; re-running prepare on the same input writes byte-identical Parquet
+files. Directory layout: docs/guide/prepare.md.
 """
 
 from __future__ import annotations

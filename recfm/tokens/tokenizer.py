@@ -1,20 +1,9 @@
-"""Events → interaction tokens.
+"""Events → interaction tokens: filter, merge repeats, encode facets, number the items.
 
-A token is one interaction *event* with many facets, not a bare item id. The steps:
-
-1. **Filter**: drop low-signal actions (impressions by default); drop or relabel plays
-   shorter than ``min_play_seconds``.
-2. **Merge repeats** (the BPE-like roll-up): adjacent events of one user on the same item,
-   each within ``merge_window_s`` of the previous, become one token that carries the
-   count, the aggregated value (summed duration by default), the first and last time, and
-   the strongest action (``action_strength`` lists actions weakest → strongest).
-3. **Features**: gap to the previous token (log2 buckets), hour of the week, the absolute
-   time, the value in quantile buckets, and categorical facets (action, device, country,
-   surface, row, any extra column) as small integer codes.
-4. **Vocabulary**: items get stable integer ids after the reserved ones (pad, unknown/new,
-   mask); the vocabulary grows by appending, never renumbering.
-
-Codes: 0 is padding everywhere; 1 is "missing or unknown" for every categorical facet.
+A token is one interaction *event* with many facets, not a bare item id. Codes: 0 is
+padding everywhere, 1 "missing or unknown" for every categorical facet; items come after
+the reserved ids (pad, unknown/new, mask), and the vocabulary grows by appending, never
+renumbering. The steps: docs/guide/prepare.md.
 """
 
 from __future__ import annotations

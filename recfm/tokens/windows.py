@@ -1,23 +1,8 @@
 """Training windows over long histories, and a progressive sequence-length schedule.
 
-A history of n tokens gives n - 1 next-item targets (tokens 1 .. n-1). With a context of
-L inputs, a window is L + 1 consecutive tokens. ``TrainConfig.window``:
-
-* ``truncate`` — the last window only (older targets are never trained on);
-* ``sliding`` — fixed windows cut every L + 1 tokens, the last one aligned to the end;
-* ``random`` — each epoch draws a random offset per history and tiles its targets into
-  chunks of at most L, with the chunk boundaries shifted by the offset; each chunk is
-  trained with a full window of context ending at its last target, and targets before the
-  chunk (already trained by the previous chunk) are masked. So within every epoch each
-  target of every history is trained exactly once, and across epochs each target is seen
-  at different positions of the window (with different amounts of context).
-
-``TrainConfig.seq_len_schedule`` — ``[[0, 128], [0.5, 512]]`` — trains with L = 128 for
-the first half of the planned epochs and 512 after (short first, longer later:
-cheap early epochs, as in the sequence-length warm-up of Li et al. 2022). L never exceeds
-``ModelConfig.max_len``.
-
-Everything here depends only on (seed, epoch), so resume stays exact.
+``TrainConfig.window`` (``truncate``, ``sliding``, ``random``) and
+``TrainConfig.seq_len_schedule``; L never exceeds ``ModelConfig.max_len``. Everything here
+depends only on (seed, epoch), so resume stays exact. Semantics: docs/guide/training.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,9 @@
 """Multi-process training with PyTorch DistributedDataParallel (gloo on CPU, NCCL on GPU).
 
-Launch (one machine, N processes)::
-
-    torchrun --nproc_per_node=N -m recfm.train DATA_DIR --out RUN [--config cfg.toml]
-    recfm train DATA_DIR --out RUN --nproc N        # the same, on a free port of 127.0.0.1
-
-Many machines: the same ``torchrun`` line on each node with ``--nnodes``, ``--node_rank``
-and a rendezvous endpoint (README, "Multi-process and multi-node training").
-
-What each rank does (:func:`recfm.train.loop.train` calls into this module):
-
-* **Data** — by default every rank holds the training split and takes rows ``r::w`` of
-  each global batch of the single-process plan (:class:`recfm.train.batches.MemoryBatches`):
-  the global batch is ``batch_size`` sequences whatever the number of processes, and the
-  run follows the single-process one step for step. With ``[train] stream = true`` each
-  rank instead streams its own row groups of ``tokens.parquet``
-  (:class:`recfm.train.shards.StreamingBatches`) and never loads the dataset.
-* **Loss** — each rank's mean loss is weighted by its share of the global batch's target
-  tokens before DDP averages gradients, so the gradient is the gradient of the global
-  batch's token mean: the same as one process on the whole batch. (Exactly the same
-  numbers need ``dropout = 0`` and the full softmax: dropout masks and sampled negatives
-  are drawn from each rank's own RNG stream; rank 0 keeps the single-process stream.)
-* **Checkpoints** — rank 0 writes (atomically, :class:`recfm.train.run.Checkpointer`);
-  the RNG states of all ranks are gathered into it, so resume is exact across ranks, and
-  a single-process checkpoint resumes with N processes (and back).
-* **Validation** — sharded over ranks and all-reduced (HR, NDCG, MRR are user means);
-  stop decisions (early stopping, time budget) are rank 0's, broadcast to all.
+:func:`recfm.train.loop.train` calls into this module. Each rank's mean loss is weighted by
+its share of the global batch's target tokens, so the gradient equals one process's on the
+whole batch; rank 0 writes checkpoints (with every rank's RNG state) and makes the stop
+decisions. Launching and what each rank does: docs/guide/training.md.
 """
 
 from __future__ import annotations

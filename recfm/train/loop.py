@@ -1,17 +1,9 @@
 """``train``: the foundation model's training run, a configuration of the one Trainer.
 
-A run directory::
-
-    config.json            model + train config, data fingerprint, versions, command
-    model.safetensors      the best weights so far (by validation NDCG@10)
-    tokenizer.json, items.parquet   what the model needs at inference
-    checkpoint/model.safetensors, checkpoint/state.pt   the last checkpoint (resume)
-    metrics.csv, tb/       one row per epoch (and TensorBoard events)
-    summary.json           best epoch and metrics, test metrics at the end, stop reason
-
-The loop itself is :class:`recfm.train.trainer.Trainer`; this module chooses its parts:
-the data (in memory, streamed shards, a DDP rank's rows, incremental fresh tokens), the
-loss (``model.loss`` or a :class:`LossHook`) and leave-one-out validation by NDCG@10.
+The loop is :class:`recfm.train.trainer.Trainer`; this module chooses its parts: the data
+(in memory, streamed shards, a DDP rank's rows, incremental fresh tokens), the loss
+(``model.loss`` or a :class:`LossHook`) and leave-one-out validation by NDCG@10.
+Run directory: docs/guide/training.md.
 """
 
 from __future__ import annotations

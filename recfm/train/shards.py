@@ -1,18 +1,9 @@
 """Training batches streamed lazily from the token Parquet (datasets larger than memory).
 
-The token file (``tokens.parquet``, written in row groups of 2,048 users by ``recfm
-prepare``) is read through :class:`ParquetTokens`, one row group at a time. With ``w``
-processes, rank ``r`` owns row groups ``g ≡ r (mod w)`` and never opens the others
-(:class:`StreamingBatches`). An epoch visits the rank's groups in a (seed, epoch, rank)-
-permuted order, ``window_groups`` at a time; inside a window the leave-one-out training
-spans are shuffled and cut into local batches of ``batch_size / w`` (the global batch is
-the union over ranks). Memory is one window of groups, not the dataset. Ranks with fewer
-batches than the busiest one start their plan over, so every rank runs the same number of
-steps (as ``DistributedSampler`` pads). Deterministic given (seed, epoch): a resumed run
-replays the same batches.
-
-In memory (the default), the loop keeps the single-process plan and each rank takes rows
-``r::w`` of every global batch (:meth:`recfm.train.distributed.DDPTrainer.rows`).
+Rank ``r`` of ``w`` owns row groups ``g ≡ r (mod w)`` and visits them in a (seed, epoch,
+rank)-permuted order, a window of groups at a time: memory is one window, and a resumed run
+replays the same batches. Ranks with fewer batches start their plan over, so every rank
+runs the same number of steps. Details: docs/guide/training.md.
 """
 
 from __future__ import annotations
