@@ -97,6 +97,10 @@ class ModelConfig:
     logq_correction: bool = True
     label_smoothing: float = 0.0
     temperature: float = 1.0
+    loss_chunk: int = 1 << 22
+    """Full softmax: at most this many logits (tokens × items) are held at a time, with
+    their gradient (:class:`recfm.model.heads.ChunkedSoftmaxLoss`); 0: the plain loss,
+    which holds all of them."""
 
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     user_repr: Literal["last", "mean_last", "attention", "last_attention", "layer_mean",

@@ -211,7 +211,7 @@ class FoundationModel(nn.Module):
         if cfg.loss == "full":
             bias = self.hierarchy_bias(h)
             return full_softmax_loss(h, target, table, cfg.label_smoothing, cfg.temperature,
-                                     weights, bias)
+                                     weights, bias, cfg.loss_chunk)
         negs = sample_negatives(cfg.n_negatives, target, cfg.n_items, cfg.negatives, generator,
                                 self.log_q)
         log_q = self._sampler_log_q(target) if cfg.logq_correction else None

@@ -17,8 +17,19 @@ from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
                       label_smoothing: float = 0.0, temperature: float = 1.0,
                       weights: torch.Tensor | None = None,
-                      logit_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy over every real item. h: (N, d), targets: (N,), table: (V, d)."""
+                      logit_bias: torch.Tensor | None = None,
+                      chunk: int = 0) -> torch.Tensor:
+    """Cross-entropy over every real item. h: (N, d), targets: (N,), table: (V, d).
+
+    ``chunk`` > 0: computed by :class:`ChunkedSoftmaxLoss` with at most ``chunk`` logits held
+    at a time (not with a ``logit_bias``, which is itself (N, V)); 0: the plain reference."""
+    if chunk > 0 and logit_bias is None:
+        n = len(targets)
+        w = (weights / weights.sum().clamp_min(1e-12) if weights is not None
+             else torch.full((n,), 1.0 / max(n, 1), device=h.device, dtype=h.dtype))
+        rows = max(1, chunk // max(1, table.size(0) - N_RESERVED_ITEMS))
+        return ChunkedSoftmaxLoss.apply(h, table[N_RESERVED_ITEMS:], targets - N_RESERVED_ITEMS,
+                                        w.detach(), label_smoothing, temperature, rows)
     logits = h @ table[N_RESERVED_ITEMS:].T  # (N, V - reserved)
     if logit_bias is not None:
         logits = logits + logit_bias
@@ -86,3 +97,50 @@ def _reduce(loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     if weights is None:
         return loss.mean()
     return (loss * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+class ChunkedSoftmaxLoss(torch.autograd.Function):
+    """Σ_i w_i · CE(h_i · tableᵀ / τ, target_i) without a (N, V) tensor: rows of ``h`` are
+    taken ``rows`` at a time, and each chunk's gradients are computed while its logits are
+    at hand (the fused linear cross-entropy of Liger-Kernel), so the backward pass only
+    scales them. Same matmuls as the plain loss; memory rows × V instead of N × V.
+
+    h: (N, d); table: (V, d); targets: (N,) in [0, V); w: (N,) constant row weights.
+    """
+
+    @staticmethod
+    def forward(ctx, h, table, targets, w, smoothing: float, temperature: float, rows: int):
+        want_h, want_t = ctx.needs_input_grad[:2]
+        grad_h = torch.zeros_like(h) if want_h else None
+        grad_t = torch.zeros_like(table) if want_t else None
+        total = h.new_zeros((), dtype=torch.float64)
+        n_items = table.size(0)
+        for s in range(0, h.size(0), rows):
+            hc, tc, wc = h[s:s + rows], targets[s:s + rows, None], w[s:s + rows]
+            z = hc @ table.T  # (n, V)
+            if temperature != 1.0:
+                z = z / temperature
+            lse = torch.logsumexp(z, dim=-1)  # (n,)
+            loss = lse - (1 - smoothing) * z.gather(1, tc)[:, 0]
+            if smoothing:
+                loss = loss - smoothing * z.mean(-1)
+            total += (wc * loss).sum(dtype=torch.float64)
+            if want_h or want_t:  # dL/dz = w · (softmax − (1 − ε)·onehot − ε / V) / τ
+                g = z.sub_(lse[:, None]).exp_()
+                if smoothing:
+                    g.sub_(smoothing / n_items)
+                g.scatter_add_(1, tc, torch.full_like(tc, smoothing - 1, dtype=g.dtype))
+                g.mul_((wc / temperature)[:, None])
+                if want_h:
+                    grad_h[s:s + rows] = g @ table
+                if want_t:
+                    grad_t.addmm_(g.T, hc)
+        ctx.save_for_backward(*(t for t in (grad_h, grad_t) if t is not None))
+        ctx.which = (want_h, want_t)
+        return total.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_out if want else None for want in ctx.which]
+        return (*grads, None, None, None, None, None)

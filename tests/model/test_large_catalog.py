@@ -1,9 +1,11 @@
-"""Large catalogs: popularity-sampled softmax with logQ estimates the full softmax, chunked
-top-k and chunked full-ranking evaluation equal the unchunked ones."""
+"""Large catalogs: the chunked full softmax equals the plain one, popularity-sampled softmax
+with logQ estimates the full softmax, chunked top-k and chunked full-ranking evaluation
+equal the unchunked ones."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recfm.tokens.batching import SequenceStore
@@ -16,6 +18,48 @@ from recfm.model.scoring import chunked_topk
 from recfm.tokens.prepare import PreparedDataset
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 from recfm.train.batches import make_batch
+
+
+@pytest.mark.parametrize("smoothing, temperature, weighted, chunk", [
+    (0.0, 1.0, False, 50), (0.1, 1.0, False, 37), (0.0, 0.5, True, 1000), (0.2, 2.0, True, 7),
+    (0.0, 1.0, False, 10**9)])
+def test_chunked_softmax_equals_the_plain_loss(smoothing, temperature, weighted, chunk):
+    torch.manual_seed(0)
+    N, V, d = 23, 40, 8
+    h = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(V, d, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(N_RESERVED_ITEMS, V, (N,))
+    w = torch.rand(N, dtype=torch.float64) if weighted else None
+    plain = full_softmax_loss(h, targets, table, smoothing, temperature, w)
+    chunked = full_softmax_loss(h, targets, table, smoothing, temperature, w, chunk=chunk)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(plain * 1.7, (h, table)),
+                    torch.autograd.grad(chunked * 1.7, (h, table))):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(full_softmax_loss(h, targets, table, smoothing, temperature,
+                                                     w, chunk=chunk), plain.detach())
+
+
+def test_chunked_softmax_holds_only_a_chunk_of_logits():
+    """The largest tensor the loss allocates is rows × V, not N × V (saved tensors count)."""
+    N, V, d, chunk = 512, 2000, 16, 64 * 2000
+    h = torch.randn(N, d, requires_grad=True)
+    table = torch.randn(V + N_RESERVED_ITEMS, d, requires_grad=True)
+    targets = torch.randint(N_RESERVED_ITEMS, V + N_RESERVED_ITEMS, (N,))
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = full_softmax_loss(h, targets, table, chunk=chunk)
+    loss.backward()
+    assert max(sizes) < N * V / 4
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        full_softmax_loss(h, targets, table)
+    assert max(sizes) >= N * V  # the plain loss keeps every logit for its backward
 
 
 def test_popularity_negatives_follow_q():
