@@ -39,6 +39,13 @@ ARRAYS_FILE = "arrays.safetensors"
 META_FILE = "rank_data.json"
 
 
+def require_files(path: Path, names: tuple[str, ...], expected: str) -> None:
+    """An error naming the first of ``names`` that is not a file under ``path``."""
+    for name in names:
+        if not (path / name).is_file():
+            raise InputError(str(path / name), None, None, expected, "nothing at that path")
+
+
 def check_task(task: str, where: str = "task") -> int:
     """The index of ``task`` in :data:`TASKS`; an unknown task is an error naming both."""
     try:
@@ -104,20 +111,16 @@ class RankData:
         with atomic_dir(path, "rank-data", overwrite) as tmp:
             self.requests.write_parquet(tmp / REQUESTS_FILE)
             self.items.write_parquet(tmp / "items.parquet")
-            save_file({"user_vec": np.ascontiguousarray(self.user_vec, np.float32),
-                       "item_vec": np.ascontiguousarray(self.item_vec, np.float32),
-                       "popularity": np.ascontiguousarray(self.popularity, np.float32)},
-                      str(tmp / ARRAYS_FILE))
+            save_file({k: np.ascontiguousarray(getattr(self, k), np.float32)
+                       for k in ("user_vec", "item_vec", "popularity")}, str(tmp / ARRAYS_FILE))
             atomic_write_json(tmp / META_FILE, {"format": "recfm.rank_data/1",
                                                 "counts": self.counts})
 
     @classmethod
     def load(cls, path: str | Path) -> "RankData":
         path = Path(path)
-        for name in (REQUESTS_FILE, ARRAYS_FILE, "items.parquet"):
-            if not (path / name).is_file():
-                raise InputError(str(path / name), None, None, "a rank data file "
-                                 "(recfm rank train writes it)", "nothing at that path")
+        require_files(path, (REQUESTS_FILE, ARRAYS_FILE, "items.parquet"),
+                      "a rank data file (recfm rank train writes it)")
         arrays = load_file(str(path / ARRAYS_FILE))
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
         return cls(pl.read_parquet(path / REQUESTS_FILE), pl.read_parquet(path / "items.parquet"),
@@ -215,11 +218,8 @@ def make_query(title: str, genres: list[str], entity: str | None, kind: str,
 
 def _facet_strings(ds: PreparedDataset, name: str, codes: np.ndarray) -> list[str]:
     values = ds.tokenizer.facets.get(name, [])
-    out = []
-    for c in codes.tolist():
-        j = int(c) - N_RESERVED_FACET
-        out.append(values[j] if 0 <= j < len(values) else "unknown")
-    return out
+    codes = codes.astype(np.int64) - N_RESERVED_FACET
+    return [values[j] if 0 <= j < len(values) else "unknown" for j in codes.tolist()]
 
 
 @torch.no_grad()
@@ -287,9 +287,8 @@ def _splits(rows: np.ndarray, pos: np.ndarray, n_users: int) -> np.ndarray:
     last_pos = np.zeros(n_users, dtype=np.int64)
     np.maximum.at(last_pos, rows, pos)
     second = np.full(n_users, -1, dtype=np.int64)
-    for r, p in zip(rows.tolist(), pos.tolist()):
-        if p != last_pos[r] and p > second[r]:
-            second[r] = p
+    earlier = pos != last_pos[rows]
+    np.maximum.at(second, rows[earlier], pos[earlier])
     return np.where(pos == last_pos[rows], "test", np.where(pos == second[rows], "valid", "train"))
 
 
@@ -309,17 +308,10 @@ def _tasks(rng: np.random.Generator, cfg: RankDataConfig, surface: list[str]) ->
     """Task of each request: ``kids`` on the kids surface, ``search`` on the search surface
     and for ``p_extra_search`` of the others, then ``more-like-this`` or ``home``."""
     u_task = rng.random((len(surface), 2))
-    task = []
-    for i, s in enumerate(surface):
-        if s == "kids":
-            task.append("kids")
-        elif s == "search" or u_task[i, 0] < cfg.p_extra_search:
-            task.append("search")
-        elif u_task[i, 1] < cfg.p_more_like_this:
-            task.append("more-like-this")
-        else:
-            task.append("home")
-    return np.array(task)
+    s = np.array(surface)
+    return np.select([s == "kids", (s == "search") | (u_task[:, 0] < cfg.p_extra_search),
+                      u_task[:, 1] < cfg.p_more_like_this],
+                     ["kids", "search", "more-like-this"], "home")
 
 
 def _item_meta(items: pl.DataFrame, n_items: int) -> tuple[list, list, list, np.ndarray]:

@@ -49,10 +49,8 @@ class Vocab:
         return np.array([index.get(str(v), 0) for v in values], dtype=np.int64)
 
     def sizes(self) -> dict[str, int]:
-        return {"task": len(TASKS), "country": len(self.country) + 1,
-                "language": len(self.language) + 1, "device": len(self.device) + 1,
-                "item_language": len(self.item_language) + 1,
-                "entity_type": len(self.entity_type) + 1}
+        return {"task": len(TASKS), **{k: len(getattr(self, k)) + 1 for k in (
+            "country", "language", "device", "item_language", "entity_type")}}
 
 
 @dataclass
@@ -160,9 +158,8 @@ def _context_ids(req: pl.DataFrame, vocab: Vocab) -> np.ndarray:
     """(R, 4) ids of the request's task, country, language and device."""
     ctx = np.zeros((req.height, 4), dtype=np.int64)
     ctx[:, 0] = [check_task(t, "requests") for t in req["task"].to_list()]
-    ctx[:, 1] = vocab.code("country", req["country"].to_list())
-    ctx[:, 2] = vocab.code("language", req["language"].to_list())
-    ctx[:, 3] = vocab.code("device", req["device"].to_list())
+    for j, name in enumerate(("country", "language", "device"), start=1):
+        ctx[:, j] = vocab.code(name, req[name].to_list())
     return ctx
 
 
@@ -265,7 +262,6 @@ def featurize(data: RankData, tables: ItemTables, vocab: Vocab, embedder,
     cross[~mask] = 0.0
     fm_cross[~mask] = 0.0
     label = req["label_pos"].to_numpy().astype(np.int64)
-    return Batchable(torch.from_numpy(ctx), torch.from_numpy(qvec), torch.from_numpy(cand),
-                     torch.from_numpy(mask), torch.from_numpy(cross), torch.from_numpy(fm_cross),
-                     torch.from_numpy(user), torch.from_numpy(label))
+    return Batchable(*(torch.from_numpy(a) for a in (ctx, qvec, cand, mask, cross, fm_cross,
+                                                     user, label)))
 

@@ -64,10 +64,7 @@ class BM25Index:
             if extra is not None and extra[i]:
                 c.update(terms(str(extra[i])))
             docs.append(c)
-        vocab: dict[str, int] = {}
-        for c in docs:
-            for t in c:
-                vocab.setdefault(t, len(vocab))
+        vocab = {t: j for j, t in enumerate(dict.fromkeys(t for c in docs for t in c))}
         self.vocab = vocab
         self.n_items = len(docs)
         lengths = np.array([sum(c.values()) for c in docs], dtype=np.float64)

@@ -21,7 +21,7 @@ from recfm import __version__
 from recfm.config import from_dict
 from recfm.errors import InputError
 from recfm.io import atomic_write_bytes, atomic_write_json
-from recfm.rank.data import TASKS, check_task
+from recfm.rank.data import TASKS, check_task, require_files
 from recfm.rank.features import CROSS_FEATURES, FM_FEATURES, Batchable, Vocab
 
 FORMAT = "recfm.ranker/1"
@@ -166,10 +166,9 @@ class UnifiedRanker(nn.Module):
 
     def set_tables(self, cat, dense, content, fm) -> None:
         """Item tables from :func:`recfm.rank.features.item_tables` (NumPy arrays)."""
-        self.item_cat.copy_(torch.as_tensor(cat))
-        self.item_dense.copy_(torch.as_tensor(dense))
-        self.item_content.copy_(torch.as_tensor(content))
-        self.item_fm.copy_(torch.as_tensor(fm))
+        for buf, x in ((self.item_cat, cat), (self.item_dense, dense),
+                       (self.item_content, content), (self.item_fm, fm)):
+            buf.copy_(torch.as_tensor(x))
 
     def fit_normalization(self, b: Batchable) -> None:
         """Mean and std of the dense features over the valid candidates of training data."""
@@ -238,10 +237,8 @@ class UnifiedRanker(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "UnifiedRanker":
         path = Path(path)
-        for name in ("config.json", "model.safetensors"):
-            if not (path / name).is_file():
-                raise InputError(str(path / name), None, None, "a ranker file (recfm rank train)",
-                                 "nothing at that path")
+        require_files(path, ("config.json", "model.safetensors"),
+                      "a ranker file (recfm rank train)")
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != FORMAT:
             raise InputError(str(path / "config.json"), None, "format", FORMAT,

@@ -15,7 +15,7 @@ import torch
 
 from recfm.content.embedders import make_embedder
 from recfm.errors import InputError
-from recfm.rank.data import COUNTRY_LANGUAGE, RankData, check_task
+from recfm.rank.data import COUNTRY_LANGUAGE, RankData, check_task, require_files
 from recfm.rank.features import featurize, item_tables
 from recfm.rank.lexical import BM25Index
 from recfm.rank.model import UnifiedRanker
@@ -31,10 +31,8 @@ class RankerHook:
         path = Path(path)
         self.path = path
         self.model = UnifiedRanker.load(path)
-        if not (path / "items.parquet").is_file():
-            raise InputError(str(path / "items.parquet"), None, None,
-                             "the ranker's item table (recfm rank train writes it)",
-                             "nothing at that path")
+        require_files(path, ("items.parquet",),
+                      "the ranker's item table (recfm rank train writes it)")
         self.items = pl.read_parquet(path / "items.parquet")
         self.embedder = embedder or make_embedder(self.model.cfg.embedder)
         m = self.model

@@ -104,9 +104,9 @@ def tune_knobs(model: UnifiedRanker, valid: Batchable, nav: np.ndarray | None = 
     relevance wins over personalization where the user typed a title (if no value keeps
     it, the knob is 0).
     """
-    if model.personal is None:
-        return dict(model.cfg.knob)
     knobs = dict(model.cfg.knob)
+    if model.personal is None:
+        return knobs
     for j, task in enumerate(TASKS):
         sel = (valid.ctx[:, 0] == j).numpy()
         if not (sel & (valid.label >= 0).numpy()).any():
@@ -185,17 +185,16 @@ def _stage(model: UnifiedRanker, stage: str, train: Batchable, valid: Batchable,
             total += float(loss.detach()) * len(part)
             n += len(part)
         valid_res = evaluate(model, valid, knob_valid)
-        valid_m = {"ndcg@10": macro_ndcg(valid_res), "mrr": valid_res["all"]["mrr"]}
         row = {"stage": stage, "epoch": epoch + 1, "loss": total / max(n, 1),
-               "valid_ndcg@10": valid_m["ndcg@10"], "valid_mrr": valid_m["mrr"],
+               "valid_ndcg@10": macro_ndcg(valid_res), "valid_mrr": valid_res["all"]["mrr"],
                "s": time.perf_counter() - t0}
         history.append(row)
         log.info("%s epoch %d: loss %.4f, valid ndcg@10 %.4f", stage, epoch + 1, row["loss"],
                  row["valid_ndcg@10"])
         if on_epoch:
             on_epoch(row)
-        if valid_m["ndcg@10"] > best:
-            best, bad = valid_m["ndcg@10"], 0
+        if row["valid_ndcg@10"] > best:
+            best, bad = row["valid_ndcg@10"], 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
