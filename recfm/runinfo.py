@@ -30,17 +30,27 @@ def model_version(run: Path) -> str:
     return f"{run.name}@{h.hexdigest()[:12]}"
 
 
-def run_data_dir(run: str | Path) -> Path | None:
+def run_data_dir(run: str | Path, own: bool = False) -> Path | None:
     """The prepared dataset a run (or the run it was derived from) was trained on, if present.
 
     An incremental run's own data holds the recent users only, so for it this follows
-    ``init_from`` back to the run whose data holds every history.
+    ``init_from`` back to the run whose data holds every history (``own``: its own data).
+    Runs record absolute paths; an older run's relative path is tried against the working
+    directory, then against each folder above the run.
     """
     path = Path(run) / "config.json"
     if not path.is_file():
         return None
     meta = json.loads(path.read_text())
-    if meta.get("incremental") and meta.get("init_from"):
-        return run_data_dir(meta["init_from"])
+    if not own and meta.get("incremental") and meta.get("init_from"):
+        base = _find(meta["init_from"], run, "config.json")
+        return run_data_dir(base) if base is not None else None
     data = meta.get("data", {}).get("path")
-    return Path(data) if data and Path(data, "tokens.parquet").is_file() else None
+    return _find(data, run, "tokens.parquet") if data else None
+
+
+def _find(recorded: str, run: str | Path, marker: str) -> Path | None:
+    """The folder holding ``marker`` at a path recorded in ``run``'s config.json, if any."""
+    path = Path(recorded)
+    above = [] if path.is_absolute() else [p / path for p in Path(run).resolve().parents]
+    return next((p for p in [path, *above] if (p / marker).is_file()), None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -171,8 +170,9 @@ def recommend_cmd(
     if events is not None:
         history = read_events(events, parse_mapping(map_)).drop("_line")
     else:
+        data = data or run_data_dir(run, own=True)
         if data is None:
-            data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+            raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data")
         seqs = pl.read_parquet(data / "tokens.parquet")
         history = seqs.filter(pl.col("user_id") == user)
         if history.height == 0:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 import uvicorn
 
-from recfm.cli.output import console, override, steps
+from recfm.cli.output import console, err_console, override, steps
 from recfm.errors import RecfmError
 from recfm.serve import create_app  # loads FastAPI only when called (recfm.serve)
 from recfm.serve.config import ServeConfig, load_serve_config
@@ -46,6 +46,8 @@ def serve_cmd(
         on_step(str(run))
         web = create_app(run, cfg, data)
     engine = web.state.service.engine
+    if engine.degraded:
+        err_console.print(f"warning: {engine.degraded}", markup=False, highlight=False)
     console.print(f"serving {engine.version} ({engine.n_items - N_RESERVED_ITEMS:,} items, "
                   f"{engine.index.kind} retrieval) on http://{host}:{port}  "
                   f"(explorer at /, API docs at /docs)")

@@ -110,6 +110,7 @@ class Service:
         self.cfg = cfg or ServeConfig()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.data = data  # served by every version unless a reload names other data
         self.engine = Engine(run, self.cfg, data)
         self.metrics = Metrics()
         self.batcher = MicroBatcher(
@@ -282,7 +283,8 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
     @app.get("/healthz", response_model=S.Health, tags=["operations"])
     async def healthz() -> dict:
         e = service.engine
-        return {"status": "ok", "model_version": e.version,
+        return {"status": "degraded" if e.degraded else "ok", "degraded": e.degraded,
+                "model_version": e.version,
                 "items": e.n_items - N_RESERVED_ITEMS,
                 "retrieval": e.index.kind,
                 "known_users": len(e.histories) if e.histories else 0,
@@ -318,7 +320,11 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
         if not service.reloading.acquire(blocking=False):
             raise ServeError409("a reload is already running")
         try:
-            new = await run_in_threadpool(_load_and_warm, req.run, service.cfg, req.data)
+            new = await run_in_threadpool(_load_and_warm, req.run, service.cfg,
+                                          req.data or service.data)
+            known = len(service.engine.histories or ())
+            if new.degraded and known:
+                raise Unprocessable(f"{new.degraded}; {known:,} known users would be lost")
             old, service.engine = service.engine, new
         except (ServeError, RecfmError, OSError, ValueError, KeyError) as e:
             service.metrics.observe_reload("failed")
@@ -350,7 +356,7 @@ def _row(engine: Engine, idx: list[int]) -> dict:
             "max_genre_count": max_genre_count(engine, idx)}
 
 
-def _load_and_warm(run: str, cfg: ServeConfig, data: str | None) -> Engine:
+def _load_and_warm(run: str, cfg: ServeConfig, data: str | Path | None) -> Engine:
     """Load a run and run one request through it before it takes traffic."""
     if not Path(run).is_dir():
         raise Unprocessable(f"run: {run!r} is not a directory")

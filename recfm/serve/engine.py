@@ -28,7 +28,7 @@ from recfm.tokens.batching import SequenceStore
 from recfm.errors import InputError, RecfmError
 from recfm.pipeline import Recommender
 from recfm.rank.serve import RankerHook
-from recfm.runinfo import model_version
+from recfm.runinfo import model_version, run_data_dir
 from recfm.serve.config import ServeConfig
 from recfm.serve.errors import NotFound, Unprocessable
 from recfm.serve.index import ExactIndex, build_index
@@ -170,6 +170,8 @@ class Engine:
         self.unit_table = torch.nn.functional.normalize(self.table, dim=1)
         self.surface_filters = {name: Filters.of_surface(s)
                                 for name, s in self.cfg.surfaces.items()}
+        self.degraded: str | None = None
+        """Why known users are missing (the run's dataset is not there), or None."""
         self.data = Path(data) if data is not None else self._default_data()
         self.histories = UserHistories(self.data, self.columns) if self.data is not None else None
         self.ranker = None
@@ -185,15 +187,14 @@ class Engine:
                  len(self.histories) if self.histories else "no", self.load_s)
 
     def _default_data(self) -> Path | None:
-        try:
-            path = Path(json.loads((self.run / "config.json").read_text())["data"]["path"])
-        except (KeyError, TypeError, json.JSONDecodeError):
-            return None
-        if (path / "tokens.parquet").is_file():
-            return path
-        log.warning("%s: the run's dataset %s is not there; serving without known users",
-                    self.run, path)
-        return None
+        """The run's own dataset, or None (degraded, when it records one that is not there)."""
+        found = run_data_dir(self.run, own=True)
+        recorded = json.loads((self.run / "config.json").read_text()).get("data", {}).get("path")
+        if found is None and recorded:
+            self.degraded = (f"{self.run}: its dataset {recorded} is not there; serving "
+                             "without known users (give --data)")
+            log.warning(self.degraded)
+        return found
 
     def lowercase_titles(self) -> pl.Series | None:
         """Titles in lower case, by item index (built on first use), for title search."""

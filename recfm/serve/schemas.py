@@ -146,7 +146,8 @@ class ReloadResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok, or degraded: see ``degraded``
+    degraded: str | None = None  # why: known users' histories are missing
     model_version: str
     items: int
     retrieval: str

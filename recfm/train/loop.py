@@ -94,7 +94,7 @@ def run_dataset(run: Path, data_dir: str | Path | None = None
 
 def run_meta(data_dir: Path, ds: PreparedDataset, command: str | None) -> dict[str, Any]:
     """Provenance recorded in a run's ``config.json``: data, versions, machine, command."""
-    return {"data": {"path": str(data_dir), "fingerprint": data_fingerprint(data_dir),
+    return {"data": {"path": str(data_dir.resolve()), "fingerprint": data_fingerprint(data_dir),
                      "dataset": ds.report.get("dataset")},
             "recfm_version": __version__, "machine": machine_info(), "command": command}
 
@@ -201,7 +201,7 @@ def train(
     source, total_steps = data_source(data_dir, split, model, tcfg, extra, fresh, ddp)
     meta = {"train": asdict(tcfg), **run_meta(data_dir, ds, command), "n_params": n_params}
     if init_from is not None:
-        meta.update(init_from=str(init_from), incremental=fresh)
+        meta.update(init_from=str(Path(init_from).resolve()), incremental=fresh)
     meta.update(loss_hook.meta if loss_hook is not None else {})
     if ddp is not None:
         meta["distributed"] = {"world": ddp.ctx.world, "backend": ddp.ctx.backend}

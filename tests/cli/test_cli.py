@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,16 @@ def test_unknown_user_is_a_clear_error(trained):
     res = subprocess.run([sys.executable, "-m", "recfm", "recommend", "run", "--user", "nobody"],
                          cwd=trained, capture_output=True, text=True)
     assert res.returncode == 2 and "nobody" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_recommend_for_a_known_user_from_another_folder(trained, tmp_path):
+    """The run records its data's absolute path; an older run's relative one is found too."""
+    config = json.loads((trained / "run" / "config.json").read_text())
+    assert Path(config["data"]["path"]) == (trained / "prepared").resolve()
+    old = trained / "old-run"
+    shutil.copytree(trained / "run", old, dirs_exist_ok=True)
+    config["data"]["path"] = "prepared"  # as earlier runs recorded it: relative to the cwd
+    (old / "config.json").write_text(json.dumps(config))
+    for run_dir in (trained / "run", old):
+        res = run("recommend", str(run_dir), "--user", "u00001", "--k", "3", cwd=tmp_path)
+        assert "top 3 for u00001" in res.stdout

@@ -4,6 +4,8 @@ hot reload under load with no failed request."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import socket
 import threading
 import time
@@ -208,3 +210,38 @@ def test_reload_under_load_fails_no_request(served, monkeypatch):
     assert len(results) >= 100
     assert [r for r in results if r != 200] == []
     assert len(versions) == 2  # both models answered during the test
+
+
+def run_with_data_path(src, dst, path: str):
+    """A copy of the run ``src`` at ``dst`` whose config.json records ``path`` as its data."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["data"]["path"] = path
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_reload_keeps_the_served_data_and_refuses_to_lose_known_users(served, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("RECFM_ADMIN_TOKEN", "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    lost = run_with_data_path(served.run, tmp_path / "run", "elsewhere/prepared")
+    with TestClient(create_app(lost, ServeConfig(cache_mb=8), served.data)) as c:
+        known = c.get("/healthz").json()["known_users"]
+        assert known == 300
+        assert c.post("/admin/reload", json={"run": str(lost)}, headers=auth).status_code == 200
+        assert c.get("/healthz").json()["known_users"] == known  # the data it started with
+    with TestClient(create_app(served.run, ServeConfig(cache_mb=8))) as c:
+        before = c.get("/healthz").json()
+        r = c.post("/admin/reload", json={"run": str(lost)}, headers=auth)
+        assert r.status_code == 422 and "elsewhere/prepared" in r.text and "300" in r.text
+        after = c.get("/healthz").json()
+        assert (after["model_version"], after["known_users"]) == (before["model_version"], 300)
+
+
+def test_a_server_without_its_known_users_says_so(served, tmp_path):
+    lost = run_with_data_path(served.run, tmp_path / "run", "elsewhere/prepared")
+    with TestClient(create_app(lost, ServeConfig(cache_mb=8))) as c:
+        health = c.get("/healthz").json()
+    assert health["status"] == "degraded" and health["known_users"] == 0
+    assert "elsewhere/prepared" in health["degraded"]
