@@ -96,8 +96,7 @@ def _first_line(path: Path) -> dict | None:
 # --------------------------------------------------------------------------- finding files
 
 def _is_json_lines(p: Path) -> bool:
-    name = p.name.lower()
-    return p.is_file() and name.endswith(_SUFFIXES)
+    return p.is_file() and p.name.lower().endswith(_SUFFIXES)
 
 
 def _category(path: Path) -> str:
@@ -203,15 +202,10 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
     """Reviews → canonical events (docs/guide/data.md)."""
     path = Path(path)
     file = str(path)
-    users: list[str] = []
-    items: list[str] = []
-    times: list[str] = []
-    values: list[str | None] = []
-    lines: list[int] = []
+    rows: list[tuple] = []
     cache: dict[str, int] = {}
     for line, rec in iter_records(path):
-        users.append(_id(rec, "reviewerID", file, line))
-        items.append(_id(rec, "asin", file, line))
+        user, item = _id(rec, "reviewerID", file, line), _id(rec, "asin", file, line)
         ts = rec.get("unixReviewTime")
         if ts is None:
             if "reviewTime" not in rec:
@@ -231,26 +225,15 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
         except TypeError:
             raise InputError(file, line, "overall", "a number",
                              shorten(rec.get("overall"))) from None
-        times.append(ts_text)
-        values.append(value)
-        lines.append(line)
-    if not lines:
+        rows.append((user, item, ts_text, "review", value, line))
+    if not rows:
         raise InputError(file, None, None, "at least one review", "no records")
-    df = pl.DataFrame({
-        "user_id": pl.Series(users, dtype=pl.Utf8),
-        "item_id": pl.Series(items, dtype=pl.Utf8),
-        "timestamp": pl.Series(times, dtype=pl.Utf8),
-        "action": pl.Series(["review"] * len(lines), dtype=pl.Utf8),
-        "value": pl.Series(values, dtype=pl.Utf8),
-        LINE: pl.Series(lines, dtype=pl.Int64),
-    })
+    df = pl.DataFrame(rows, orient="row", schema={
+        "user_id": pl.Utf8, "item_id": pl.Utf8, "timestamp": pl.Utf8, "action": pl.Utf8,
+        "value": pl.Utf8, LINE: pl.Int64})
     with schema.source_columns(_EVENT_NAMES):
         events = schema.normalize_events(df, file)
-    bad = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
-    if bad.any():
-        i = int(bad.arg_true()[0])
-        raise InputError(file, int(events[LINE][i]), "overall", "a star rating from 0 to 5",
-                         shorten(values[i]))
+    schema.check_star_ratings(events, file, "overall", df["value"])
     return events
 
 
@@ -262,8 +245,7 @@ def _join_text(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         parts = [str(v).strip() for v in value if v is not None and str(v).strip()]
         return "\n".join(parts) if parts else None
-    text = str(value).strip()
-    return text or None
+    return str(value).strip() or None
 
 
 def _flatten(value: Any) -> list[str]:
@@ -286,12 +268,7 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
     """Metadata → canonical items, and how many repeated asins were dropped."""
     path = Path(path)
     file = str(path)
-    ids: list[str] = []
-    titles: list[str | None] = []
-    descs: list[str | None] = []
-    cats: list[list[str]] = []
-    brands: list[str | None] = []
-    lines: list[int] = []
+    rows: list[tuple] = []
     seen: set[str] = set()
     dropped = 0
     for line, rec in iter_records(path):
@@ -308,20 +285,12 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
         if categories is not None and not isinstance(categories, (list, tuple, str)):
             raise InputError(file, line, "categories" if "categories" in rec else "category",
                              "a list of categories", shorten(categories))
-        ids.append(asin)
-        titles.append((title.strip() or None) if isinstance(title, str) else None)
-        descs.append(_join_text(rec.get("description")))
-        cats.append(_flatten(categories))
-        brands.append(_join_text(rec.get("brand")))
-        lines.append(line)
-    df = pl.DataFrame({
-        "item_id": pl.Series(ids, dtype=pl.Utf8),
-        "title": pl.Series(titles, dtype=pl.Utf8),
-        "description": pl.Series(descs, dtype=pl.Utf8),
-        "genres": pl.Series(cats, dtype=pl.List(pl.Utf8)),
-        "brand": pl.Series(brands, dtype=pl.Utf8),
-        LINE: pl.Series(lines, dtype=pl.Int64),
-    })
+        rows.append((asin, (title.strip() or None) if isinstance(title, str) else None,
+                     _join_text(rec.get("description")), _flatten(categories),
+                     _join_text(rec.get("brand")), line))
+    df = pl.DataFrame(rows, orient="row", schema={
+        "item_id": pl.Utf8, "title": pl.Utf8, "description": pl.Utf8,
+        "genres": pl.List(pl.Utf8), "brand": pl.Utf8, LINE: pl.Int64})
     with schema.source_columns({"item_id": "asin"}):
         items = schema.normalize_items(df, file)
     return items, dropped

@@ -15,7 +15,7 @@ import polars as pl
 from recfm.data import schema
 from recfm.data.readers import RawDataset, check_utf8, read_csv
 from recfm.data.schema import LINE
-from recfm.errors import InputError, shorten
+from recfm.errors import InputError
 
 NAME = "movielens"
 
@@ -128,11 +128,7 @@ def _ratings_events(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.
     with schema.source_columns({"user_id": user, "item_id": item, "timestamp": ts,
                                 "value": rating}):
         events = schema.normalize_events(df, file)
-    out_of_range = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
-    if out_of_range.any():
-        i = int(out_of_range.arg_true()[0])
-        raise InputError(file, int(events[LINE][i]), rating, "a star rating from 0 to 5",
-                         shorten(raw[rating][i]))
+    schema.check_star_ratings(events, file, rating, raw[rating])
     return events
 
 

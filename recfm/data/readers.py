@@ -109,11 +109,8 @@ def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
     if df is None:
         raise InputError(str(path), None, None, "a CSV file with a header row",
                          "a file polars could not parse")
-    if len(starts) == df.height:
-        lines = pl.Series(LINE, starts, dtype=pl.Int64)
-    else:
-        lines = pl.Series(LINE, range(2, df.height + 2), dtype=pl.Int64)
-    return df.with_columns(lines)
+    lines = starts if len(starts) == df.height else range(2, df.height + 2)
+    return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
 
 
 def read_jsonl(path: Path) -> pl.DataFrame:
@@ -170,15 +167,13 @@ def read_table(path: str | Path) -> pl.DataFrame:
 
 def read_events(path: str | Path, mapping: dict[str, str] | None = None) -> pl.DataFrame:
     """Read and validate an event file (Parquet, CSV/TSV or JSON lines)."""
-    df = read_table(path)
-    df = schema.apply_mapping(df, mapping or {}, str(path))
+    df = schema.apply_mapping(read_table(path), mapping or {}, str(path))
     return schema.normalize_events(df, str(path))
 
 
 def read_items(path: str | Path, mapping: dict[str, str] | None = None) -> pl.DataFrame:
     """Read and validate an item catalog (Parquet, CSV/TSV or JSON lines)."""
-    df = read_table(path)
-    df = schema.apply_mapping(df, mapping or {}, str(path))
+    df = schema.apply_mapping(read_table(path), mapping or {}, str(path))
     return schema.normalize_items(df, str(path))
 
 

@@ -7,6 +7,7 @@ Layouts, output and errors: docs/guide/data.md.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from pathlib import Path
@@ -92,22 +93,19 @@ def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, s
         layout = "pairs" if int(lines["n"].max()) <= 2 else "sequence"
     lonely = lines["n"] < 2
     if lonely.any():
-        i = int(lonely.arg_true()[0])
-        raise InputError(file, int(lines[LINE][i]), "item",
+        raise InputError(file, schema.first_bad(lines, lonely)[0], "item",
                          "an item id after the user id (token 2)", "end of line")
     if layout == "pairs":
         extra = lines["n"] > 2
         if extra.any():
-            i = int(extra.arg_true()[0])
-            raise InputError(file, int(lines[LINE][i]), "item",
-                             "'user item' (2 tokens) on each line",
+            line, i = schema.first_bad(lines, extra)
+            raise InputError(file, line, "item", "'user item' (2 tokens) on each line",
                              f"{int(lines['n'][i])} tokens")
     users = lines["tokens"].list.first()
     bad = ~users.str.contains(_INT_RE)
     if bad.any():
-        i = int(bad.arg_true()[0])
-        raise InputError(file, int(lines[LINE][i]), "user",
-                         "an integer user id (token 1)", shorten(users[i]))
+        line, i = schema.first_bad(lines, bad)
+        raise InputError(file, line, "user", "an integer user id (token 1)", shorten(users[i]))
     events = (
         lines.select(
             pl.col("tokens").list.first().alias("user_id"),
@@ -119,17 +117,17 @@ def read_sequences(path: Path, layout: Layout = "auto") -> tuple[pl.DataFrame, s
     )
     bad = ~events["item_id"].str.contains(_INT_RE)
     if bad.any():
-        i = int(bad.arg_true()[0])
-        raise InputError(file, int(events[LINE][i]), "item",
+        line, i = schema.first_bad(events, bad)
+        raise InputError(file, line, "item",
                          f"an integer item id (token {int(events['token'][i])})",
                          shorten(events["item_id"][i]))
     # Canonical decimal form; a number too big for Int64 is not an id we can use.
     for col, what in (("user_id", "user"), ("item_id", "item")):
         as_int = events[col].cast(pl.Int64, strict=False)
         if as_int.is_null().any():
-            i = int(as_int.is_null().arg_true()[0])
+            line, i = schema.first_bad(events, as_int.is_null())
             token = 1 if col == "user_id" else int(events["token"][i])
-            raise InputError(file, int(events[LINE][i]), what,
+            raise InputError(file, line, what,
                              f"an integer {what} id below 2**63 (token {token})",
                              shorten(events[col][i]))
         events = events.with_columns(as_int.cast(pl.Utf8).alias(col))
@@ -146,13 +144,8 @@ def _line_of_keys(text: str, count: int) -> list[int]:
     starts = [m.start() for m in re.finditer(r'"(?:[^"\\]|\\.)*"\s*:', text)]
     if len(starts) != count:
         return [1] * count
-    lines = []
-    line, pos = 1, 0
-    for s in starts:
-        line += text.count("\n", pos, s)
-        pos = s
-        lines.append(line)
-    return lines
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    return [bisect.bisect(newlines, s) + 1 for s in starts]
 
 
 def _canonical_id(key: str) -> str:

@@ -72,11 +72,20 @@ def source_columns(names: dict[str, str]) -> Iterator[None]:
         raise
 
 
-def _first_bad(df: pl.DataFrame, mask: pl.Series) -> tuple[int | None, int]:
+def first_bad(df: pl.DataFrame, mask: pl.Series) -> tuple[int | None, int]:
     """(line, row index) of the first True in ``mask``."""
     idx = int(mask.arg_true()[0])
     line = int(df[LINE][idx]) if LINE in df.columns else idx + 1
     return line, idx
+
+
+def check_star_ratings(events: pl.DataFrame, file: str, column: str, raw) -> None:
+    """A ``value`` outside 0..5 is an error naming the source ``column`` and the value as it
+    was read (``raw``, one per event row)."""
+    bad = ~events["value"].is_between(0.0, 5.0) & events["value"].is_not_null()
+    if bad.any():
+        line, i = first_bad(events, bad)
+        raise InputError(file, line, column, "a star rating from 0 to 5", shorten(raw[i]))
 
 
 def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what: str) -> None:
@@ -101,7 +110,7 @@ def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
     s = _as_string(df[col])
     bad = s.is_null() | (s.str.strip_chars() == "")
     if bad.any():
-        line, idx = _first_bad(df, bad)
+        line, idx = first_bad(df, bad)
         raise InputError(file, line, col, "a non-empty id", shorten(df[col][idx]))
     return df.with_columns(s.alias(col))
 
@@ -116,7 +125,7 @@ def _cast_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str,
     if s.dtype in (pl.Float32, pl.Float64):
         bad = bad | out.is_nan()
     if bad.any():
-        line, idx = _first_bad(df, bad)
+        line, idx = first_bad(df, bad)
         raise InputError(file, line, col, expected, shorten(df[col][idx]))
     return df.with_columns(out.alias(col))
 
@@ -132,8 +141,7 @@ def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.
         iso = pl.Series(col, [None] * len(text), dtype=pl.Int64)
         need_iso = numeric.is_null() & text.is_not_null()
         if need_iso.any():
-            parsed = text.str.to_datetime(strict=False, time_zone="UTC")
-            iso = parsed.dt.epoch("s")
+            iso = text.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s")
         secs = numeric.cast(pl.Int64, strict=False)
         # Milliseconds: decided per value, so mixed files still convert sensibly.
         secs = pl.select(
@@ -142,13 +150,13 @@ def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.
         secs = secs.fill_null(iso)
         bad = secs.is_null() | (numeric.is_nan() if numeric.dtype == pl.Float64 else False)
         if bad.any():
-            line, idx = _first_bad(df, bad)
+            line, idx = first_bad(df, bad)
             raise InputError(file, line, col,
                              "a timestamp (integer seconds or milliseconds, or ISO-8601)",
                              shorten(s[idx]))
     negative = secs < 0
     if negative.any():
-        line, idx = _first_bad(df, negative)
+        line, idx = first_bad(df, negative)
         raise InputError(file, line, col, "a timestamp at or after 1970-01-01",
                          shorten(s[idx]))
     return df.with_columns(secs.alias(col).cast(pl.Int64))
@@ -166,14 +174,14 @@ def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
     df = parse_timestamps(df, file)
     for col, dtype in EVENT_NUMERIC.items():
         if col in df.columns:
-            kind = "a number" if dtype == pl.Float64 else "an integer"
-            df = _cast_numeric(df, col, dtype, file, kind)
+            df = _cast_numeric(df, col, dtype, file,
+                               "a number" if dtype == pl.Float64 else "an integer")
     cats = [c for c in df.columns if c not in EVENT_REQUIRED and c not in EVENT_NUMERIC
             and c != LINE]
     for col in cats:
         s = df[col]
         if s.dtype == pl.List or s.dtype == pl.Struct:
-            line, _ = _first_bad(df, s.is_not_null())
+            line, _ = first_bad(df, s.is_not_null())
             raise InputError(file, line, col, "a categorical value (string or number)",
                              f"a {s.dtype}")
         df = df.with_columns(_as_string(s).replace("", None).alias(col))
@@ -204,21 +212,15 @@ def normalize_items(df: pl.DataFrame, file: str) -> pl.DataFrame:
     if dup.any():
         # Report the second occurrence: the first is the one we would have kept.
         first_seen = df["item_id"].is_first_distinct()
-        line, idx = _first_bad(df, dup & ~first_seen)
+        line, idx = first_bad(df, dup & ~first_seen)
         raise InputError(file, line, "item_id", "a unique item id",
                          f"{shorten(df['item_id'][idx])} again")
-    for col in ITEM_TEXT:
-        if col in df.columns:
-            df = df.with_columns(_as_string(df[col]).alias(col))
-    for col in ITEM_LISTS:
-        if col in df.columns:
-            df = df.with_columns(_as_list(df[col]).alias(col))
+    df = df.with_columns([_as_string(df[c]) for c in ITEM_TEXT if c in df.columns]
+                         + [_as_list(df[c]) for c in ITEM_LISTS if c in df.columns])
     if "release_year" in df.columns:
         df = _cast_numeric(df, "release_year", pl.Int64, file, "an integer year")
     extra = sorted(c for c in df.columns if c not in ITEM_KNOWN and c != LINE)
-    for col in extra:
-        s = df[col]
-        if not isinstance(s.dtype, (pl.List, pl.Struct)):
-            df = df.with_columns(_as_string(s).alias(col))
+    df = df.with_columns(_as_string(df[c]) for c in extra
+                         if not isinstance(df[c].dtype, (pl.List, pl.Struct)))
     ordered = [c for c in ITEM_KNOWN if c in df.columns]
     return df.select(ordered + extra + [LINE])
