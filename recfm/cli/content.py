@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from recfm.adapt.new_items import add_items
-from recfm.cli.output import OVERWRITE, console, steps
+from recfm.cli.output import OVERWRITE, at_least_one, console, steps
 from recfm.content.store import embed_dataset
 
 content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attribute embeddings.")
@@ -47,7 +47,8 @@ def add_items_cmd(
                              "not apply), zero (content alone), "
                              "neighbours (mean of the nearest items in content space), "
                              "content (ridge map from content) or random."),
-    k: int = typer.Option(10, help="Neighbours averaged by --init neighbours."),
+    k: int = typer.Option(10, help="Neighbours averaged by --init neighbours.",
+                          callback=at_least_one("--k")),
     embedder: Optional[str] = typer.Option(None, help="For a run without content: the "
                                            "embedder used by --init content / neighbours."),
     vectors: Optional[Path] = typer.Option(None, help="The new items' vectors, for a run "

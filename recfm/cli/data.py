@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import OVERWRITE, console, print_json, steps
+from recfm.cli.output import OVERWRITE, at_least_one, console, print_json, steps
 from recfm.config import load_toml
 from recfm.data import synthetic
 from recfm.data.download import download_movielens
@@ -59,7 +59,8 @@ def data_synth(
 @data_app.command("describe")
 def data_describe(
     path: Path = typer.Argument(..., help="A prepared dataset directory."),
-    top: int = typer.Option(10, help="How many of the most frequent items to list."),
+    top: int = typer.Option(10, help="How many of the most frequent items to list.",
+                            callback=at_least_one("--top")),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Counts, sequence-length percentiles, top items and time range."""

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recfm.adapt.incremental import INCREMENTAL_TRAIN, build_incremental_dataset
-from recfm.cli.output import (console, override, print_json, print_metrics_table,
-                              print_train_result, steps)
+from recfm.cli.output import (at_least_one, console, override, print_json,
+                              print_metrics_table, print_train_result, steps)
 from recfm.data.readers import read_events
 from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
@@ -157,7 +157,7 @@ def recommend_cmd(
     events: Optional[Path] = typer.Option(None, help="Raw events of a (new) user."),
     data: Optional[Path] = typer.Option(None, help="Prepared dataset with the user's history "
                                         "(default: the one the run was trained on)."),
-    k: int = typer.Option(10, help="How many items."),
+    k: int = typer.Option(10, help="How many items.", callback=at_least_one("--k")),
     include_seen: bool = typer.Option(False, help="Allow items already in the history."),
     map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for --events."),
     prompt: Optional[str] = typer.Option(None, help="A soft prompt of the run (recfm "

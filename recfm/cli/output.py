@@ -1,6 +1,7 @@
 """What the commands print with: one console, a spinner, and the tables several commands share
 (and :func:`override`, how every command lays its options over a config; ``OVERWRITE``, the
-``--overwrite`` option of the commands that write an output folder).
+``--overwrite`` option of the commands that write an output folder; :func:`at_least_one`,
+the check of counts such as ``--k``).
 
 The library logs; only :mod:`recfm.cli` prints.
 """
@@ -8,11 +9,14 @@ The library logs; only :mod:`recfm.cli` prints.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from recfm.errors import RecfmError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,6 +43,15 @@ def override(target, **options) -> None:
             target[name] = value
         else:
             setattr(target, name, value)
+
+
+def at_least_one(option: str) -> Callable[[int], int]:
+    """A typer callback: ``option`` below 1 is one line on stderr (exit 2), not a traceback."""
+    def check(value: int) -> int:
+        if value < 1:
+            raise RecfmError(f"{option}: expected at least 1, found {value}")
+        return value
+    return check
 
 
 def print_json(obj) -> None:

@@ -19,7 +19,7 @@ import torch
 import typer
 from rich.table import Table
 
-from recfm.cli.output import OVERWRITE, console, override
+from recfm.cli.output import OVERWRITE, at_least_one, console, override
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_json, check_out
@@ -159,7 +159,7 @@ def serve_hook_cmd(
     query: Optional[str] = typer.Option(None, help="The typed query (search)."),
     country: str = typer.Option("unknown", help="Country of the request."),
     device: str = typer.Option("unknown", help="Device of the request."),
-    k: int = typer.Option(10, help="Items to show."),
+    k: int = typer.Option(10, help="Items to show.", callback=at_least_one("--k")),
     knob: Optional[float] = typer.Option(None, help="Personalization (default: the ranker's)."),
 ) -> None:
     """Rank one request as the serving engine's second pass would, and print it as JSON."""

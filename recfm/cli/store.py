@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recfm.cli.output import console, print_json
+from recfm.cli.output import at_least_one, console, print_json
 from recfm.store import embed, open_store
 from recfm.train.distributed import current, launch, strip_nproc
 
@@ -102,7 +102,8 @@ def diff_cmd(
     a: Optional[int] = typer.Option(None, "--a", help="Older version (default: the one "
                                     "before --b)."),
     b: Optional[int] = typer.Option(None, "--b", help="Newer version (default: the latest)."),
-    k: int = typer.Option(10, help="Recommendation list length for the overlap."),
+    k: int = typer.Option(10, help="Recommendation list length for the overlap.",
+                          callback=at_least_one("--k")),
     sample_users: int = typer.Option(2000, help="Users sampled for the top-k overlap."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

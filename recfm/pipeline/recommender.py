@@ -23,6 +23,7 @@ import torch
 
 from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.data.schema import normalize_events
+from recfm.errors import ConfigError
 from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.objectives import rollout_scores
 from recfm.pipeline.prompts import check_vectors, read_prompt, read_prompts
@@ -144,6 +145,8 @@ class Recommender:
         expected count of each item among the next two, decoding the next-item head
         (:func:`recfm.model.objectives.rollout_scores`; no prompt).
         """
+        if k < 1:
+            raise ConfigError(f"k: expected at least 1 item, found {k}")
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         store = self.store(histories)
         if len(store) != 1:

@@ -81,3 +81,13 @@ def test_recommend_for_a_known_user_from_another_folder(trained, tmp_path):
     for run_dir in (trained / "run", old):
         res = run("recommend", str(run_dir), "--user", "u00001", "--k", "3", cwd=tmp_path)
         assert "top 3 for u00001" in res.stdout
+
+
+@pytest.mark.parametrize("args", [["recommend", "run", "--user", "u00001", "--k", "0"],
+                                  ["recommend", "run", "--user", "u00001", "--k", "-5"],
+                                  ["data", "describe", "prepared", "--top", "0"]])
+def test_a_count_below_one_is_a_one_line_usage_error(trained, args):
+    res = subprocess.run([sys.executable, "-m", "recfm", *args], cwd=trained,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
+    assert res.stderr.strip().count("\n") == 0 and "expected at least 1" in res.stderr

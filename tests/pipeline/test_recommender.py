@@ -66,3 +66,9 @@ def test_prompts_are_added_read_and_refused_by_name(tmp_path):
     assert len(rec.recommend(["i1"], k=3, prompt="kids")) == 3
     with pytest.raises(RecfmError, match="expected a"):
         rec.add_prompt("bad", torch.zeros(3))
+
+
+@pytest.mark.parametrize("k", [0, -5])
+def test_a_list_of_fewer_than_one_item_is_refused(k):
+    with pytest.raises(RecfmError, match=f"k: expected at least 1 item, found {k}"):
+        Recommender.from_pretrained(OLD_RUN).recommend(["i1"], k=k)
