@@ -13,6 +13,7 @@ at ``/``. Model work runs on the micro-batcher's thread, never on the event loop
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Header, Query as Q, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 import recfm.serve.schemas as S
@@ -43,6 +44,13 @@ from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 log = logging.getLogger(__name__)
 
 EXPLORER = Path(__file__).parent / "static" / "explorer.html"
+
+
+class ErrorResponse(JSONResponse):
+    """An error as ASCII JSON: a lone surrogate echoed from the request is escaped, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False).encode()
 
 
 class BodyTooLarge(HTTPException):
@@ -157,11 +165,17 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, e: ServeError) -> JSONResponse:
-        return JSONResponse({"detail": e.message}, e.status)
+        return ErrorResponse({"detail": e.message}, e.status)
 
     @app.exception_handler(RecfmError)
     async def recfm_error(request: Request, e: RecfmError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 422)
+        return ErrorResponse({"detail": str(e)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each input, and NaN or a lone surrogate is not JSON
+        return ErrorResponse({"detail": [{k: err[k] for k in ("type", "loc", "msg")}
+                                         for err in e.errors()]}, 422)
 
     _model_routes(app, service)
     _browse_routes(app, service)

@@ -245,3 +245,23 @@ def test_a_server_without_its_known_users_says_so(served, tmp_path):
         health = c.get("/healthz").json()
     assert health["status"] == "degraded" and health["known_users"] == 0
     assert "elsewhere/prepared" in health["degraded"]
+
+
+NOT_JSON = [  # (path, raw body, the field the answer names)
+    ("/v1/recommend", b'{"user_id": "u1", "k": NaN}', "k"),
+    ("/v1/recommend", b'{"user_id": "u1", "k": 1e400}', "k"),
+    ("/v1/recommend", b'{"events": [{"item_id": "i0001", "value": -Infinity}]}', "value"),
+    ("/v1/recommend", b'{"user_id": "\\ud800"}', "user_id"),
+    ("/v1/recommend", b'{"\\ud800": 1}', "body"),
+    ("/v1/users/embed", b'{"events": [{"item_id": "\\udfff"}]}', "item_id"),
+    ("/v1/collections", b'{"user_id": "u1", "n": Infinity}', "n"),
+    ("/admin/reload", b'{"run": NaN}', "run"),
+    ("/admin/reload", b'{"run": "r", "data": "\\ud800"}', "data"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", NOT_JSON, ids=[f"{p}:{f}" for p, _, f in NOT_JSON])
+def test_nan_infinity_and_lone_surrogates_are_a_422_naming_the_field(client, path, body, field):
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert any(field in err["loc"] for err in r.json()["detail"])
