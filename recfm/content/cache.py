@@ -87,9 +87,7 @@ class EmbeddingCache:
         name = f"{uuid.uuid4().hex}.parquet"
         tmp = self.dir / f".{name}.tmp"
         frame.write_parquet(tmp)
-        final = self.dir / name
-        tmp.replace(final)
-        return final
+        return tmp.replace(self.dir / name)
 
     def _compact(self) -> None:
         """Merge every segment into one (written before the old ones are removed)."""

@@ -81,10 +81,7 @@ class TextEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         keys = [text_key(self.name, t) for t in texts]
         found = self.cache.get(keys) if self.cache is not None else {}
-        todo: dict[str, str] = {}
-        for k, t in zip(keys, texts):
-            if t and k not in found:
-                todo.setdefault(k, t)
+        todo = {k: t for k, t in zip(keys, texts) if t and k not in found}
         if todo:
             log.info("%s: encoding %d texts (%d from the cache)", self.name, len(todo),
                      len(found))
@@ -202,11 +199,9 @@ class AttributeBagEmbedder:
         self.spec = f"attributes:{dim}"
 
     def embed_items(self, items: pl.DataFrame) -> np.ndarray:
-        cols = [c for c in self.COLUMNS if c in items.columns]
         out = np.zeros((items.height, self.dim), dtype=np.float32)
-        for c in cols:
-            values = items[c].to_list()
-            for i, v in enumerate(values):
+        for c in [c for c in self.COLUMNS if c in items.columns]:
+            for i, v in enumerate(items[c].to_list()):
                 bag = v if isinstance(v, list) else ([v] if v is not None else [])
                 for a in bag:
                     if a is not None:

@@ -7,6 +7,7 @@ Fields used and an example: docs/guide/prepare.md.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import polars as pl
@@ -20,18 +21,9 @@ MAX_LIST_VALUES = 20
 
 def _words(values: Iterable | None) -> list[str]:
     """List values that read as words (numeric attribute ids do not)."""
-    if values is None:
-        return []
-    out = []
-    for v in values:
-        if v is None:
-            continue
-        s = str(v).strip()
-        if s and not s.lstrip("-").isdigit():
-            out.append(s)
-        if len(out) >= MAX_LIST_VALUES:
-            break
-    return out
+    texts = (str(v).strip() for v in values or () if v is not None)
+    words = (s for s in texts if s and not s.lstrip("-").isdigit())
+    return list(itertools.islice(words, MAX_LIST_VALUES))
 
 
 def item_text(row: dict) -> str:
@@ -65,7 +57,5 @@ def has_text(items: pl.DataFrame) -> bool:
     """Whether the catalog has any text field a text embedder can use."""
     if any(c in items.columns for c in ("title", "description", "tags")):
         return True
-    for c in ("genres", "attributes"):
-        if c in items.columns and any(_words(v) for v in items[c].head(100).to_list()):
-            return True
-    return False
+    return any(c in items.columns and any(_words(v) for v in items[c].head(100).to_list())
+               for c in ("genres", "attributes"))
