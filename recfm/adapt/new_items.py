@@ -162,19 +162,10 @@ def attribute_vocab(meta: dict[str, Any], items: pl.DataFrame, n_items: int) -> 
 # ----------------------------------------------------------------------------- add_items
 
 
-def _read_new_items(items: str | Path | pl.DataFrame) -> pl.DataFrame:
-    frame = normalize_items(items, "<items>") if isinstance(items, pl.DataFrame) \
-        else read_items(items)
-    return frame.drop(LINE)
-
-
 def _align(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
     """New catalog rows in the old catalog's column types (extra columns kept)."""
-    exprs = []
-    for c in new.columns:
-        if c in old.columns and new[c].dtype != old[c].dtype:
-            exprs.append(pl.col(c).cast(old[c].dtype, strict=False))
-    return new.with_columns(exprs) if exprs else new
+    return new.with_columns(pl.col(c).cast(old[c].dtype, strict=False) for c in new.columns
+                            if c in old.columns and new[c].dtype != old[c].dtype)
 
 
 def grow_vocabulary(tok: Tokenizer, old_items: pl.DataFrame, new: pl.DataFrame
@@ -282,7 +273,8 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     inputs = (run, None if isinstance(items, pl.DataFrame) else items)
     check_out(out, "run", overwrite, inputs)  # before any work
     step("reading new items")
-    new = _read_new_items(items)  # a malformed file stops here, before any work
+    new = (normalize_items(items, "<items>") if isinstance(items, pl.DataFrame)
+           else read_items(items)).drop(LINE)  # a malformed file stops here, before any work
     step("loading the run")
     rec = Recommender.from_pretrained(run)
     meta = json.loads((run / "config.json").read_text())
