@@ -115,7 +115,5 @@ def genre_diversity(engine: Engine, items: list[int]) -> float:
 
 
 def max_genre_count(engine: Engine, items: list[int]) -> int:
-    c: Counter = Counter()
-    for i in items:
-        c.update(engine.genres[i])
+    c = Counter(g for i in items for g in engine.genres[i])
     return max(c.values()) if c else 0

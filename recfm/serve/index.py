@@ -41,11 +41,7 @@ def _exact_rows(table: torch.Tensor, users: torch.Tensor, k: int,
     scores = scores.masked_fill(~mask, float("-inf"))
     top = torch.topk(scores, min(k, scores.size(1)), dim=1)
     vals, idx = top.values.numpy(), top.indices.numpy()
-    out = []
-    for b in range(len(allowed)):
-        keep = np.isfinite(vals[b])
-        out.append((idx[b][keep], vals[b][keep]))
-    return out
+    return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(idx, vals)]
 
 
 def _exact_one(table: np.ndarray, user: torch.Tensor, k: int, allowed: np.ndarray
@@ -171,8 +167,7 @@ def build_index(table: torch.Tensor, retrieval: str, hnsw_min_items: int, m: int
                 ef_construction: int, ef_search: int, cache_dir: Path | None) -> Index:
     """The index ``retrieval`` asks for (``auto``: HNSW from ``hnsw_min_items`` items up)."""
     n = int(table.size(0)) - N_RESERVED_ITEMS
-    use_hnsw = retrieval == "hnsw" or (retrieval == "auto" and n >= hnsw_min_items)
-    if use_hnsw:
+    if retrieval == "hnsw" or (retrieval == "auto" and n >= hnsw_min_items):
         return HNSWIndex(table, m, ef_construction, ef_search, cache_dir)
     return ExactIndex(table)
 
