@@ -115,19 +115,20 @@ def _load(root: Path, layout: str, want_tags: bool, encoding: str) -> MovieLensD
 
 # --------------------------------------------------------------------------- shared steps
 
+def _events(raw: pl.DataFrame, file: str, names: dict[str, str], *extra: pl.Expr
+            ) -> pl.DataFrame:
+    """``raw`` as validated events: canonical ← source columns (``names``) plus ``extra``;
+    errors name the source columns."""
+    df = raw.select(*(pl.col(src).alias(canon) for canon, src in names.items()), *extra,
+                    pl.col(LINE))
+    with schema.source_columns(names):
+        return schema.normalize_events(df, file)
+
+
 def _ratings_events(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataFrame:
     user, item, rating, ts = names
-    df = raw.select(
-        pl.col(user).alias("user_id"),
-        pl.col(item).alias("item_id"),
-        pl.col(ts).alias("timestamp"),
-        pl.lit("rate").alias("action"),
-        pl.col(rating).alias("value"),
-        pl.col(LINE),
-    )
-    with schema.source_columns({"user_id": user, "item_id": item, "timestamp": ts,
-                                "value": rating}):
-        events = schema.normalize_events(df, file)
+    events = _events(raw, file, {"user_id": user, "item_id": item, "timestamp": ts,
+                                 "value": rating}, pl.lit("rate").alias("action"))
     schema.check_star_ratings(events, file, rating, raw[rating])
     return events
 
@@ -136,16 +137,7 @@ def _tag_table(raw: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataF
     user, item, tag, ts = names
     if raw.height == 0:
         return None
-    df = raw.select(
-        pl.col(user).alias("user_id"),
-        pl.col(item).alias("item_id"),
-        pl.col(ts).alias("timestamp"),
-        pl.col(tag).alias("tag"),
-        pl.col(LINE),
-    )
-    with schema.source_columns({"user_id": user, "item_id": item, "timestamp": ts,
-                                "tag": tag}):
-        out = schema.normalize_events(df, file)
+    out = _events(raw, file, {"user_id": user, "item_id": item, "timestamp": ts, "tag": tag})
     return out.select("user_id", "item_id", "tag", "timestamp")
 
 
