@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,9 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
     try:
         yield tmp
         atomic_write_json(tmp / MARKER, {"kind": kind})
+        for p in tmp.rglob("*"):  # what a library wrote 0600 (safetensors) follows the umask
+            if p.is_file():
+                os.chmod(p, _umask_mode(0o666))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -94,22 +97,28 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
         shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` by ``write(temporary sibling)`` and a rename, fsync-ed, with the mode
+    the umask gives (``safetensors``' ``save_file`` alone makes files 0600)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
     try:
+        write(Path(tmp))
         os.chmod(tmp, _umask_mode(0o666))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

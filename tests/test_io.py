@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from recfm.errors import InputError
-from recfm.io import MARKER, atomic_dir
+from recfm.io import MARKER, atomic_dir, atomic_write_file
 
 
 def write_out(path, kind="prepared", text="new", **kw):
@@ -55,3 +59,19 @@ def test_a_file_or_a_folder_holding_an_input_is_refused(tmp_path):
     with pytest.raises(InputError, match="the input .* there"):
         write_out(tmp_path / "f", inputs=[tmp_path / "f"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_files_written_0600_by_a_library_follow_the_umask(tmp_path):
+    def weights(path):
+        save_file({"w": np.zeros(2, np.float32)}, str(path))  # makes the file 0600
+
+    umask = os.umask(0o027)
+    try:
+        atomic_write_file(tmp_path / "model.safetensors", weights)
+        with atomic_dir(tmp_path / "out", "rank-data") as tmp:
+            weights(tmp / "arrays.safetensors")
+    finally:
+        os.umask(umask)
+    for path in (tmp_path / "model.safetensors", tmp_path / "out" / "arrays.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

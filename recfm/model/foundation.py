@@ -26,7 +26,7 @@ from torch import nn
 
 from recfm import __version__
 from recfm.errors import ConfigError, InputError
-from recfm.io import atomic_write_json
+from recfm.io import atomic_write_file, atomic_write_json
 from recfm.model.attention import KVCache
 from recfm.model.backbone import Backbone
 from recfm.model.config import ModelConfig
@@ -450,9 +450,8 @@ class FoundationModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = path / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"recfm_version": __version__})
-        tmp.replace(path / "model.safetensors")
+        atomic_write_file(path / "model.safetensors", lambda tmp: save_file(
+            state, str(tmp), metadata={"recfm_version": __version__}))
         atomic_write_json(path / "config.json", {"model": asdict(self.cfg), **(extra or {})})
 
     @classmethod

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from recfm.errors import InputError, RecfmError
-from recfm.io import atomic_write_json
+from recfm.io import atomic_write_file, atomic_write_json
 from recfm.model.config import ModelConfig
 
 PROMPTS_DIR = "prompts"
@@ -113,9 +113,8 @@ def write_prompt(run: str | Path, name: str, vectors: torch.Tensor, meta: dict[s
     d = Path(run) / PROMPTS_DIR
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.safetensors"
-    tmp = d / f".{name}.safetensors.tmp"
-    save_file({"prompt": vectors}, str(tmp), metadata={"recfm_prompt": json.dumps(meta)})
-    tmp.replace(path)
+    atomic_write_file(path, lambda tmp: save_file({"prompt": vectors}, str(tmp),
+                                                  metadata={"recfm_prompt": json.dumps(meta)}))
     atomic_write_json(d / f"{name}.json", meta)
     return path
 

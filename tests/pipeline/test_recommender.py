@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import polars as pl
@@ -44,6 +45,9 @@ def test_save_then_load_round_trips(tmp_path):
     rec.save_pretrained(tmp_path / "copy")
     assert {p.name for p in (tmp_path / "copy").iterdir()} >= {
         "config.json", "model.safetensors", "tokenizer.json", "items.parquet"}
+    modes = {stat.S_IMODE((tmp_path / "copy" / name).stat().st_mode)
+             for name in ("config.json", "model.safetensors", "tokenizer.json")}
+    assert len(modes) == 1  # the weights follow the umask like every other run file
     again = Recommender.from_pretrained(tmp_path / "copy")
     h = ["i3", "i4"]
     assert rec.recommend(h, k=3).equals(again.recommend(h, k=3))
