@@ -435,14 +435,11 @@ class EmbeddingStore(ABC):
                 raise RecfmError(f"{self.root}: diff needs a version before {b}; versions: "
                                  f"{', '.join(map(str, versions))}")
             a = earlier[-1]
-        ua, ia = self.table("users", a), self.table("items", a)
-        ub, ib = self.table("users", b), self.table("items", b)
-        report = stability_report(
-            (ua["id"].to_list(), _frame_vectors(ua)), (ub["id"].to_list(), _frame_vectors(ub)),
-            (ia["id"].to_list(), _frame_vectors(ia)), (ib["id"].to_list(), _frame_vectors(ib)),
-            k=k, sample_users=sample_users, seed=seed)
+        ua, ia, ub, ib = (_ids_vectors(self.table(kind, v)) for v in (a, b)
+                          for kind in ("users", "items"))
+        report = stability_report(ua, ub, ia, ib, k=k, sample_users=sample_users, seed=seed)
         return {"a": a, "b": b, **report}
 
 
-def _frame_vectors(frame: pl.DataFrame) -> np.ndarray:
-    return table_vectors(frame.select("vector").to_arrow())
+def _ids_vectors(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+    return frame["id"].to_list(), table_vectors(frame.select("vector").to_arrow())

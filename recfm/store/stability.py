@@ -19,8 +19,7 @@ Vectors = tuple[Sequence[str], np.ndarray]
 
 def _summary(values: np.ndarray) -> dict[str, float | int]:
     if len(values) == 0:
-        return {"n": 0, "mean": float("nan"), "median": float("nan"), "p10": float("nan"),
-                "p90": float("nan")}
+        return {"n": 0, **dict.fromkeys(("mean", "median", "p10", "p90"), float("nan"))}
     return {"n": int(len(values)), "mean": float(values.mean()),
             "median": float(np.median(values)), "p10": float(np.quantile(values, 0.1)),
             "p90": float(np.quantile(values, 0.9))}
