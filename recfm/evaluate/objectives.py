@@ -98,11 +98,9 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
                                           k, dim=1).indices.numpy()  # (B, k)
         for i, r in enumerate(rows):
             ranked = list(top[i])
-            t = int(target[r])
-            if t in ranked:
-                pos = ranked.index(t)
-                sums["hr@10"] += 1
-                sums["ndcg@10"] += 1 / math.log2(pos + 2)
+            ndcg, hr = _window_gain(ranked, {int(target[r])}, k)  # one future item: the next
+            sums["ndcg@10"] += ndcg
+            sums["hr@10"] += hr
             future = set(win[r]) - set(seen[b == i].tolist())
             if future:
                 for by in rankings:
