@@ -98,9 +98,7 @@ def item_tables(items: pl.DataFrame, popularity: np.ndarray, item_vec: np.ndarra
     for j, i in enumerate(idx.tolist()):
         gs = list(glist[j] or [])
         dense[i, 3] = len(gs)
-        for g in gs:
-            if g in g_index:
-                dense[i, 4 + g_index[g]] = 1.0
+        dense[i, [4 + g_index[g] for g in gs if g in g_index]] = 1.0
         titles[i] = normalize(raw_titles[j] or "")
         title_words[i] = set(words(raw_titles[j] or ""))
         genres[i] = {str(g).lower() for g in gs}
