@@ -137,8 +137,7 @@ def remove_stale_staging(root: Path, max_age_s: float = STALE_STAGING_S) -> list
 
 
 def _encode(rec: Recommender, seqs: pl.DataFrame, rows: np.ndarray, pooling: str,
-            batch_size: int,
-            chunk_users: int, on_progress: ProgressFn | None) -> np.ndarray:
+            batch_size: int, chunk_users: int, on_progress: ProgressFn | None) -> np.ndarray:
     """(len(rows), d) user vectors of dataset rows ``rows``, in that order."""
     order = np.argsort(np.minimum(seqs["length"].to_numpy()[rows], rec.cfg.max_len),
                        kind="stable")
