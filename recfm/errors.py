@@ -7,6 +7,9 @@ found. The CLI prints that one line to stderr and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class RecfmError(Exception):
     """Base class for errors the CLI reports as one line (exit status 2)."""
@@ -44,3 +47,17 @@ def shorten(value: object, limit: int = 40) -> str:
     """A found value as it goes into an error message: repr, cut to ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def reading(path: object, expected: str) -> Iterator[None]:
+    """Any failure inside the block (a truncated, garbled or mismatched file) becomes one
+    :class:`InputError` naming ``path``: what was ``expected``, and the reader's complaint."""
+    try:
+        yield
+    except RecfmError:
+        raise
+    except Exception as e:  # every reader has its own exceptions; all mean a bad file
+        found = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())
+        raise InputError(str(path), None, None, expected,
+                         found if len(found) <= 160 else found[:157] + "...") from None

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recfm import __version__
-from recfm.errors import ConfigError, InputError
+from recfm.errors import ConfigError, InputError, reading
 from recfm.io import atomic_write_file, atomic_write_json
 from recfm.model.attention import KVCache
 from recfm.model.backbone import Backbone
@@ -470,21 +470,26 @@ class FoundationModel(nn.Module):
             if not (path / name).is_file():
                 raise InputError(str(path / name), None, None, "a recfm run file",
                                  "nothing at that path")
-        meta = json.loads((path / "config.json").read_text())
-        cfg = ModelConfig.from_dict(meta["model"], str(path / "config.json"))
-        model = cls(cfg, tok, items)
-        state = load_file(str(path / weights))
-        model.item_encoder.set_attributes(state["item_encoder.attr_offsets"],
-                                          state["item_encoder.attr_values"])
-        model.load_state_dict(state)
+        with reading(path / "config.json", "a run's config.json with a [model] table"):
+            cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text())["model"],
+                                        str(path / "config.json"))
+            model = cls(cfg, tok, items)
+        with reading(path / weights, "safetensors weights of the model config.json describes"):
+            state = load_file(str(path / weights))
+            model.item_encoder.set_attributes(state["item_encoder.attr_offsets"],
+                                              state["item_encoder.attr_values"])
+            model.load_state_dict(state)
         model.eval()
         return model
 
 
 def read_vocabulary(path: Path) -> tuple[Tokenizer | None, pl.DataFrame | None]:
     """The tokenizer and item catalog saved in a run directory (None where absent)."""
-    items = pl.read_parquet(path / "items.parquet") if (path / "items.parquet").is_file() \
-        else None
+    items = None
+    if (path / "items.parquet").is_file():
+        with reading(path / "items.parquet", "a Parquet item catalog with an item_id column"):
+            items = pl.read_parquet(path / "items.parquet")
+            items["item_id"]
     tok = None
     if (path / "tokenizer.json").is_file() and items is not None:
         tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())

@@ -22,7 +22,7 @@ from recfm import __version__
 from recfm.data import amazon, movielens, s3rec, synthetic
 from recfm.data.readers import RawDataset, read_generic
 from recfm.data.splits import leave_one_out
-from recfm.errors import InputError
+from recfm.errors import InputError, reading
 from recfm.io import atomic_dir, atomic_write_json
 from recfm.tokens.tokenizer import (
     N_RESERVED_ITEMS,
@@ -189,11 +189,16 @@ class PreparedDataset:
     def load(cls, path: str | Path) -> "PreparedDataset":
         path = Path(path)
         cls.check_files(path)
-        items = pl.read_parquet(path / "items.parquet")
-        tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
+        with reading(path / "items.parquet", "a prepared item catalog (Parquet)"):
+            items = pl.read_parquet(path / "items.parquet")
+            item_ids = items["item_id"].to_list()
+        tok = Tokenizer.load(path / "tokenizer.json", item_ids)
         report_path = path / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-        return cls(path, pl.read_parquet(path / "tokens.parquet"), items, tok, report)
+        with reading(report_path, "a prepared dataset's report (JSON)"):
+            report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        with reading(path / "tokens.parquet", "prepared token sequences (Parquet)"):
+            tokens = pl.read_parquet(path / "tokens.parquet")
+        return cls(path, tokens, items, tok, report)
 
 
 def describe(path: str | Path, top: int = 10) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import polars as pl
 from recfm import __version__
 from recfm.config import from_dict
 from recfm.data.schema import EVENT_REQUIRED, LINE
-from recfm.errors import InputError, shorten
+from recfm.errors import InputError, reading, shorten
 from recfm.io import atomic_write_json
 
 TOKENIZER_FORMAT = 1
@@ -128,19 +128,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path, item_ids: list[str]) -> "Tokenizer":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != TOKENIZER_FORMAT:
-            raise ValueError(f"{path}: tokenizer format {data.get('format')} is not "
-                             f"{TOKENIZER_FORMAT}")
-        return cls(
-            config=TokenizerConfig.from_dict(data["config"], str(path)),
-            item_ids=list(item_ids),
-            facets={k: list(v) for k, v in data["facets"].items()},
-            value_edges=list(data["value_edges"]),
-            has_time=bool(data["has_time"]),
-            item_facets={k: list(v) for k, v in data.get("item_facets", {}).items()},
-            meta=data.get("meta", {}),
-        )
+        with reading(path, f"a tokenizer.json of format {TOKENIZER_FORMAT}"):
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("format") != TOKENIZER_FORMAT:
+                raise InputError(str(path), None, "format", str(TOKENIZER_FORMAT),
+                                 shorten(data.get("format")))
+            return cls(
+                config=TokenizerConfig.from_dict(data["config"], str(path)),
+                item_ids=list(item_ids),
+                facets={k: list(v) for k, v in data["facets"].items()},
+                value_edges=list(data["value_edges"]),
+                has_time=bool(data["has_time"]),
+                item_facets={k: list(v) for k, v in data.get("item_facets", {}).items()},
+                meta=data.get("meta", {}),
+            )
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recfm.errors import RecfmError
+from recfm.errors import RecfmError, reading
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,14 @@ class Checkpointer:
         _remove(old)
 
     def load(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
-        state = torch.load(self.dir / "state.pt", weights_only=True)
-        model.load_state_dict(load_file(str(self.dir / "model.safetensors")))
-        opt.load_state_dict(state.pop("optimizer"))
-        torch.set_rng_state(state.pop("torch_rng"))
+        with reading(self.dir / "state.pt", "a training checkpoint (delete the checkpoint "
+                     "folder to start over)"):
+            state = torch.load(self.dir / "state.pt", weights_only=True)
+            opt.load_state_dict(state.pop("optimizer"))
+            torch.set_rng_state(state.pop("torch_rng"))
+        with reading(self.dir / "model.safetensors", "the checkpoint's weights (delete the "
+                     "checkpoint folder to start over)"):
+            model.load_state_dict(load_file(str(self.dir / "model.safetensors")))
         return state
 
 

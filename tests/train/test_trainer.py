@@ -201,3 +201,17 @@ def test_skipped_batches_take_no_step(tmp_path):
     t.resume(False)
     t.fit()
     assert 0 < t.state["step"] < 10
+
+
+@pytest.mark.parametrize("name", ["state.pt", "model.safetensors"])
+def test_a_truncated_checkpoint_is_one_clear_error(tmp_path, name):
+    from recfm.errors import InputError
+
+    t = make(tmp_path, checkpoint_every=2)
+    t.resume(False)
+    t.fit()
+    path = tmp_path / "run" / "checkpoint" / name
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="start over") as e:
+        make(tmp_path, checkpoint_every=2).resume(True)
+    assert e.value.file == str(path)
