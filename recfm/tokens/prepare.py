@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from recfm import __version__
 from recfm.data import amazon, movielens, s3rec, synthetic
@@ -186,7 +187,9 @@ class PreparedDataset:
                                  "nothing at that path")
 
     @classmethod
-    def load(cls, path: str | Path) -> "PreparedDataset":
+    def load(cls, path: str | Path, row_groups: int | None = None) -> "PreparedDataset":
+        """The dataset at ``path``; ``row_groups``: only the users of the first this many
+        row groups of ``tokens.parquet`` (streamed training's validation sample)."""
         path = Path(path)
         cls.check_files(path)
         with reading(path / "items.parquet", "a prepared item catalog (Parquet)"):
@@ -197,7 +200,12 @@ class PreparedDataset:
         with reading(report_path, "a prepared dataset's report (JSON)"):
             report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         with reading(path / "tokens.parquet", "prepared token sequences (Parquet)"):
-            tokens = pl.read_parquet(path / "tokens.parquet")
+            if row_groups is None:
+                tokens = pl.read_parquet(path / "tokens.parquet")
+            else:
+                file = pq.ParquetFile(path / "tokens.parquet")
+                n = min(max(row_groups, 1), file.metadata.num_row_groups)
+                tokens = pl.from_arrow(file.read_row_groups(list(range(n))))
         return cls(path, tokens, items, tok, report)
 
 

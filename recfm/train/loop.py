@@ -183,8 +183,7 @@ def train(
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     # streaming: only a sample of users is loaded (validation, test); batches stream
-    ds = shards.load_sample(data_dir, tcfg.stream_eval_groups) if tcfg.stream \
-        else PreparedDataset.load(data_dir)
+    ds = PreparedDataset.load(data_dir, tcfg.stream_eval_groups if tcfg.stream else None)
     fresh = FRESH in ds.sequences.columns  # incremental data: only fresh tokens are targets
     if fresh:
         split, evaluate_test = fresh_split(ds.sequences, seed=tcfg.seed), False

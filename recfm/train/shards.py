@@ -8,7 +8,6 @@ runs the same number of steps. Details: docs/guide/training.md.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,8 +20,7 @@ import torch
 from recfm.tokens.batching import SequenceStore
 from recfm.data.splits import leave_one_out
 from recfm.errors import RecfmError
-from recfm.tokens.prepare import PreparedDataset
-from recfm.tokens.tokenizer import Tokenizer, context_windows
+from recfm.tokens.tokenizer import context_windows
 from recfm.train.batches import make_batch
 
 log = logging.getLogger(__name__)
@@ -149,21 +147,6 @@ class StreamingBatches:
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         for i in range(self.own_batches(epoch)):
             yield self.batch(epoch, i)
-
-
-def load_sample(path: str | Path, n_groups: int) -> PreparedDataset:
-    """A :class:`recfm.tokens.prepare.PreparedDataset` whose sequences are only the first
-    ``n_groups`` row groups of ``tokens.parquet`` (streamed training: the validation and
-    test sample, facet sizes and item frequencies come from these users)."""
-    path = Path(path)
-    PreparedDataset.check_files(path)
-    src = ParquetTokens(path / "tokens.parquet")
-    seqs = src.read(range(min(max(n_groups, 1), src.n_groups)))
-    items = pl.read_parquet(path / "items.parquet")
-    tok = Tokenizer.load(path / "tokenizer.json", items["item_id"].to_list())
-    report_path = path / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    return PreparedDataset(path, seqs, items, tok, report)
 
 
 def streamer(data_dir: str | Path, columns: Sequence[str], max_len: int, tcfg, ddp=None

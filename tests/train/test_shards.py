@@ -82,12 +82,16 @@ def test_steps_agree_across_ranks_and_resume_mid_epoch(grouped):
 
 
 def test_streamed_training_runs_without_loading_the_dataset(grouped, tmp_path, monkeypatch):
-    import recfm.tokens.prepare
+    import polars
 
-    def no_whole_load(*a, **k):
-        raise AssertionError("streamed training loaded the whole dataset")
+    read = polars.read_parquet
 
-    monkeypatch.setattr(recfm.tokens.prepare.PreparedDataset, "load", no_whole_load)
+    def no_whole_load(path, *a, **k):
+        if str(path).endswith("tokens.parquet"):
+            raise AssertionError("streamed training loaded the whole dataset")
+        return read(path, *a, **k)
+
+    monkeypatch.setattr(polars, "read_parquet", no_whole_load)
     res = train(grouped, tmp_path / "run", ModelConfig(d_model=16, n_layers=1, max_len=8),
                 TrainConfig(epochs=2, batch_size=8, stream=True, stream_eval_groups=2,
                             tensorboard=False))
