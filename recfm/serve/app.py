@@ -53,16 +53,12 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, allow_nan=False).encode()
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body larger than {limit:,} bytes")
-
-
 class ServiceMiddleware:
     """Pure ASGI: refuses bodies over the limit (413) and records metrics per route."""
 
     def __init__(self, app: Any, metrics: Metrics, max_body: int) -> None:
         self.app, self.metrics, self.max_body = app, metrics, max_body
+        self.too_large = f"request body larger than {max_body:,} bytes"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -72,8 +68,7 @@ class ServiceMiddleware:
         status = {"code": 500}
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await JSONResponse({"detail": f"request body larger than {self.max_body:,} "
-                                    "bytes"}, 413)(scope, receive, send)
+                await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
                 self.metrics.observe_request(scope["method"], "(body too large)", 413,
                                              time.perf_counter() - t0)
                 return
@@ -85,7 +80,7 @@ class ServiceMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise BodyTooLarge(self.max_body)
+                    raise HTTPException(413, self.too_large)
             return message
 
         async def watched_send(message: dict) -> None:
@@ -325,14 +320,14 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
         """Load another run directory and swap to it; requests in flight finish on the old one."""
         token = os.environ.get(service.cfg.admin_token_env)
         if not token:
-            raise ServeError403(f"reload is disabled: start the server with "
-                                f"{service.cfg.admin_token_env} set to a secret token")
+            return ErrorResponse({"detail": "reload is disabled: start the server with "
+                                  f"{service.cfg.admin_token_env} set to a secret token"}, 403)
         if authorization is None or not hmac.compare_digest(
                 authorization.encode(), f"Bearer {token}".encode()):
             return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
                                 headers={"WWW-Authenticate": "Bearer"})
         if not service.reloading.acquire(blocking=False):
-            raise ServeError409("a reload is already running")
+            return ErrorResponse({"detail": "a reload is already running"}, 409)
         try:
             new = await run_in_threadpool(_load_and_warm, req.run, service.cfg,
                                           req.data or service.data)
@@ -354,14 +349,6 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def explorer() -> HTMLResponse:
         return HTMLResponse(EXPLORER.read_text(encoding="utf-8"))
-
-
-class ServeError403(ServeError):
-    status = 403
-
-
-class ServeError409(ServeError):
-    status = 409
 
 
 def _row(engine: Engine, idx: list[int]) -> dict:

@@ -157,7 +157,11 @@ class Engine:
         self.event_tokenizer = EventTokenizer(self.rec.tokenizer, self.columns, self.index_of)
         self.fast_tokens = True
         """Tokenize requests with :class:`EventTokenizer` (False: the reference tokenizer)."""
-        self.titles = self._column(items, "title")
+        self.titles: list[str | None] | None = None
+        if "title" in items.columns:
+            self.titles = [None] * self.n_items
+            for i, v in zip(items["idx"].to_list(), items["title"].cast(pl.Utf8).to_list()):
+                self.titles[i] = v
         self._lower_titles: pl.Series | None = None
         self.genres = self.rules.item_genres
         pop_col = next((c for c in ("n_tokens", "n_events") if c in items.columns), None)
@@ -203,14 +207,6 @@ class Engine:
         if self._lower_titles is None:
             self._lower_titles = pl.Series(self.titles, dtype=pl.Utf8).str.to_lowercase()
         return self._lower_titles
-
-    def _column(self, items: pl.DataFrame, col: str) -> list[str | None] | None:
-        if col not in items.columns:
-            return None
-        out: list[str | None] = [None] * self.n_items
-        for i, v in zip(items["idx"].to_list(), items[col].cast(pl.Utf8).to_list()):
-            out[i] = v
-        return out
 
     # ------------------------------------------------------------------ requests → queries
 

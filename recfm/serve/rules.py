@@ -124,10 +124,5 @@ class ItemRules:
 
     def genres_over_cap(self, counts: dict[str, int], cap: int) -> np.ndarray | None:
         """Items having a genre already chosen ``cap`` times (None if there is none)."""
-        full = [g for g, n in counts.items() if n >= cap and g in self.genre]
-        if not full:
-            return None
-        out = np.zeros(self.n_items, dtype=bool)
-        for g in full:
-            out |= self.genre[g]
-        return out
+        full = tuple(g for g, n in counts.items() if n >= cap and g in self.genre)
+        return self._any(self.genre, full, "genres") if full else None
