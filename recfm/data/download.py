@@ -37,9 +37,7 @@ class ChecksumError(DownloadError):
     """The downloaded bytes do not have the expected SHA-256."""
 
     def __init__(self, url: str, expected: str, found: str) -> None:
-        self.url = url
-        self.expected = expected
-        self.found = found
+        self.url, self.expected, self.found = url, expected, found
         super().__init__(f"{url}: SHA-256 mismatch: expected {expected}, found {found}")
 
 
@@ -71,8 +69,7 @@ MOVIELENS: dict[str, Archive] = {
 
 
 def movielens_url(name: str, base_url: str | None = None) -> str:
-    spec = _spec(name)
-    return f"{(base_url or BASE_URL).rstrip('/')}/{spec.zip_name}"
+    return f"{(base_url or BASE_URL).rstrip('/')}/{_spec(name).zip_name}"
 
 
 def _spec(name: str) -> Archive:
@@ -156,15 +153,10 @@ def _members(zf: zipfile.ZipFile, url: str) -> list[tuple[zipfile.ZipInfo, PureP
         if p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", info.filename):
             raise DownloadError(f"{url}: unsafe path in archive: {info.filename!r}")
         paths.append(p)
-    tops = {p.parts[0] for p in paths}
-    strip = len(tops) == 1 and any(len(p.parts) > 1 for p in paths)
-    out = []
-    for info, p in zip(infos, paths):
-        rel = PurePosixPath(*p.parts[1:]) if strip else p
-        if strip and not rel.parts:
-            continue  # the top folder's own entry
-        out.append((info, rel))
-    return out
+    if len({p.parts[0] for p in paths}) != 1 or all(len(p.parts) == 1 for p in paths):
+        return list(zip(infos, paths))
+    # below the single top folder; the folder's own entry is dropped
+    return [(i, PurePosixPath(*p.parts[1:])) for i, p in zip(infos, paths) if len(p.parts) > 1]
 
 
 def _extract(archive: Path, target: Path, url: str) -> None:

@@ -352,9 +352,8 @@ def _draw_works(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
                         for e in range(len(ENTITY_TYPES))])
     genre_w = _draw_rows(genre_p, entity_w, rng.random(n))
     u_inst = rng.random(n)
-    n_inst = np.ones(n, dtype=np.int64)
     sequel = rng.integers(2, 5, n)
-    n_inst = np.where((entity_w == MOVIE) & (u_inst < 0.28), sequel, n_inst)
+    n_inst = np.where((entity_w == MOVIE) & (u_inst < 0.28), sequel, 1)
     n_inst = np.where(entity_w == SERIES, np.minimum(rng.geometric(0.45, n), 6), n_inst)
     n_inst = np.where((entity_w == GAME) & (u_inst < 0.3), np.minimum(sequel, 3), n_inst)
     n_inst = np.where((entity_w == LIVE) & (u_inst < 0.5), np.minimum(sequel, 3), n_inst)
@@ -1106,10 +1105,9 @@ def _non_overlapping(s_user: np.ndarray, a: np.ndarray, length: np.ndarray) -> n
     solves to ``s_k = D_k + max_{j ≤ k}(a_j − D_j)``; a large per-user offset keeps the
     running maximum from leaking across users.
     """
-    starts = np.nonzero(np.r_[True, s_user[1:] != s_user[:-1]])[0]
-    cum = np.cumsum(length)
-    excl = cum - length
-    d = excl - excl[starts][np.cumsum(np.r_[True, s_user[1:] != s_user[:-1]]) - 1]
+    first = np.r_[True, s_user[1:] != s_user[:-1]]  # (S,) a user's first session
+    excl = np.cumsum(length) - length
+    d = excl - excl[first][np.cumsum(first) - 1]
     big = np.int64(1) << np.int64(40)
     v = a - d + s_user.astype(np.int64) * big
     return np.maximum.accumulate(v) - s_user.astype(np.int64) * big + d
@@ -1161,7 +1159,6 @@ def generate(cfg: SynthConfig | None = None) -> SynthWorld:
 
     user_ids = _id_strings("u", cfg.n_users, 5)
     item_ids = _id_strings("i", cfg.n_items, 4)
-    values = pl.Series("value", ev["value"], dtype=pl.Float64).fill_nan(None)
     events = pl.DataFrame({
         "user_id": user_ids.gather(ev["user"]),
         "item_id": item_ids.gather(ev["item"]),
@@ -1170,7 +1167,7 @@ def generate(cfg: SynthConfig | None = None) -> SynthWorld:
         "device": pl.Series(DEVICES, dtype=pl.Utf8).gather(ev["device"]),
         "country": pl.Series([c[0] for c in COUNTRIES], dtype=pl.Utf8).gather(ev["country"]),
         "surface": pl.Series(SURFACES, dtype=pl.Utf8).gather(ev["surface"]),
-        "value": values,
+        "value": pl.Series(ev["value"], dtype=pl.Float64).fill_nan(None),
         "row": pl.Series(ev["row"], dtype=pl.Int64),
     })
     items = _items_frame(cat, item_ids)
