@@ -25,8 +25,7 @@ class Job:
     kind: str
     engine: Any
     payload: Any
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future  # resolved on its own event loop
 
 
 def _resolve(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
@@ -50,9 +49,8 @@ class MicroBatcher:
         self._thread.start()
 
     async def submit(self, kind: str, engine: Any, payload: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put(Job(kind, engine, payload, fut, loop))
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put(Job(kind, engine, payload, fut))
         return await fut
 
     def close(self) -> None:
@@ -102,4 +100,4 @@ class MicroBatcher:
                     else:
                         results, errors = [None], [e]
                 for job, value, error in zip(group, results, errors):
-                    job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
+                    job.future.get_loop().call_soon_threadsafe(_resolve, job.future, value, error)
