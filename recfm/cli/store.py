@@ -115,9 +115,7 @@ def diff_cmd(
     t = Table(title=f"{path}: version {rep['a']} → {rep['b']}")
     for col in ("", "n", "median", "p10", "p90", "mean"):
         t.add_column(col, justify="left" if not col else "right")
-    rows = [("user cosine", rep["cosine"]),
-            (f"top-{k} overlap", rep["top_overlap"])]
-    for name, s in rows:
+    for name, s in (("user cosine", rep["cosine"]), (f"top-{k} overlap", rep["top_overlap"])):
         if s is None:
             t.add_row(name, "-", "dimensions differ", "", "", "")
             continue
