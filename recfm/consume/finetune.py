@@ -30,12 +30,13 @@ from recfm.config import from_dict, read_toml
 from recfm.consume.subgraph import freeze, trainable_modules
 from recfm.data.readers import read_events
 from recfm.data.splits import Split, leave_one_out
-from recfm.errors import InputError, RecfmError
+from recfm.errors import InputError, RecfmError, reading
 from recfm.evaluate.evaluator import evaluate_scorer
 from recfm.evaluate.ranks import target_ranks
 from recfm.io import atomic_write_bytes, atomic_write_json
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
+from recfm.runinfo import verify_manifest, write_manifest
 from recfm.tokens.tokenizer import N_RESERVED_FACET
 from recfm.train.batches import MemoryBatches
 from recfm.train.config import TrainConfig
@@ -431,11 +432,14 @@ class TaskModel(nn.Module):
                        for k, v in self.head.state_dict().items()}
             atomic_write_bytes(path / HEAD_WEIGHTS,
                                safetensors_bytes(weights, metadata={"recfm_version": __version__}))
+            write_manifest(path, (HEAD_WEIGHTS,))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "TaskModel":
+    def from_pretrained(cls, path: str | Path, verify: bool = True) -> "TaskModel":
         path = Path(path)
-        rec = Recommender.from_pretrained(path)
+        if verify:
+            verify_manifest(path, (HEAD_WEIGHTS,))
+        rec = Recommender.from_pretrained(path, verify=verify)
         meta = json.loads((path / "config.json").read_text())
         if "task" not in meta:
             raise InputError(str(path / "config.json"), None, "task",
@@ -443,7 +447,8 @@ class TaskModel(nn.Module):
         saved = {"head_norm": False, **meta["task"]}  # runs from before head_norm had none
         model = cls(rec, TaskConfig.from_dict(saved, str(path / "config.json")))
         if model.head is not None:
-            model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
+            with reading(path / HEAD_WEIGHTS, "the task head's safetensors weights"):
+                model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
         model.eval()
         return model
 

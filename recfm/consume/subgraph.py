@@ -24,13 +24,12 @@ from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_dir
 from recfm.model.foundation import FoundationModel
 from recfm.pipeline import Recommender
-from recfm.runinfo import weights_sha256
+from recfm.runinfo import MANIFEST, RUN_FILES, weights_sha256
 
 log = logging.getLogger(__name__)
 
 DOWNSTREAM_WEIGHTS = "downstream.safetensors"
 DOWNSTREAM_CONFIG = "downstream.json"
-RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "items.parquet")
 
 
 def trainable_modules(fm: FoundationModel, trainable_layers: int | None) -> list[nn.Module]:
@@ -191,7 +190,7 @@ def save_downstream(model: nn.Module, path: str | Path, config: dict[str, Any] |
         (tmp / DOWNSTREAM_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if copy_foundation:
             (tmp / "foundation").mkdir()
-            for name in RUN_FILES:
+            for name in (*RUN_FILES, MANIFEST):
                 if (enc.run / name).is_file():
                     shutil.copy2(enc.run / name, tmp / "foundation" / name)
 

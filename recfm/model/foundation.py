@@ -27,6 +27,7 @@ from torch import nn
 from recfm import __version__
 from recfm.errors import ConfigError, InputError, reading
 from recfm.io import atomic_write_file, atomic_write_json
+from recfm.runinfo import RUN_FILES, verify_manifest, write_manifest
 from recfm.model.attention import KVCache
 from recfm.model.backbone import Backbone
 from recfm.model.config import ModelConfig
@@ -453,11 +454,15 @@ class FoundationModel(nn.Module):
         atomic_write_file(path / "model.safetensors", lambda tmp: save_file(
             state, str(tmp), metadata={"recfm_version": __version__}))
         atomic_write_json(path / "config.json", {"model": asdict(self.cfg), **(extra or {})})
+        write_manifest(path, ("config.json", "model.safetensors"))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors"
-                        ) -> "FoundationModel":
-        """The network of a run directory (its vocabularies build the objective tables)."""
+    def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors",
+                        verify: bool = True) -> "FoundationModel":
+        """The network of a run directory (its vocabularies build the objective tables);
+        ``verify``: check its files against the run's manifest first."""
+        if verify:
+            verify_manifest(Path(path), tuple(dict.fromkeys((*RUN_FILES, weights))))
         tok, items = read_vocabulary(Path(path))
         return cls.load(path, tok, items, weights)
 

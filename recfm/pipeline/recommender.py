@@ -26,7 +26,9 @@ from recfm.data.schema import normalize_events
 from recfm.errors import ConfigError
 from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.objectives import rollout_scores
+from recfm.io import atomic_write_file
 from recfm.pipeline.prompts import check_vectors, read_prompt, read_prompts
+from recfm.runinfo import RUN_FILES, verify_manifest, write_manifest
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
 
 
@@ -46,22 +48,25 @@ class Recommender:
         return self.model.cfg
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors"
-                        ) -> "Recommender":
+    def from_pretrained(cls, path: str | Path, weights: str = "model.safetensors",
+                        verify: bool = True) -> "Recommender":
+        """A run directory; ``verify``: check its files against its manifest first."""
         path = Path(path)
+        if verify:
+            verify_manifest(path, tuple(dict.fromkeys((*RUN_FILES, weights))))
         tok, items = read_vocabulary(path)
         return cls(FoundationModel.load(path, tok, items, weights), tok, items, path)
 
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """The model's files, then ``tokenizer.json`` and ``items.parquet``, each atomic."""
+        """The model's files, then ``tokenizer.json`` and ``items.parquet``, each atomic, and
+        last the manifest of their SHA-256."""
         path = Path(path)
         self.model.save_pretrained(path, extra)
         if self.tokenizer is not None:
             self.tokenizer.save(path / "tokenizer.json")
         if self.items is not None:
-            tmp_items = path / ".items.parquet.tmp"
-            self.items.write_parquet(tmp_items)
-            tmp_items.replace(path / "items.parquet")
+            atomic_write_file(path / "items.parquet", self.items.write_parquet)
+        write_manifest(path, RUN_FILES)
 
     # ------------------------------------------------------------------ inputs → tensors
 

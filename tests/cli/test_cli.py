@@ -78,6 +78,7 @@ def test_recommend_for_a_known_user_from_another_folder(trained, tmp_path):
     shutil.copytree(trained / "run", old, dirs_exist_ok=True)
     config["data"]["path"] = "prepared"  # as earlier runs recorded it: relative to the cwd
     (old / "config.json").write_text(json.dumps(config))
+    (old / "manifest.json").unlink()  # such runs had no manifest either
     for run_dir in (trained / "run", old):
         res = run("recommend", str(run_dir), "--user", "u00001", "--k", "3", cwd=tmp_path)
         assert "top 3 for u00001" in res.stdout

@@ -116,6 +116,7 @@ def test_a_run_saved_before_head_norm_loads_without_it(base, data, tmp_path):
     meta = json.loads(meta_path.read_text())
     del meta["task"]["head_norm"]
     meta_path.write_text(json.dumps(meta))
+    (tmp_path / "old" / "manifest.json").unlink()  # such runs had no manifest either
     tm = TaskModel.from_pretrained(tmp_path / "old")
     assert not tm.task.head_norm and isinstance(tm.head.norm_h, torch.nn.Identity)
     assert np.isfinite(tm.predict([["i1", "i2"]], ["i3"])).all()

@@ -58,3 +58,39 @@ def test_a_corrupt_run_names_its_bad_file(tmp_path, case):
         Recommender.from_pretrained(run)
     assert e.value.file == str(run / bad_file)
     assert "\n" not in str(e.value)
+
+
+def _saved(tmp_path: Path) -> Path:
+    """The fixture run saved again by this version: with a manifest."""
+    run = tmp_path / "saved"
+    Recommender.from_pretrained(OLD_RUN).save_pretrained(run, {})
+    return run
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "items.parquet", "tokenizer.json",
+                                  "config.json"])
+def test_a_flipped_byte_is_caught_by_the_manifest(tmp_path, name):
+    run = _saved(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())["sha256"]
+    assert set(manifest) == {"config.json", "model.safetensors", "tokenizer.json",
+                             "items.parquet"}
+    data = bytearray((run / name).read_bytes())
+    if name.endswith(".json"):  # a change that still parses: one more space
+        data = data.replace(b'": ', b'":  ', 1)
+    else:  # the middle of the file: tensor data or column pages, which load without a word
+        data[len(data) // 2] ^= 0x01
+    (run / name).write_bytes(bytes(data))
+    with pytest.raises(InputError, match="--no-verify") as e:
+        Recommender.from_pretrained(run)
+    assert e.value.file == str(run / name)
+
+
+def test_no_verify_loads_a_changed_run_and_an_old_run_has_nothing_to_check(tmp_path):
+    run = _saved(tmp_path)
+    path = run / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # the last weight's low bits: still a valid float
+    path.write_bytes(bytes(data))
+    Recommender.from_pretrained(run, verify=False)
+    assert not (OLD_RUN / "manifest.json").exists()
+    Recommender.from_pretrained(OLD_RUN)  # saved before manifests

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from recfm.runinfo import write_manifest
 from recfm.serve.app import create_app
 from recfm.serve.config import ServeConfig
 
@@ -218,6 +219,7 @@ def run_with_data_path(src, dst, path: str):
     config = json.loads((dst / "config.json").read_text())
     config["data"]["path"] = path
     (dst / "config.json").write_text(json.dumps(config))
+    write_manifest(dst, ["config.json"])  # as if saved so
     return dst
 
 
