@@ -9,6 +9,7 @@ The library logs; only this package prints. One module per group of commands, ea
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -16,9 +17,18 @@ import typer
 from recfm.cli import content, data, demo, distill_prompt, finetune, model, rank, serve, store
 from recfm.cli.output import err_console
 from recfm.errors import RecfmError
+from recfm.runinfo import NO_VERIFY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="recfm: a foundation model for personalized recommendation.")
+
+
+@app.callback()
+def options(no_verify: bool = typer.Option(
+        False, "--no-verify", help="Load runs whose files differ from the SHA-256 in their "
+        "manifest.json (changed by hand, or damaged).")) -> None:
+    if no_verify:  # the environment carries it to every process the command starts
+        os.environ[NO_VERIFY] = "1"
 
 # The order of registration is the order of `recfm --help`.
 data.register(app)  # data synth|describe|download, prepare

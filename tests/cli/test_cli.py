@@ -92,3 +92,18 @@ def test_a_count_below_one_is_a_one_line_usage_error(trained, args):
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
     assert res.stderr.strip().count("\n") == 0 and "expected at least 1" in res.stderr
+
+
+def test_a_damaged_run_is_refused_unless_no_verify(trained, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained / "run", damaged)
+    weights = bytearray((damaged / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 0x01  # loads without a word: only the manifest sees it
+    (damaged / "model.safetensors").write_bytes(bytes(weights))
+    res = subprocess.run([sys.executable, "-m", "recfm", "recommend", str(damaged), "--user",
+                          "u00001"], capture_output=True, text=True, cwd=trained)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "model.safetensors" in res.stderr and "--no-verify" in res.stderr
+    res = run("--no-verify", "recommend", str(damaged), "--user", "u00001", cwd=trained)
+    assert "top 10 for u00001" in res.stdout
