@@ -11,6 +11,7 @@ write is ever deleted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,9 +20,23 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from recfm.errors import InputError
+from recfm.errors import InputError, RecfmError
 
 MARKER = ".recfm-output.json"
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or quota) is full: the libraries that write files report
+    it in their own exception types, by errno or in the text."""
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        s in str(e) for s in ("No space left", "StorageFull", "Disk quota exceeded"))
+
+
+def check_disk_full(e: BaseException, path: str | os.PathLike) -> None:
+    """Raise a one-line :class:`RecfmError` naming ``path`` if ``e`` is a full disk."""
+    if disk_full(e):
+        raise RecfmError(f"no space left on the device while writing {path}; nothing was "
+                         "kept of this write") from None
 
 
 def _umask_mode(mode: int) -> int:
@@ -85,8 +100,9 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
         for p in tmp.rglob("*"):  # what a library wrote 0600 (safetensors) follows the umask
             if p.is_file():
                 os.chmod(p, _umask_mode(0o666))
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        check_disk_full(e, final)
         raise
     old = None
     if final.is_dir() and any(final.iterdir()):  # a previous output of this kind
@@ -110,9 +126,10 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], None]) ->
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        check_disk_full(e, final)
         raise
 
 

@@ -75,3 +75,22 @@ def test_files_written_0600_by_a_library_follow_the_umask(tmp_path):
     for path in (tmp_path / "model.safetensors", tmp_path / "out" / "arrays.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    import errno
+
+    from recfm.errors import RecfmError
+
+    with pytest.raises(RecfmError, match="no space left on the device while writing"):
+        with atomic_dir(tmp_path / "out", "prepared") as tmp:
+            (tmp / "part").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def safetensors_full(tmp):  # safetensors reports it in its own exception, by text
+        tmp.write_bytes(b"half")
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    with pytest.raises(RecfmError, match="model.safetensors"):
+        atomic_write_file(tmp_path / "model.safetensors", safetensors_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -208,9 +208,9 @@ def train(
                        strict_budget=fresh)
     trainer.on_progress = on_progress
     trainer.resume(resume)
-    if not (run / "model.safetensors").exists() and trainer.files.main:
-        rec.save_pretrained(run, meta)
-    trainer.fit()
+    if init_from is not None and trainer.files.main and not (run / "model.safetensors").exists():
+        rec.save_pretrained(run, meta)  # a tuned run's start is a valid best-so-far model
+    trainer.fit()  # a new run's model.safetensors appears with its first validation
     if ddp is not None:
         ddp.barrier()  # rank 0's last save is complete
     return _finish(run, split, trainer, evaluate_test, t_start, n_params)

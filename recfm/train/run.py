@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recfm.errors import RecfmError, reading
+from recfm.io import check_disk_full, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,20 @@ class Checkpointer:
         run = self.dir.parent
         tmp, old = run / ".checkpoint.tmp", run / ".checkpoint.old"
         tmp.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        checkpoint_step("weights written")
-        torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    **state}, tmp / "state.pt")
-        for f in tmp.iterdir():  # on disk before the rename that makes them the checkpoint
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
+        try:
+            save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            checkpoint_step("weights written")
+            torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                        **state}, tmp / "state.pt")
+            for f in tmp.iterdir():  # on disk before the rename that makes them the checkpoint
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        except Exception as e:  # a full disk: no half-written checkpoint is left behind
+            if disk_full(e):
+                _remove(tmp)
+            check_disk_full(e, self.dir)
+            raise
         checkpoint_step("new checkpoint written")
         if self.dir.exists():
             os.replace(self.dir, old)

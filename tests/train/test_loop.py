@@ -98,3 +98,20 @@ def test_learning_rate_schedule():
     assert lr_at(9, 100, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, cfg) == pytest.approx(0.1)
     assert lr_at(55, 100, cfg) == pytest.approx(0.55)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_untrained_model(tiny_prepared, tmp_path,
+                                                              monkeypatch):
+    import errno
+
+    from recfm.errors import RecfmError
+    from recfm.train import run as run_files
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_files, "save_file", full)  # the first checkpoint's weights
+    with pytest.raises(RecfmError, match="no space left on the device while writing"):
+        train(tiny_prepared, tmp_path / "run", MODEL, tcfg(checkpoint_every=2))
+    left = {p.name for p in (tmp_path / "run").iterdir()}
+    assert "model.safetensors" not in left and ".checkpoint.tmp" not in left
