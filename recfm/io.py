@@ -25,16 +25,22 @@ from recfm.errors import InputError, RecfmError
 MARKER = ".recfm-output.json"
 
 
-def disk_full(e: BaseException) -> bool:
+def disk_full(e: BaseException, where: str | os.PathLike | None = None) -> bool:
     """Whether ``e`` says the disk (or quota) is full: the libraries that write files report
-    it in their own exception types, by errno or in the text."""
-    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
-        s in str(e) for s in ("No space left", "StorageFull", "Disk quota exceeded"))
+    it in their own exception types, by errno or in the text; torch says neither, so a
+    failed write where under 1 MiB is free counts too."""
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            s in str(e) for s in ("No space left", "StorageFull", "Disk quota exceeded")):
+        return True
+    folder = Path(where) if where is not None else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder is not None and shutil.disk_usage(folder).free < 1 << 20
 
 
 def check_disk_full(e: BaseException, path: str | os.PathLike) -> None:
     """Raise a one-line :class:`RecfmError` naming ``path`` if ``e`` is a full disk."""
-    if disk_full(e):
+    if disk_full(e, Path(path).parent):
         raise RecfmError(f"no space left on the device while writing {path}; nothing was "
                          "kept of this write") from None
 

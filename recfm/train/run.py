@@ -80,7 +80,7 @@ class Checkpointer:
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())
         except Exception as e:  # a full disk: no half-written checkpoint is left behind
-            if disk_full(e):
+            if disk_full(e, tmp):
                 _remove(tmp)
             check_disk_full(e, self.dir)
             raise
