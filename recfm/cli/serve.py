@@ -34,13 +34,16 @@ def serve_cmd(
                                              "of this many tokens (cacheable growth)."),
     cache_mb: Optional[float] = typer.Option(None, help="Memory for cached user states."),
     threads: Optional[int] = typer.Option(None, help="torch threads for the model."),
+    runs_root: Optional[str] = typer.Option(None, help="Reloads may name only runs inside "
+                                            "this folder (default: the run's own folder)."),
     log_level: str = typer.Option("warning", help="Server log level."),
 ) -> None:
     """Serve a run over HTTP: recommendations, embeddings, collections, explorer page at /."""
     cfg = load_serve_config(config) if config else ServeConfig()
     if retrieval is not None and retrieval not in ("auto", "exact", "hnsw"):
         raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")
-    override(cfg, retrieval=retrieval, window_hop=window_hop, cache_mb=cache_mb, threads=threads)
+    override(cfg, retrieval=retrieval, window_hop=window_hop, cache_mb=cache_mb, threads=threads,
+             runs_root=runs_root)
     logging.getLogger("recfm").setLevel(log_level.upper())
     with steps("loading") as on_step:
         on_step(str(run))

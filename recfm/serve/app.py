@@ -114,6 +114,7 @@ class Service:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.data = data  # served by every version unless a reload names other data
+        self.runs_root = Path(self.cfg.runs_root or Path(run).resolve().parent).resolve()
         self.engine = Engine(run, self.cfg, data)
         self.metrics = Metrics()
         self.batcher = MicroBatcher(
@@ -312,7 +313,8 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
 
     @app.post("/admin/reload", response_model=S.ReloadResponse,
               responses={401: {"description": "Missing or wrong bearer token"},
-                         403: {"description": "Reload disabled (no token configured)"},
+                         403: {"description": "Reload disabled (no token configured), or a "
+                                          "path outside the runs root"},
                          409: {"description": "A reload is already running"}, **errors},
               tags=["operations"])
     async def reload(req: S.ReloadRequest,
@@ -326,6 +328,11 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
                 authorization.encode(), f"Bearer {token}".encode()):
             return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
                                 headers={"WWW-Authenticate": "Bearer"})
+        outside = [p for p in (req.run, req.data) if p is not None and service.runs_root
+                   not in (Path(p).resolve(), *Path(p).resolve().parents)]
+        if outside:
+            return ErrorResponse({"detail": f"{outside[0]} is outside the runs root "
+                                  f"{service.runs_root} (recfm serve --runs-root)"}, 403)
         if not service.reloading.acquire(blocking=False):
             return ErrorResponse({"detail": "a reload is already running"}, 409)
         try:

@@ -67,6 +67,9 @@ class ServeConfig:
     surfaces: dict[str, SurfaceConfig] = field(default_factory=default_surfaces)
     admin_token_env: str = "RECFM_ADMIN_TOKEN"
     """Environment variable holding the bearer token of ``POST /admin/reload``; unset: disabled."""
+    runs_root: str | None = None
+    """Reloads may name only runs and data inside this folder (None: the folder holding the
+    served run; "/" allows any path)."""
     ranker: str | None = None
     """A ranker directory (``recfm rank train``, trained with this model): recommendations are
     reranked by it as a second pass over the top candidates (None: off)."""

@@ -198,8 +198,11 @@ def test_reload_under_load_fails_no_request(served, monkeypatch):
             assert admin.post("/admin/reload", json={"run": str(served.run2)},
                               headers={"Authorization": "Bearer nope"}).status_code == 401
             auth = {"Authorization": "Bearer s3cret"}
-            bad = admin.post("/admin/reload", json={"run": "/no/such/run"}, headers=auth)
+            bad = admin.post("/admin/reload", json={"run": str(served.run.parent / "nothing")},
+                             headers=auth)
             assert bad.status_code == 422 and "still serving" in bad.text
+            out = admin.post("/admin/reload", json={"run": "/etc"}, headers=auth)
+            assert out.status_code == 403 and "outside the runs root" in out.text
             for run in (served.run2, served.run):
                 time.sleep(0.3)
                 r = admin.post("/admin/reload", json={"run": str(run)}, headers=auth)
@@ -233,7 +236,7 @@ def test_reload_keeps_the_served_data_and_refuses_to_lose_known_users(served, tm
         assert known == 300
         assert c.post("/admin/reload", json={"run": str(lost)}, headers=auth).status_code == 200
         assert c.get("/healthz").json()["known_users"] == known  # the data it started with
-    with TestClient(create_app(served.run, ServeConfig(cache_mb=8))) as c:
+    with TestClient(create_app(served.run, ServeConfig(cache_mb=8, runs_root="/"))) as c:
         before = c.get("/healthz").json()
         r = c.post("/admin/reload", json={"run": str(lost)}, headers=auth)
         assert r.status_code == 422 and "elsewhere/prepared" in r.text and "300" in r.text
