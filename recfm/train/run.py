@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import platform
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,20 @@ SAVE_STEPS = ("weights written", "new checkpoint written", "old checkpoint moved
               "new checkpoint in place", "old checkpoint partly removed")
 
 
+KILL_AT = "RECFM_KILL_AT"
+"""Fault injection: ``RECFM_KILL_AT="<step>@<n>"`` SIGKILLs the process the n-th time it
+reaches save step ``<step>`` (``benchmarks/reliability.py`` kills at every step)."""
+_reached: dict[str, int] = {}
+
+
 def checkpoint_step(name: str) -> None:
     """A named point of :meth:`Checkpointer.save` (``SAVE_STEPS``); fault-injection tests
     stop the process at each one."""
+    step, _, n = os.environ.get(KILL_AT, "").rpartition("@")
+    if step == name:
+        _reached[name] = _reached.get(name, 0) + 1
+        if str(_reached[name]) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(folder: Path) -> None:

@@ -115,3 +115,30 @@ def test_a_full_disk_is_one_line_and_leaves_no_untrained_model(tiny_prepared, tm
         train(tiny_prepared, tmp_path / "run", MODEL, tcfg(checkpoint_every=2))
     left = {p.name for p in (tmp_path / "run").iterdir()}
     assert "model.safetensors" not in left and ".checkpoint.tmp" not in left
+
+
+def test_a_real_kill_inside_a_checkpoint_save_resumes_to_the_same_weights(tiny_prepared,
+                                                                         tmp_path):
+    """SIGKILL (RECFM_KILL_AT) with the old checkpoint moved aside and the new one not yet in
+    place; the resumed run ends with the weights of one that never stopped."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from recfm.model.config import "
+              "ModelConfig; from recfm.train.config import TrainConfig; from recfm.train.loop "
+              "import train; train(Path(sys.argv[1]), Path(sys.argv[2]), ModelConfig(d_model=16,"
+              " n_layers=1, n_heads=2, max_len=8), TrainConfig(epochs=3, batch_size=16, lr=1e-2,"
+              " warmup_steps=2, tensorboard=False, threads=1, checkpoint_every=3), "
+              "resume=len(sys.argv) > 3, evaluate_test=False)")
+
+    def run(out, *extra, kill=None):
+        env = {**os.environ, **({"RECFM_KILL_AT": kill} if kill else {})}
+        return subprocess.run([sys.executable, "-c", script, str(tiny_prepared), str(out),
+                               *extra], env=env, capture_output=True, text=True).returncode
+
+    assert run(tmp_path / "straight") == 0
+    assert run(tmp_path / "killed", kill="old checkpoint moved aside@2") == -9
+    assert run(tmp_path / "killed", "resume") == 0
+    a = (tmp_path / "straight" / "checkpoint" / "model.safetensors").read_bytes()
+    assert (tmp_path / "killed" / "checkpoint" / "model.safetensors").read_bytes() == a
