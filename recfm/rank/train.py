@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +20,8 @@ from recfm.rank.data import TASKS, RankData
 from recfm.rank.features import Batchable, ItemTables, Vocab, featurize, item_tables
 from recfm.rank.lexical import BM25Index
 from recfm.rank.model import RankerConfig, UnifiedRanker
+from recfm.train.config import TrainConfig
+from recfm.train.trainer import RunFiles, Trainer, Validation
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,26 @@ def new_model(cfg: RankerConfig, vocab: Vocab, tables: ItemTables,
     return model
 
 
+class _Requests:
+    """The Trainer's data source: the training requests in a fresh random order each epoch."""
+
+    def __init__(self, train: Batchable, batch_size: int, seed: int) -> None:
+        self.train, self.batch_size = train, batch_size
+        self.keep = np.nonzero((train.label >= 0).numpy())[0]
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def start(self, epoch: int, fraction: float) -> int:
+        self.order = self.keep[torch.randperm(len(self.keep), generator=self.gen).numpy()]
+        return -(-len(self.order) // self.batch_size)
+
+    def batch(self, epoch: int, i: int) -> Batchable:
+        return self.train.take(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+
+
 def _stage(model: UnifiedRanker, stage: str, train: Batchable, valid: Batchable,
            cfg: RankerConfig, on_epoch: Callable[[dict], None] | None) -> list[dict]:
-    """Train the ``base`` or the ``personal`` tower; keep its best epoch on validation."""
+    """Train the ``base`` or the ``personal`` tower with the one Trainer (a constant learning
+    rate, no clipping); keep its best epoch on validation."""
     base_params = [p for n, p in model.named_parameters()
                    if not n.startswith(("personal.", "fm_user_proj", "fm_item_proj"))]
     params = base_params if stage == "base" else \
@@ -161,47 +179,45 @@ def _stage(model: UnifiedRanker, stage: str, train: Batchable, valid: Batchable,
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed + (0 if stage == "base" else 1))
-    keep = np.nonzero((train.label >= 0).numpy())[0]
-    knob_valid = 0.0 if stage == "base" else 1.0
-    best, best_state, bad, history = -1.0, None, 0, []
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=0,
+                       min_lr_ratio=1.0, grad_clip=0.0, patience=cfg.patience,
+                       tensorboard=False)
+    data = _Requests(train, cfg.batch_size, cfg.seed + (0 if stage == "base" else 1))
+
+    def loss(part: Batchable) -> tuple[torch.Tensor, int]:
+        base, pers = model(part, parts=True)
+        logits = base if stage == "base" else base.detach() + pers
+        logits = logits.masked_fill(~part.mask, float("-inf"))  # (B, N)
+        return torch.nn.functional.cross_entropy(logits, part.label), len(part)
+
+    def validate() -> dict[str, float]:
+        res = evaluate(model, valid, 0.0 if stage == "base" else 1.0)
+        return {"ndcg@10": macro_ndcg(res), "mrr": res["all"]["mrr"]}
+
+    def train_mode() -> None:
         model.train()
         if stage == "personal":
             model.base.eval()  # frozen: no dropout noise in the scores it adds to
-        order = keep[torch.randperm(len(keep), generator=gen).numpy()]
-        total, n = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            part = train.take(order[s:s + cfg.batch_size])
-            base, pers = model(part, parts=True)
-            logits = base if stage == "base" else base.detach() + pers
-            logits = logits.masked_fill(~part.mask, float("-inf"))  # (B, N)
-            loss = torch.nn.functional.cross_entropy(logits, part.label)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(part)
-            n += len(part)
-        valid_res = evaluate(model, valid, knob_valid)
-        row = {"stage": stage, "epoch": epoch + 1, "loss": total / max(n, 1),
-               "valid_ndcg@10": macro_ndcg(valid_res), "valid_mrr": valid_res["all"]["mrr"],
-               "s": time.perf_counter() - t0}
-        history.append(row)
-        log.info("%s epoch %d: loss %.4f, valid ndcg@10 %.4f", stage, epoch + 1, row["loss"],
-                 row["valid_ndcg@10"])
-        if on_epoch:
-            on_epoch(row)
-        if row["valid_ndcg@10"] > best:
-            best, bad = row["valid_ndcg@10"], 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+
+    best: dict[str, dict] = {}
+    history: list[dict] = []
+
+    def epoch_end(p: dict) -> None:
+        if "epoch_end" in p:
+            row = {"stage": stage, "epoch": p["epoch"] + 1, "loss": p["train_loss"],
+                   "valid_ndcg@10": p["valid_ndcg@10"], "valid_mrr": p["valid_mrr"],
+                   "s": p["epoch_train_s"] + p["eval_s"]}
+            history.append(row)
+            if on_epoch:
+                on_epoch(row)
+
+    trainer = Trainer(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                      tcfg, data, loss, 0, Validation(validate, logged=("ndcg@10", "mrr")),
+                      RunFiles(None, lambda: best.update(state=copy.deepcopy(model.state_dict()))),
+                      train_mode=train_mode, on_progress=epoch_end)
+    trainer.fit()
+    if best:
+        model.load_state_dict(best["state"])
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

@@ -101,17 +101,19 @@ class Budget:
 
 @dataclass
 class RunFiles:
-    """The run directory, the best model's save, the checkpointer (DDP: rank 0 writes)."""
+    """The run directory, the best model's save, the checkpointer (DDP: rank 0 writes).
+    No directory: a training in memory (no checkpoint; ``save_model`` keeps the best)."""
 
-    dir: Path
+    dir: Path | None
     save_model: Callable[[], None]
     ckpt: Any = None
     main: bool = True
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
-        self.dir = Path(self.dir)
-        self.ckpt = self.ckpt or Checkpointer(self.dir)
+        if self.dir is not None:
+            self.dir = Path(self.dir)
+            self.ckpt = self.ckpt or Checkpointer(self.dir)
 
 
 @dataclass
@@ -320,7 +322,7 @@ class Trainer:
             code = self.agree(REASONS.index(stop) if stop else -1)
             stop = REASONS[int(code)] if code >= 0 else None
         self.reason = stop
-        if per_epoch:
+        if per_epoch and self.files.ckpt is not None:
             self.files.ckpt.save(self.model, self.opt, s)
 
     def _fit_schedule(self, epoch_s: float) -> None:
