@@ -62,7 +62,10 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<config>") -> T
         if hint is float and isinstance(value, int):
             value = float(value)
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as e:  # a value the config's own check refuses: name the file
+        raise InputError(source, None, e.column, e.expected, e.found) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -20,7 +20,10 @@ class ConfigError(RecfmError, ValueError):
 
 
 class InputError(RecfmError):
-    """Bad input data, located as precisely as we can: ``file:line:column: …``."""
+    """Bad input data, located as precisely as we can: ``file:line:column: …``.
+
+    The message is always one line: control characters (a newline in a column name, the
+    bytes of a binary file) are escaped, and ``found`` is cut to 160 characters."""
 
     def __init__(
         self,
@@ -40,7 +43,9 @@ class InputError(RecfmError):
             where += f":{line}"
         if column is not None:
             where += f":{column}"
-        super().__init__(f"{where}: expected {expected}, found {found}")
+        found = found if len(found) <= 160 else found[:157] + "..."
+        message = f"{where}: expected {expected}, found {found}"
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def shorten(value: object, limit: int = 40) -> str:
@@ -59,5 +64,4 @@ def reading(path: object, expected: str) -> Iterator[None]:
         raise
     except Exception as e:  # every reader has its own exceptions; all mean a bad file
         found = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())
-        raise InputError(str(path), None, None, expected,
-                         found if len(found) <= 160 else found[:157] + "...") from None
+        raise InputError(str(path), None, None, expected, found) from None

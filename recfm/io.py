@@ -97,8 +97,12 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
     """
     final = Path(path)
     check_out(final, kind, overwrite, inputs)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:  # a read-only or missing parent, a file where a folder should be
+        raise InputError(str(final), None, None, f"a folder recfm can create for the {kind} "
+                         "output", f"{e.strerror or e} ({e.filename or final.parent})") from None
     os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes it private; the result should not be
     try:
         yield tmp

@@ -17,7 +17,7 @@ import polars as pl
 
 from recfm.data import schema
 from recfm.data.schema import LINE
-from recfm.errors import InputError, shorten
+from recfm.errors import InputError, reading, shorten
 
 
 @dataclass
@@ -51,8 +51,19 @@ def detect_format(path: Path) -> Literal["parquet", "csv", "tsv", "jsonl"]:
                      f"suffix {path.suffix or '(none)'!r}")
 
 
+# Leading bytes of files that are not text: a compressed or Parquet file under a text name.
+NOT_TEXT = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"(\xb5/\xfd": "zstd",
+            b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2", b"PAR1": "Parquet"}
+
+
 def check_utf8(path: Path, data: bytes, sep: bytes | None = b",") -> None:
-    """Raise an InputError at the first byte that is not UTF-8, naming its column if we can."""
+    """Raise an InputError unless ``data`` is text: a compressed (or Parquet) file is named
+    as such; otherwise the first byte that is not UTF-8, with its column if we can."""
+    kind = next((k for magic, k in NOT_TEXT.items() if data.startswith(magic)), None)
+    if kind is not None:
+        how = "name it .parquet" if kind == "Parquet" else "decompress it first"
+        raise InputError(str(path), None, None, "a plain-text file",
+                         f"what looks like {kind} data ({how})")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -60,28 +71,36 @@ def check_utf8(path: Path, data: bytes, sep: bytes | None = b",") -> None:
         line = data.count(b"\n", 0, e.start) + 1
         column: str | None = None
         if sep is not None:
-            header = data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
-            names = next(csv.reader([header], delimiter=sep.decode()))
+            names = data.split(b"\n", 1)[0].rstrip(b"\r").split(sep)
             pos = data[start:e.start].count(sep)
-            column = names[pos] if pos < len(names) else None
+            column = names[pos].decode("utf-8", "replace") if pos < len(names) else None
         raise InputError(str(path), line, column, "UTF-8 text",
                          f"byte 0x{data[e.start]:02x} that is not UTF-8") from None
 
 
-def _csv_record_lines(data: str, sep: str) -> tuple[list[str], list[int], int | None]:
-    """Header, the line each record starts on, and the index of the first ragged record."""
+def _csv_record_lines(path: Path, data: str, sep: str) -> list[int]:
+    """The line each record starts on; an InputError at a record whose field count differs
+    from the header's, or that the csv module cannot parse."""
     reader = csv.reader(io.StringIO(data), delimiter=sep)
-    header = next(reader, [])
     starts: list[int] = []
-    ragged = None
-    line = reader.line_num + 1
-    for row in reader:
-        if row and len(row) != len(header) and ragged is None:
-            ragged = len(starts)
-        if row:
-            starts.append(line)
+    line = 1
+    try:
+        header = next(reader, [])
+        if not header:
+            raise InputError(str(path), 1, None, "a header row", "an empty line")
         line = reader.line_num + 1
-    return header, starts, ragged
+        for row in reader:
+            if row and len(row) != len(header):
+                column = header[len(row)] if len(row) < len(header) \
+                    else f"field {len(header) + 1} (past {header[-1]!r})"
+                raise InputError(str(path), line, column,
+                                 f"{len(header)} fields ({sep!r}-separated)", f"{len(row)}")
+            if row:
+                starts.append(line)
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise InputError(str(path), line, None, "CSV text", str(e)) from None
+    return starts
 
 
 def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
@@ -95,17 +114,7 @@ def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
     if df is not None and simple:
         # One record per line: record i (0-based) sits on line i + 2.
         return df.with_columns(pl.int_range(2, df.height + 2, dtype=pl.Int64).alias(LINE))
-    text = data.decode("utf-8")
-    header, starts, ragged = _csv_record_lines(text, sep)
-    if ragged is not None:
-        line = starts[ragged]
-        row = next(csv.reader([text.splitlines()[line - 1]], delimiter=sep))
-        if len(row) > len(header):
-            column = f"field {len(header) + 1} (past {header[-1]!r})"
-        else:
-            column = header[len(row)] if row else header[0]
-        raise InputError(str(path), line, column,
-                         f"{len(header)} fields ({sep!r}-separated)", f"{len(row)}")
+    starts = _csv_record_lines(path, data.decode("utf-8"), sep)
     if df is None:
         raise InputError(str(path), None, None, "a CSV file with a header row",
                          "a file polars could not parse")
@@ -113,12 +122,33 @@ def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
     return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
 
 
+# JSON value → its kind, to find a column that mixes kinds (Polars would coerce them).
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+              list: "an array", dict: "an object"}
+
+
+def _mixed_json_columns(path: Path, records: list[dict], lines: list[int]) -> set[str]:
+    """Keys whose values mix kinds of scalar (they are read as strings); a key that mixes
+    an array or object with anything else is an InputError at the first line that differs."""
+    first: dict[str, dict[str, int]] = {}  # key → kind → first line
+    for obj, lineno in zip(records, lines):
+        for key, value in obj.items():
+            if value is not None:
+                first.setdefault(key, {}).setdefault(JSON_KINDS[type(value)], lineno)
+    mixed = {key for key, kinds in first.items() if len(kinds) > 1}
+    for key in mixed:
+        (kind, line0), (other, line) = sorted(first[key].items(), key=lambda kv: kv[1])[:2]
+        if {"an array", "an object"} & first[key].keys():
+            raise InputError(str(path), line, key, f"{kind} as on line {line0}", other)
+    return mixed
+
+
 def read_jsonl(path: Path) -> pl.DataFrame:
     data = path.read_bytes()
     check_utf8(path, data, sep=None)
     records = []
     lines = []
-    for lineno, raw in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(data.decode("utf-8").split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -126,29 +156,27 @@ def read_jsonl(path: Path) -> pl.DataFrame:
         except json.JSONDecodeError as e:
             raise InputError(str(path), lineno, f"char {e.colno}", "one JSON object per line",
                              f"invalid JSON ({e.msg} at character {e.colno})") from None
+        except RecursionError:
+            raise InputError(str(path), lineno, None, "one JSON object per line",
+                             "values nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise InputError(str(path), lineno, "char 1", "a JSON object", shorten(obj))
         records.append(obj)
         lines.append(lineno)
     if not records:
         return pl.DataFrame({LINE: pl.Series([], dtype=pl.Int64)})
-    try:
+    for key in _mixed_json_columns(path, records, lines):
+        for obj in records:  # "True" is then no timestamp, as it should not be
+            if obj.get(key) is not None:
+                obj[key] = str(obj[key])
+    with reading(path, "JSON lines whose keys hold one kind of value each"):
         df = pl.from_dicts(records, infer_schema_length=None)
-    except pl.exceptions.PolarsError:
-        # Mixed types in a column: keep everything as strings; validation casts later.
-        keys = sorted({k for r in records for k in r})
-        df = pl.DataFrame({k: [None if r.get(k) is None else
-                               (r[k] if isinstance(r[k], list) else str(r[k]))
-                               for r in records] for k in keys})
     return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
 
 
 def read_parquet(path: Path) -> pl.DataFrame:
-    try:
+    with reading(path, "a Parquet file"):
         df = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise InputError(str(path), None, None, "a Parquet file",
-                         f"unreadable data ({type(e).__name__})") from None
     return df.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
 
 

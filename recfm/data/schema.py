@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
@@ -28,6 +29,10 @@ ITEM_KNOWN = ITEM_REQUIRED + ITEM_TEXT + ITEM_LISTS + ("release_year",)
 
 # Integer timestamps above this are taken as milliseconds (1e11 s is the year 5138).
 _MS_THRESHOLD = 100_000_000_000
+# Seconds of 9999-12-31: later times are beyond what dates (and the report) can show.
+TIME_LIMIT = 253_402_214_400
+# Column types whose values read as text: ids and timestamps come as these or as numbers.
+TEXT_TYPES = (pl.Utf8, pl.Categorical, pl.Enum, pl.Null)
 
 
 def parse_mapping(spec: str | None) -> dict[str, str]:
@@ -88,6 +93,16 @@ def check_star_ratings(events: pl.DataFrame, file: str, column: str, raw) -> Non
         raise InputError(file, line, column, "a star rating from 0 to 5", shorten(raw[i]))
 
 
+def wrong_type(df: pl.DataFrame, col: str, file: str, expected: str) -> InputError:
+    """The error for a column whose type cannot hold ``col`` (a list, a struct, bytes…),
+    at its first value."""
+    s = df[col]
+    present = s.is_not_null()
+    line, idx = first_bad(df, present if present.any() else ~present)
+    return InputError(file, line, col, expected,
+                      f"{shorten(s.slice(idx, 1).to_list()[0])} (a {s.dtype} column)")
+
+
 def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what: str) -> None:
     for col in required:
         if col not in df.columns:
@@ -107,6 +122,8 @@ def _as_string(s: pl.Series) -> pl.Series:
 
 
 def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
+    if not (df[col].dtype in TEXT_TYPES or df[col].dtype.is_numeric()):
+        raise wrong_type(df, col, file, "an id (a string or an integer)")
     s = _as_string(df[col])
     bad = s.is_null() | (s.str.strip_chars() == "")
     if bad.any():
@@ -130,11 +147,39 @@ def _cast_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str,
     return df.with_columns(out.alias(col))
 
 
+def iso_time(secs: int | None) -> str | None:
+    """Seconds since 1970 as ``2024-05-01T12:00:00Z`` (None stays None; a time no date can
+    show stays a number of seconds)."""
+    if secs is None:
+        return None
+    try:
+        t = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=int(secs))
+    except OverflowError:
+        return f"{secs} seconds from 1970-01-01"
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def check_times(df: pl.DataFrame, file: str, lo: int, hi: int, found: pl.Series | None = None,
+                col: str = "timestamp") -> None:
+    """An InputError at the first ``col`` (seconds) outside [``lo``, ``hi``), showing the
+    value as read (``found``, one per row) or else as a date."""
+    bad = (df[col] < lo) | (df[col] >= hi)
+    if bad.any():
+        line, idx = first_bad(df, bad)
+        shown = shorten(found[idx]) if found is not None else iso_time(int(df[col][idx]))
+        raise InputError(file, line, col, f"a time from {iso_time(lo)[:10]} to before "
+                         f"{iso_time(hi)[:10]}", shown)
+
+
 def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.DataFrame:
-    """Integer seconds, integer milliseconds or ISO-8601 strings → Int64 seconds (≥ 0)."""
+    """Date-times, integer seconds or milliseconds, or ISO-8601 strings → Int64 seconds from
+    1970-01-01 to before 9999-12-31 (a plausible range: the tokenizer's min/max_time)."""
     s = df[col]
-    if s.dtype.is_temporal():
-        secs = s.cast(pl.Datetime("us")).dt.epoch("s")
+    if s.dtype in (pl.Datetime, pl.Date):
+        secs = s.dt.epoch("s")
+    elif not (s.dtype in TEXT_TYPES or s.dtype.is_numeric()):
+        raise wrong_type(df, col, file, "a timestamp (a date-time, integer seconds or "
+                         "milliseconds, or ISO-8601)")
     else:
         text = _as_string(s).str.strip_chars()
         numeric = text.cast(pl.Float64, strict=False)
@@ -145,21 +190,17 @@ def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.
         secs = numeric.cast(pl.Int64, strict=False)
         # Milliseconds: decided per value, so mixed files still convert sensibly.
         secs = pl.select(
-            pl.when(secs.abs() >= _MS_THRESHOLD).then(secs // 1000).otherwise(secs)
+            pl.when(secs >= _MS_THRESHOLD).then(secs // 1000).otherwise(secs)
         ).to_series()
         secs = secs.fill_null(iso)
-        bad = secs.is_null() | (numeric.is_nan() if numeric.dtype == pl.Float64 else False)
-        if bad.any():
-            line, idx = first_bad(df, bad)
-            raise InputError(file, line, col,
-                             "a timestamp (integer seconds or milliseconds, or ISO-8601)",
-                             shorten(s[idx]))
-    negative = secs < 0
-    if negative.any():
-        line, idx = first_bad(df, negative)
-        raise InputError(file, line, col, "a timestamp at or after 1970-01-01",
+    if secs.is_null().any():
+        line, idx = first_bad(df, secs.is_null())
+        raise InputError(file, line, col,
+                         "a timestamp (integer seconds or milliseconds, or ISO-8601)",
                          shorten(s[idx]))
-    return df.with_columns(secs.alias(col).cast(pl.Int64))
+    df = df.with_columns(secs.alias(col).cast(pl.Int64))
+    check_times(df, file, 0, TIME_LIMIT, None if s.dtype in (pl.Datetime, pl.Date) else s, col)
+    return df
 
 
 def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
@@ -179,12 +220,9 @@ def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
     cats = [c for c in df.columns if c not in EVENT_REQUIRED and c not in EVENT_NUMERIC
             and c != LINE]
     for col in cats:
-        s = df[col]
-        if s.dtype == pl.List or s.dtype == pl.Struct:
-            line, _ = first_bad(df, s.is_not_null())
-            raise InputError(file, line, col, "a categorical value (string or number)",
-                             f"a {s.dtype}")
-        df = df.with_columns(_as_string(s).replace("", None).alias(col))
+        if df[col].dtype.is_nested() or df[col].dtype in (pl.Binary, pl.Object):
+            raise wrong_type(df, col, file, "a categorical value (string or number)")
+        df = df.with_columns(_as_string(df[col]).replace("", None).alias(col))
     ordered = [c for c in EVENT_KNOWN if c in df.columns]
     extra = sorted(c for c in df.columns if c not in EVENT_KNOWN and c != LINE)
     return df.select(ordered + extra + [LINE])

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 from recfm import __version__
 from recfm.data import amazon, movielens, s3rec, synthetic
 from recfm.data.readers import RawDataset, read_generic
+from recfm.data.schema import check_times, iso_time
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, reading
 from recfm.io import atomic_dir, atomic_write_json
@@ -95,12 +95,6 @@ def _items_table(tok: Tokenizer, raw: RawDataset, seqs: pl.DataFrame,
     return out.sort("idx")
 
 
-def _iso(ts: int | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(int(ts), tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def prepare(
     raw: RawDataset,
     out: str | Path,
@@ -118,6 +112,8 @@ def prepare(
     t0 = time.perf_counter()
     cfg = resolve_tokenizer_config(raw, config)
     has_time = bool(raw.meta.get("has_time", True))
+    if has_time:
+        check_times(raw.events, raw.events_file, *cfg.time_bounds())
     step("tokenizing")
     result = tokenize(raw.events, cfg, raw.items, has_time=has_time,
                       events_file=raw.events_file, items_file=raw.items_file)
@@ -147,7 +143,7 @@ def prepare(
         "items_in_vocabulary": len(tok.item_ids),
         "catalog_items": raw.items.height if raw.items is not None else None,
         "has_time": has_time,
-        "time_range": [_iso(ev["timestamp"].min()), _iso(ev["timestamp"].max())]
+        "time_range": [iso_time(ev["timestamp"].min()), iso_time(ev["timestamp"].max())]
         if has_time else None,
         "sequence_length": length_percentiles(lengths),
         "split": {"leave_one_out": split.counts},
@@ -225,7 +221,7 @@ def describe(path: str | Path, top: int = 10) -> dict[str, Any]:
         "items_in_vocabulary": len(ds.tokenizer.item_ids),
         "items_with_tokens": int(seqs.select(pl.col("item").explode().n_unique()).item()),
         "sequence_length": length_percentiles(seqs["length"]),
-        "time_range": [_iso(ts.min()), _iso(ts.max())]
+        "time_range": [iso_time(ts.min()), iso_time(ts.max())]
         if ts is not None and ds.tokenizer.has_time else None,
         "facets": {k: len(v) for k, v in ds.tokenizer.facets.items()},
         "top_items": top_items.to_dicts(),

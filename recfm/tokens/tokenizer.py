@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,27 @@ class TokenizerConfig:
     stride: int | None = None
     unknown_items: Literal["error", "drop"] = "error"
     """Events whose item is missing from the catalog: stop with an error, or drop and count."""
+    min_time: str = "1970-01-01"
+    max_time: str = "2100-01-01"
+    """Plausible event times (ISO-8601, UTC unless given): ``prepare`` refuses an event
+    outside [min_time, max_time), naming its line (a time in a wrong unit lands outside)."""
+
+    def __post_init__(self) -> None:
+        self.time_bounds()
+
+    def time_bounds(self) -> tuple[int, int]:
+        """``min_time`` and ``max_time`` in seconds since 1970-01-01 UTC."""
+        bounds = []
+        for key in ("min_time", "max_time"):
+            try:
+                t = datetime.fromisoformat(getattr(self, key))
+                bounds.append(int((t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+                                  .timestamp()))
+            except (TypeError, ValueError, OverflowError):
+                raise InputError("<tokenizer config>", None, key,
+                                 "an ISO-8601 date such as 2100-01-01",
+                                 shorten(getattr(self, key))) from None
+        return bounds[0], bounds[1]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<tokenizer config>"

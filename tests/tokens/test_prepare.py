@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 
 import numpy as np
 import polars as pl
 import pytest
 
 from recfm.data.readers import read_generic
+from recfm.errors import InputError
 from recfm.io import MARKER
 from recfm.tokens.prepare import PreparedDataset, describe, prepare
+from recfm.tokens.tokenizer import TokenizerConfig
 
 
 @pytest.fixture()
@@ -82,3 +85,33 @@ def test_prepare_replaces_output_atomically(tmp_path, event_file):
     # the earlier result is untouched and no temporary directory is left behind
     assert digest(tmp_path / "prep" / "tokens.parquet") == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "prep"]
+
+
+def test_times_outside_the_plausible_range_are_refused(tmp_path):
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,a,1600000000\nu1,b,32503680000\n")
+    with pytest.raises(InputError, match=r"e\.csv:3:timestamp: expected a time from "
+                       r"1970-01-01 to before 2100-01-01, found 3000-01-01T00:00:00Z"):
+        prepare(read_generic(events), tmp_path / "out")
+    with pytest.raises(InputError, match="e.csv:2:timestamp"):
+        prepare(read_generic(events), tmp_path / "out", TokenizerConfig(min_time="2021-01-01"))
+    assert not (tmp_path / "out").exists()
+    report = prepare(read_generic(events), tmp_path / "out",
+                     TokenizerConfig(max_time="3000-01-01T00:00:01+00:00"))
+    assert report["time_range"][1] == "3000-01-01T00:00:00Z"
+    with pytest.raises(InputError, match="max_time: expected an ISO-8601 date"):
+        TokenizerConfig.from_dict({"max_time": "soon"})
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_error(tmp_path, event_file, monkeypatch):
+    # chmod does not stop root: inject the error the operating system would give.
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    before = digest(event_file)
+    with pytest.raises(InputError, match="prep: expected a folder recfm can create for the "
+                       "prepared output, found Permission denied"):
+        prepare(read_generic(event_file, event_map={"user_id": "uid"}), tmp_path / "prep")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
+    assert digest(event_file) == before
