@@ -1,9 +1,7 @@
-"""`recfm …` — the command line, the top layer: commands only (parse, call the library, print).
-
-The library logs; only this package prints. One module per group of commands, each with a
-``register(app)`` called below; what several commands print with lives in
-:mod:`recfm.cli.output`. :func:`main` (the ``recfm`` console script) turns each
-:class:`~recfm.errors.RecfmError` into one line on stderr and exit status 2.
+"""`recfm …` — the command line, the top layer: commands only (parse, call the library, print;
+only this package prints). One module per group of commands, each with a ``register(app)``
+called below; :func:`main` turns a :class:`~recfm.errors.RecfmError` into one line on stderr
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +17,8 @@ from recfm.cli.output import err_console
 from recfm.errors import RecfmError
 from recfm.runinfo import NO_VERIFY
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# help texts are plain text: rich markup would eat "[model]" and "[train]"
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="recfm: a foundation model for personalized recommendation.")
 
 

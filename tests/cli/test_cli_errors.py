@@ -160,3 +160,13 @@ def test_an_earlier_output_is_replaced_only_with_overwrite(tmp_path):
     assert res.returncode == 2 and "--overwrite" in res.stderr
     assert run_cli(*args, "--overwrite", cwd=tmp_path).returncode == 0
     assert (tmp_path / "out" / "tokens.parquet").is_file()
+
+
+def test_help_keeps_bracketed_words():
+    from typer.testing import CliRunner
+
+    from recfm.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--help"]).output
+    assert "TOML with [model] and [train] tables." in " ".join(out.split())
+    assert "Override [train] epochs." in " ".join(out.split())
