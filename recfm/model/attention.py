@@ -19,11 +19,8 @@ import torch.nn.functional as F
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, 1, T, T) mask, True where query t may attend to key s.
-
-    Causal (s ≤ t) and key not padding. The diagonal stays open so a padded query never
-    has an empty row (its output is ignored anyway), which would give NaN in softmax.
-    """
+    """Boolean (B, 1, T, T) mask: query t sees key s ≤ t that is not padding. The diagonal
+    stays open so a padded query (output ignored) has no empty row, NaN in softmax."""
     B, T = valid.shape
     causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
     eye = torch.eye(T, dtype=torch.bool, device=valid.device)
@@ -88,10 +85,9 @@ class Room:
 class KVCache:
     """Keys and values of every layer for the first ``length`` tokens of B sequences.
 
-    ``keys[l]``, ``values[l]``: (B, H, length, Dh), rotary already applied to the keys. With
-    ``room`` (see :meth:`row`) they are views of larger buffers, and a cache grown from this
-    one appends in place instead of copying. A cache is never changed once filled: growing
-    it (:meth:`grow`) makes a new one, so every earlier state stays usable.
+    ``keys[l]``, ``values[l]``: (B, H, length, Dh), keys rotated. With ``room``
+    (:meth:`row`) they view larger buffers a grown cache appends to in place. A filled
+    cache never changes: :meth:`grow` makes a new one, so earlier states stay usable.
     """
 
     keys: list[torch.Tensor] = field(default_factory=list)

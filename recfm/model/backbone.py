@@ -43,10 +43,9 @@ class CausalSelfAttention(nn.Module):
                 start: int = 0, only: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, C) tokens at positions ``start``..; returns (B, T, C).
 
-        ``cache``: keys/values of the positions before ``start`` (a cache made by
-        :meth:`KVCache.grow`); this call's are added to it. ``only`` (B,): compute the
-        output of just this position of each row, (B, 1, C) — keys and values of every
-        position still go to the cache.
+        ``cache`` (from :meth:`KVCache.grow`): keys/values before ``start``; this call's are
+        added. ``only`` (B,): output just this position of each row, (B, 1, C); every
+        position's keys and values still go to the cache.
         """
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=-1)  # 3 × (B, T, C)
@@ -138,12 +137,10 @@ class Backbone(nn.Module):
                ) -> tuple[torch.Tensor, KVCache]:
         """Run new tokens through the blocks; returns (B, T, C) outputs and the grown cache.
 
-        Without ``past``: x is a right-padded batch (``valid`` (B, T) marks real tokens), the
-        same outputs as ``self(x, valid)``. With ``past``: x holds tokens P .. P+T-1 of the
-        same B sequences (no padding, every row the same P); outputs equal those positions of
-        a full forward over all P + T tokens. ``last_only``: (B, 1, C), the output at each
-        row's last real token only — the last block then runs its attention output,
-        projection and MLP for one position per row instead of T.
+        Without ``past``: x is right-padded (``valid`` (B, T)), outputs as ``self(x, valid)``.
+        With ``past``: x holds tokens P .. P+T-1 of the same unpadded sequences; outputs equal
+        a full forward's. ``last_only``: (B, 1, C) at each row's last real token, the last
+        block computing one position per row instead of T.
         """
         B, T, _ = x.shape
         past = past if past is not None else KVCache()

@@ -44,11 +44,8 @@ class ObjectiveConfig:
 
 @dataclass
 class ModelConfig:
-    """Shape and objective of the foundation model.
-
-    Vocabulary sizes (``n_items``, ``facet_sizes``, ``n_attributes``) are filled from the
-    prepared dataset by :func:`recfm.model.foundation.build_config`; the rest are choices.
-    """
+    """Shape and objective of the foundation model. Vocabulary sizes (``n_items``,
+    ``facet_sizes``, ``n_attributes``) come from the dataset (``build_config``)."""
 
     d_model: int = 64
     n_layers: int = 2
@@ -85,9 +82,8 @@ class ModelConfig:
     content_hidden: int = 0
     """Width of a hidden layer in the content projection (0: one linear map)."""
     id_dropout: float = 0.25
-    """With content, zero this fraction of items' id embeddings at each training step
-    (DropoutNet, Volkovs et al. 2017): the model learns to rank items from content alone,
-    which is how a never-trained item is represented."""
+    """With content, zero this fraction of id embeddings each step (DropoutNet, Volkovs et
+    al. 2017), so the model ranks from content alone, as it must a never-trained item."""
 
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
@@ -98,9 +94,8 @@ class ModelConfig:
     label_smoothing: float = 0.0
     temperature: float = 1.0
     loss_chunk: int = 1 << 22
-    """Full softmax: at most this many logits (tokens × items) are held at a time, with
-    their gradient (:class:`recfm.model.heads.ChunkedSoftmaxLoss`); 0: the plain loss,
-    which holds all of them."""
+    """Full softmax: logits (tokens × items) held at a time, with their gradient
+    (:class:`recfm.model.heads.ChunkedSoftmaxLoss`); 0: the plain loss, holding all."""
 
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     user_repr: Literal["last", "mean_last", "attention", "last_attention", "layer_mean",

@@ -18,16 +18,13 @@ TIME_FACETS = ("gap_bucket", "hour_of_week")
 
 
 class ItemEncoder(nn.Module):
-    """Item vectors: an id embedding plus the mean of its attribute embeddings, combined
-    with the item's projected content vector when the model has content.
+    """Item vectors: id embedding + mean of its attribute embeddings, combined with its
+    projected content vector when the model has content.
 
-    Attributes (genres, S3-Rec attribute ids, entity type, language) are stored as a CSR
-    pair of buffers: ``attr_offsets`` (n_items + 1,) and ``attr_values`` (nnz,).
-
-    Content (``cfg.content_dim`` > 0, :mod:`recfm.content`): a fixed (n_items, content_dim)
-    buffer ``content``, mapped to d_model by ``content_proj`` and summed with, or gated
-    against, the id embedding: a never-trained item (zero id embedding) is represented by
-    its content alone, which id dropout during training teaches the model to rank.
+    Attributes (genres, S3-Rec attribute ids, entity type, language) are CSR buffers
+    ``attr_offsets`` (n_items + 1,) and ``attr_values`` (nnz,). Content: a fixed
+    (n_items, content_dim) buffer through ``content_proj``, summed with or gated against the
+    id embedding, so a never-trained item (zero id) is its content (id dropout teaches this).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:

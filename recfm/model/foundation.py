@@ -136,11 +136,8 @@ class FoundationModel(nn.Module):
 
     def _init_objectives(self, cfg: ModelConfig, tok: Tokenizer | None,
                          items: pl.DataFrame | None) -> None:
-        """Heads beyond next-item, and what they need: item facets, action weights.
-
-        The item-facet and action-weight tables are rebuilt from ``items.parquet`` and the
-        tokenizer on load (non-persistent buffers), so they never go stale or missing.
-        """
+        """Heads beyond next-item, and their item-facet and action-weight tables: buffers
+        rebuilt from the vocabularies on load (non-persistent), so never stale or missing."""
         obj = cfg.objectives
         self.heads = ObjectiveHeads(cfg, facet_head_sizes(cfg, tok))
         if obj.hierarchical and "entity_type" not in self.heads.facets:
@@ -243,10 +240,8 @@ class FoundationModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor],
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Weighted sum of the configured objectives (see :mod:`recfm.model.objectives`).
-
-        The components of the last call are kept in ``self.last_losses`` (floats).
-        """
+        """Weighted sum of the configured objectives; the last call's components (floats)
+        are kept in ``self.last_losses``."""
         cfg, obj = self.cfg, self.cfg.objectives
         h = self.positions(batch)  # (B, T, d)
         B, T, _ = h.shape
@@ -328,11 +323,8 @@ class FoundationModel(nn.Module):
 
     def last_hidden(self, batch: dict[str, torch.Tensor], pooling: str | None = None
                     ) -> torch.Tensor:
-        """(B, d) user vectors from right-padded history batches.
-
-        ``pooling``: a ``user_repr`` at the last position (``ModelConfig.user_repr``), or
-        ``mean`` over the whole history. Default: the one the model was trained with.
-        """
+        """(B, d) user vectors of right-padded histories. ``pooling``: a ``user_repr`` at the
+        last position, or ``mean`` over the history; default: the one trained with."""
         valid = batch["item"] > 0
         lengths = valid.sum(1).clamp_min(1)
         if pooling == "mean":
@@ -344,10 +336,8 @@ class FoundationModel(nn.Module):
 
     def score_items(self, users: torch.Tensor, start: int, end: int,
                     table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, end - start) scores of items start..end-1 (a chunk of :meth:`score`).
-
-        ``table``: :meth:`item_table`, precomputed (a chunked caller builds it once).
-        """
+        """(B, end - start) scores of items start..end-1 (a chunk of :meth:`score`);
+        ``table``: :meth:`item_table`, precomputed."""
         table = self.item_table() if table is None else table
         scores = users @ table[start:end].T  # (B, C)
         if self.cfg.objectives.hierarchical:
@@ -369,14 +359,9 @@ class FoundationModel(nn.Module):
                             k, chunk, seen)
 
     def score(self, users: torch.Tensor, horizon: str = "next") -> torch.Tensor:
-        """(B, n_items) scores; reserved ids get -inf.
-
-        ``horizon``: ``next`` ranks the next item; ``window`` ranks the items of the next
-        events with the future-window or multi-token head the model was trained with
-        (:func:`recfm.model.objectives.window_scores`; next-item scores if it has neither).
-        ``rollout`` decodes from histories, not user vectors: see
-        :meth:`recfm.pipeline.Recommender.recommend`.
-        """
+        """(B, n_items) scores; reserved ids get -inf. ``horizon``: ``next`` item, or the
+        items of the next events (``window``: :func:`~recfm.model.objectives.window_scores`);
+        ``rollout`` decodes histories: :meth:`recfm.pipeline.Recommender.recommend`."""
         if horizon != "next":
             if horizon not in HORIZONS:
                 raise ValueError(f"unknown horizon {horizon!r}: expected "
@@ -397,11 +382,8 @@ class FoundationModel(nn.Module):
 
     @torch.no_grad()
     def input_item_table(self) -> torch.Tensor:
-        """(n_items, d) input-side item vectors (id ⊕ attributes); constant in eval mode.
-
-        Serving computes it once and passes it to :meth:`encode_incremental`, instead of
-        rebuilding the attribute bags of the whole catalog on every call.
-        """
+        """(n_items, d) input-side item vectors (id ⊕ attributes), constant in eval mode:
+        serving computes it once for :meth:`encode_incremental`."""
         return self.item_encoder.table().detach()
 
     @torch.no_grad()
@@ -410,12 +392,10 @@ class FoundationModel(nn.Module):
                            ) -> tuple[torch.Tensor, KVCache]:
         """(B, d) user vectors (last token) and every layer's keys/values, reusing ``past``.
 
-        ``batch``: right-padded (B, T) token tensors of whole context windows, as
-        :meth:`last_hidden` takes them. ``past``: the cache of the first P tokens of these
-        same windows (from an earlier call); then the rows must be unpadded and only tokens
-        P .. T-1 go through the backbone — exact, the model being causal. Positions are
-        counted from the window start, so a cache is reusable only while the window start
-        stays put. ``item_vectors``: :meth:`input_item_table`, precomputed.
+        ``batch``: right-padded (B, T) whole context windows. ``past``: the cache of their
+        first P tokens; then rows must be unpadded and only tokens P .. T-1 are run (exact:
+        the model is causal). Positions count from the window start, so a cache is reusable
+        only while that start stays put. ``item_vectors``: :meth:`input_item_table`.
 
         Example:
             >>> u, cache = fm.encode_incremental(batch_of_t_tokens)            # doctest: +SKIP

@@ -100,10 +100,9 @@ def _reduce(loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
 
 
 class ChunkedSoftmaxLoss(torch.autograd.Function):
-    """Σ_i w_i · CE(h_i · tableᵀ / τ, target_i) without a (N, V) tensor: rows of ``h`` are
-    taken ``rows`` at a time, and each chunk's gradients are computed while its logits are
-    at hand (the fused linear cross-entropy of Liger-Kernel), so the backward pass only
-    scales them. Same matmuls as the plain loss; memory rows × V instead of N × V.
+    """Σ_i w_i · CE(h_i · tableᵀ / τ, target_i) in chunks of ``rows`` rows of ``h``, each
+    chunk's gradients computed while its logits are at hand (Liger-Kernel's fused linear
+    cross-entropy): same matmuls as the plain loss, memory rows × V instead of N × V.
 
     h: (N, d); table: (V, d); targets: (N,) in [0, V); w: (N,) constant row weights.
     """

@@ -97,10 +97,8 @@ class ObjectiveHeads(nn.Module):
 
 def position_repr(layers: list[torch.Tensor], valid: torch.Tensor, mode: str, n_last: int,
                   heads: ObjectiveHeads | None) -> torch.Tensor:
-    """(B, T, d) user representation at every position from each layer's (B, T, d) output.
-
-    Every mode is causal: position t only sees positions ≤ t.
-    """
+    """(B, T, d) user representation at every position from each layer's (B, T, d) output;
+    every mode is causal (position t sees positions ≤ t)."""
     h = layers[-1]
     if mode == "last":
         return h
@@ -154,10 +152,8 @@ def target_weights(cfg: ModelConfig, action_weight: torch.Tensor | None,
 
 def multi_label_window(future_items: torch.Tensor, future_ts: torch.Tensor | None,
                        n_events: int, days: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets (B, T, N) of the future window of each input position, and their mask.
-
-    ``future_items``: (B, T + 1) whole spans. Position t's window is tokens t+1 .. t+N.
-    """
+    """Targets (B, T, N) of each input position's future window (tokens t+1 .. t+N) and
+    their mask, from ``future_items`` (B, T + 1) whole spans."""
     B, T1 = future_items.shape
     T = T1 - 1
     offs = torch.arange(1, n_events + 1, device=future_items.device)  # (N,)
@@ -210,11 +206,8 @@ HORIZONS = ("next", "window", "rollout")
 
 
 def window_head(heads: ObjectiveHeads) -> str:
-    """Which head ranks the items of a user's next events (``horizon="window"``):
-
-    ``window`` (the future-window head, trained on exactly that), else ``multi`` (the mixture
-    of the next-item and the k - 1 multi-token heads), else ``next`` (the next-item head).
-    """
+    """The head that ranks a user's next events (``horizon="window"``): ``window`` (the
+    future-window head), else ``multi`` (next-item + multi-token mixture), else ``next``."""
     if heads.window is not None:
         return "window"
     if len(heads.multi):
@@ -223,12 +216,10 @@ def window_head(heads: ObjectiveHeads) -> str:
 
 
 def window_scores(model, users: torch.Tensor) -> torch.Tensor:
-    """(B, n_items) scores of the items the user engages with in the next events.
+    """(B, n_items) scores of the items of the user's next events; reserved ids get -inf.
 
-    Future-window head: its logits (trained as a softmax over every item of the window).
-    Multi-token heads: log of the mean over offsets j = 1..k of p(item at t + j), i.e.
-    the log expected number of times the item is among the next k (up to a constant).
-    Neither: the next-item scores. Reserved ids get -inf.
+    Future-window head: its logits. Multi-token heads: log of the mean over j = 1..k of
+    p(item at t + j), the log expected count among the next k. Neither: next-item scores.
     """
     head = window_head(model.heads)
     if head == "next":
@@ -248,9 +239,8 @@ def window_scores(model, users: torch.Tensor) -> torch.Tensor:
 
 def _append_token(batch: dict[str, torch.Tensor], parent: torch.Tensor, items: torch.Tensor,
                   max_len: int) -> dict[str, torch.Tensor]:
-    """Rows ``parent`` (N,) of a right-padded batch, each with one more token: item
-    ``items`` (N,), every other column copied from the row's last token (its action, device,
-    time). A row already ``max_len`` long drops its first token."""
+    """Rows ``parent`` (N,) of a right-padded batch plus one token: item ``items`` (N,), other
+    columns copied from the row's last token; a row already ``max_len`` long drops its first."""
     lengths = (batch["item"] > 0).sum(1)[parent]  # (N,)
     rows = torch.arange(len(parent))
     out = {}
@@ -272,16 +262,13 @@ def _append_token(batch: dict[str, torch.Tensor], parent: torch.Tensor, items: t
 @torch.no_grad()
 def rollout_scores(model, batch: dict[str, torch.Tensor], exclude: torch.Tensor,
                    depth: int = 2, beam: int = 10) -> torch.Tensor:
-    """(B, n_items) expected number of times each item is among the user's next ``depth``
-    items, by decoding the model's own next-item distribution (multi-token prediction at
-    inference): a beam of the ``beam`` likeliest continuations, each appended as a token
-    and scored again.
+    """(B, n_items) expected count of each item among the user's next ``depth`` items, by
+    decoding the model's own next-item distribution: the ``beam`` likeliest continuations,
+    each appended as a token and scored again (depth 1: the next-item distribution).
 
     ``batch``: right-padded (B, T) histories; ``exclude``: (B, n_items) bool, items that
-    cannot come (the history); an item appended on a path is excluded on that path after it.
-    Appended tokens copy the facets of the history's last token; depth 1 is the next-item
-    distribution itself. It pays where one title tends to follow another (franchises);
-    figures: benchmarks/RESULTS.md.
+    cannot come (the history); an item appended on a path is excluded on it after that.
+    Pays where one title follows another (franchises; figures: benchmarks/RESULTS.md).
     """
     if depth < 1 or beam < 1:
         raise ValueError(f"rollout needs depth >= 1 and beam >= 1; got {depth}, {beam}")

@@ -18,12 +18,9 @@ from recfm.model.backbone import Backbone
 def prompted_backbone(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor,
                       prompt: torch.Tensor, all_layers: bool = False
                       ) -> torch.Tensor | list[torch.Tensor]:
-    """``backbone`` over [prompt; x]; returns the history positions only.
-
-    x: (B, T, d) event embeddings, valid: (B, T). ``prompt``: (k, d) input tokens, or
-    (2, n_layers, k, d) deep tokens (:func:`prefix_backbone`). Returns (B, T, d) — or a list
-    of them with ``all_layers`` — as ``backbone(x, valid)`` does.
-    """
+    """``backbone`` over [prompt; x], as ``backbone(x, valid)`` returns it: (B, T, d) history
+    positions only. x: (B, T, d), valid: (B, T); ``prompt``: (k, d) input tokens or
+    (2, n_layers, k, d) deep ones (:func:`prefix_backbone`)."""
     if prompt.dim() == 4:
         if all_layers:
             raise RecfmError("deep prompts give the last layer only: use a model whose "
@@ -41,13 +38,11 @@ def prompted_backbone(backbone: Backbone, x: torch.Tensor, valid: torch.Tensor,
 
 
 def prefix_backbone(backbone: Backbone, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """``backbone`` over x after k *deep* prompt tokens: learned keys and values per layer.
+    """``backbone`` over x (B, T, d) after k *deep* prompt tokens: learned keys and values.
 
-    prompt: (2, n_layers, k, d) — keys ``prompt[0, l]`` and values ``prompt[1, l]`` of the
-    k prompt positions in layer l, as a KV cache holds them (Li & Liang 2021, prefix tuning;
-    Liu et al. 2022, P-Tuning v2). The history runs after that cache (positions k..), so
-    the causal mask lets it see the whole prompt. Right padding is harmless: a padded
-    position comes after every real one, which never attends to it. x: (B, T, d).
+    prompt: (2, n_layers, k, d), keys ``prompt[0, l]`` and values ``prompt[1, l]`` of layer
+    l as a KV cache holds them (prefix tuning; Liu et al. 2022, P-Tuning v2). The history
+    runs after that cache and sees all of it; right padding comes after every real token.
     """
     B, T, d = x.shape
     _, L, k, _ = prompt.shape

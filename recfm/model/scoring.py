@@ -53,11 +53,8 @@ def _merge_topk(best_v: torch.Tensor | None, best_i: torch.Tensor | None, s: tor
 def chunked_topk(score_chunk: ChunkFn, n_items: int, k: int, chunk: int = 65536,
                  seen: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` (values, item indices), each (B, k), over items 0 .. n_items-1.
-
-    ``seen``: (row, item) pairs excluded (scored -inf). Equal to ``torch.topk`` of the full
-    score matrix (up to the order of exact ties).
-    """
+    """Top-``k`` (values, item indices), each (B, k), over items 0 .. n_items-1, equal to
+    ``torch.topk`` of the full matrix up to exact ties. ``seen``: (row, item) pairs excluded."""
     best_v: torch.Tensor | None = None
     best_i: torch.Tensor | None = None
     for start, end, s in _masked_chunks(score_chunk, n_items, chunk, seen):
@@ -73,11 +70,10 @@ def chunked_ranks(score_chunk: ChunkFn, n_items: int, targets: torch.Tensor,
                              torch.Tensor]:
     """Pessimistic 0-based rank of each target among all items, in one pass over chunks.
 
-    targets: (B,) item ids (each ≥ 0). Returns (ranks (B,), top-``k`` item indices (B, k)
-    or None, scores of the ``extra`` (B, m) items or None, the targets' scores (B,), -inf
-    where filtered), as :func:`recfm.evaluate.metrics.ranks_of` and ``torch.topk`` give
-    them from the full matrix; a target the ``seen`` filter removed ranks last (n_items).
-    Each target's score comes from its own chunk (the same matmul as its neighbours).
+    targets: (B,) item ids ≥ 0. Returns (ranks (B,), top-``k`` indices (B, k) or None, scores
+    of the ``extra`` (B, m) items or None, target scores (B,), -inf where filtered), as
+    :func:`recfm.evaluate.metrics.ranks_of` and ``torch.topk`` give them from the full
+    matrix; a target ``seen`` removed ranks last (n_items).
     """
     B = targets.numel()
     t_score = torch.empty(B)

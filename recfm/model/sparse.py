@@ -31,11 +31,8 @@ def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, n_global: in
 
 
 def local_attention_mask(valid: torch.Tensor, window: int, n_global: int = 0) -> torch.Tensor:
-    """Boolean (B, 1, T, T) mask of the local + global pattern (the reference path).
-
-    Padding keys are masked; the diagonal stays open so no row is empty (as in
-    :func:`recfm.model.attention.attention_mask`, which this equals when window ≥ T).
-    """
+    """Boolean (B, 1, T, T) local + global mask (the reference path); padding and diagonal as
+    in :func:`recfm.model.attention.attention_mask`, which this equals when window ≥ T."""
     B, T = valid.shape
     pos = torch.arange(T, device=valid.device)
     allowed = _allowed(pos[:, None], pos[None, :], window, n_global)  # (T, T)
@@ -58,19 +55,10 @@ def reference_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return reference_attention(q, k, v, local_attention_mask(valid, window, n_global), dropout)
 
 
-def _blocks(x: torch.Tensor, n_blocks: int, window: int) -> torch.Tensor:
-    """(B, H, n_blocks·window, Dh) → (B, H, n_blocks, window, Dh) (a view)."""
-    B, H, _, Dh = x.shape
-    return x.view(B, H, n_blocks, window, Dh)
-
-
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
                     window: int, n_global: int = 0, dropout: float = 0.0) -> torch.Tensor:
-    """Blocked local + global causal attention. q, k, v: (B, H, T, Dh); valid: (B, T).
-
-    Equal to :func:`reference_local_attention` (forward and gradients) without ever
-    building a (T, T) tensor.
-    """
+    """Blocked local + global causal attention. q, k, v: (B, H, T, Dh); valid: (B, T). Equal
+    to :func:`reference_local_attention` (forward and gradients), no (T, T) tensor."""
     B, H, T, Dh = q.shape
     W = max(1, min(window, T))
     n_blocks = -(-T // W)
@@ -79,7 +67,7 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: to
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, nb·W, Dh)
         valid = F.pad(valid, (0, pad), value=False)
     G = min(n_global, T)
-    qb, kb, vb = (_blocks(t, n_blocks, W) for t in (q, k, v))  # (B, H, nb, W, Dh)
+    qb, kb, vb = (t.view(B, H, n_blocks, W, Dh) for t in (q, k, v))  # (B, H, nb, W, Dh)
     # keys of block j: [global 0..G-1] + block j-1 + block j
     k_prev = F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1]  # (B, H, nb, W, Dh), block -1 = zeros
     v_prev = F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1]
