@@ -30,11 +30,8 @@ def epoch_plan(spans: np.ndarray, batch_size: int, seed: int, epoch: int) -> lis
 
 
 def make_batch(store: SequenceStore, spans: np.ndarray) -> Batch:
-    """Inputs = tokens[:-1] of each span, ``target`` = items[1:].
-
-    The whole spans are kept as ``future_<column>`` (B, T + 1): objectives that look
-    further ahead than the next token (multi-token, future window, facet heads) read them.
-    """
+    """Inputs = tokens[:-1] of each span, ``target`` = items[1:]; the whole spans as
+    ``future_<column>`` (B, T + 1), for objectives that look beyond the next token."""
     full = store.gather(spans)
     batch = {k: v[:, :-1] for k, v in full.items()}
     batch["target"] = full["item"][:, 1:].clone()
@@ -46,9 +43,9 @@ def make_batch(store: SequenceStore, spans: np.ndarray) -> Batch:
 class MemoryBatches:
     """Batches of spans of a :class:`SequenceStore` held in memory.
 
-    ``respan(epoch, fraction)``: the spans of an epoch when they change per epoch (random
-    windows, a sequence-length schedule). ``rows``: this DDP rank's rows of a global batch.
-    ``transform``: applied to each batch in place (incremental data: context targets off).
+    ``respan(epoch, fraction)``: an epoch's spans when they change per epoch (random windows,
+    a length schedule). ``rows``: this DDP rank's rows of a global batch. ``transform``:
+    applied to each batch in place (incremental data: context targets off).
     """
 
     def __init__(self, store: SequenceStore, spans: np.ndarray, batch_size: int, seed: int,

@@ -31,9 +31,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     max_minutes: float | None = None
-    """Stop once training + validation have taken this long (the best checkpoint is kept). The
-    cosine schedule is then fitted to the budget: after the first epoch, the number of
-    epochs that fit is estimated and the decay ends there (recorded in the checkpoint)."""
+    """Stop once training + validation have taken this long (the best model is kept); the
+    cosine decay then ends at the epochs that fit, estimated after the first (checkpointed)."""
     window: str = "truncate"
     """Long histories: keep the last context window (``truncate``), train on fixed sliding
     windows (``sliding``), or on windows redrawn each epoch that train every target once
@@ -44,9 +43,8 @@ class TrainConfig:
     threads: int | None = None
     tensorboard: bool = True
     stream: bool = False
-    """Read training batches lazily from ``tokens.parquet`` row groups (datasets larger than
-    memory; each process its own groups, :mod:`recfm.train.shards`). Validation, test and
-    facet sizes then use the first ``stream_eval_groups`` row groups' users only."""
+    """Stream training batches from ``tokens.parquet`` row groups (:mod:`recfm.train.shards`);
+    validation, test and facet sizes then use the first ``stream_eval_groups``' users only."""
     stream_window_groups: int = 4
     """Row groups held in memory (and shuffled together) at a time when streaming."""
     stream_eval_groups: int = 2

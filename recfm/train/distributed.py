@@ -104,11 +104,9 @@ class DDPTrainer:
     # ------------------------------------------------------------------ training step
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """This rank's loss, scaled so DDP's gradient average is the global token mean.
-
-        The returned tensor's *value* is the global batch's mean loss (for logging); its
-        gradient is ``n_r · W / N`` times this rank's mean-loss gradient.
-        """
+        """This rank's loss, scaled so DDP's gradient average is the global token mean: its
+        *value* is the global batch's mean loss, its gradient ``n_r · W / N`` times this
+        rank's mean-loss gradient."""
         if self.wrapped is None:  # built lazily: after a resume has loaded the weights
             ids = [self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(
@@ -266,9 +264,8 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def run_module_as_rank(module: str, argv: Sequence[str]) -> None:
-    """``python -m <module> <argv>`` in a process torchrun started: join the process group
-    from the environment, silence every rank's stdout but rank 0's, leave the group at the
-    end. The entry point is named, not imported, so this layer never imports the CLI."""
+    """``python -m <module> <argv>`` as a torchrun rank: join the group, silence stdout
+    but rank 0's, leave at the end. Named, not imported: this layer never imports the CLI."""
     ctx = init_from_env()
     if ctx is not None and not ctx.is_main:
         sys.stdout = open(os.devnull, "w")  # one progress bar and summary, rank 0's

@@ -40,12 +40,9 @@ def fresh_split(seqs: pl.DataFrame, valid_fraction: float = 0.1, seed: int = 0) 
 
 
 def fresh_spans(store: SequenceStore, window: int) -> np.ndarray:
-    """(n, 3) (row, start, end) windows of ≤ ``window`` tokens covering every fresh target.
-
-    Walks each sequence from its end: a window ends at the last fresh token not yet
-    covered and reaches back ``window`` tokens of context; only positions ≥ 1 of a window
-    are targets, so the next window ends at the last fresh token before that.
-    """
+    """(n, 3) (row, start, end) windows of ≤ ``window`` tokens covering every fresh target:
+    from each sequence's end, a window ends at the last uncovered fresh token and reaches
+    back ``window`` tokens (its position 0 is no target: the next ends before position 1)."""
     fresh = store.values[FRESH]
     out = []
     for row, n in enumerate(store.lengths):

@@ -83,8 +83,8 @@ def init_model(run: Path, ds: PreparedDataset) -> Recommender:
 
 def run_dataset(run: Path, data_dir: str | Path | None = None
                 ) -> tuple[Recommender, PreparedDataset, Path]:
-    """An existing run, the prepared dataset it is tuned on (default: the one it was trained
-    on) and that dataset's folder, checked to share the run's item vocabulary."""
+    """An existing run, the dataset it is tuned on (default: its training data) and that
+    dataset's folder, checked to share the run's item vocabulary."""
     data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run)
     if data_dir is None:
         raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data DIR")
@@ -120,8 +120,7 @@ def new_model(model_cfg: ModelConfig, ds: PreparedDataset, split: Split,
 
 def data_source(data_dir: Path, split: Split, model: FoundationModel, tcfg: TrainConfig,
                 extra: list[str], fresh: bool, ddp) -> tuple[DataSource, int]:
-    """The batches (in memory, streamed, a DDP rank's, or fresh tokens) and the schedule's
-    number of steps."""
+    """The batches (in memory, streamed, a DDP rank's, or fresh tokens); the schedule's steps."""
     max_len, bs = model.cfg.max_len, tcfg.batch_size
     per_epoch = not fresh and windows.varies(tcfg.window, tcfg.seq_len_schedule)
     if per_epoch:
@@ -168,14 +167,10 @@ def train(
 ) -> TrainResult:
     """Train a foundation model on a prepared dataset with the leave-one-out protocol.
 
-    ``init_from``: start from the weights and config of an existing run (fine-tuning); the
-    dataset must use that run's item vocabulary. A dataset with a ``fresh`` list column (see
-    :func:`recfm.adapt.incremental.build_incremental_dataset`) trains incrementally: only
-    fresh tokens are targets, older ones are context, and a sample of users' last fresh
-    token validates. Item content (``content.parquet``, :mod:`recfm.content`) is combined
-    with the id embeddings when the dataset has it and ``model_cfg.use_content``.
-    ``split`` replaces the default leave-one-out split (e.g. a future holdout,
-    :func:`recfm.evaluate.objectives.future_holdout`).
+    ``init_from``: start from an existing run (the dataset must share its item vocabulary).
+    A dataset with a ``fresh`` column trains incrementally (:mod:`recfm.train.fresh`); item
+    content is used when the dataset has it and ``model_cfg.use_content``. ``split``
+    replaces leave-one-out (e.g. :func:`recfm.evaluate.objectives.future_holdout`).
     """
     t_start = time.perf_counter()
     data_dir, run = Path(data_dir), Path(run)
@@ -219,9 +214,8 @@ def train(
 def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
              split: Split, out: tuple[Path, dict[str, Any]], ddp, loss_hook: LossHook | None,
              strict_budget: bool) -> Trainer:
-    """The Trainer of a foundation-model run: next-item loss (or the hook's), NDCG@10.
-
-    ``strict_budget``: a fine-tune's budget (incremental data) stops inside an epoch."""
+    """The Trainer of a foundation-model run: next-item loss (or the hook's), NDCG@10;
+    ``strict_budget`` (incremental data): the budget stops inside an epoch."""
     run, meta = out
     model = rec.model
     groups = decay_groups(list(model.named_parameters()), tcfg.weight_decay)

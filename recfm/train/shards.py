@@ -41,10 +41,7 @@ class ParquetTokens:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.file = pq.ParquetFile(self.path)
-        meta = self.file.metadata
-        self.n_groups = meta.num_row_groups
-        self.group_rows = np.array([meta.row_group(g).num_rows for g in range(self.n_groups)],
-                                   dtype=np.int64)
+        self.n_groups = self.file.metadata.num_row_groups
         self.columns = self.file.schema_arrow.names
 
     def read(self, groups: Sequence[int], columns: Sequence[str] | None = None
