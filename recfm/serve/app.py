@@ -1,13 +1,7 @@
-"""The HTTP service: FastAPI in front of an :class:`~recfm.serve.engine.Engine`.
+"""The HTTP service: FastAPI in front of an :class:`~recfm.serve.engine.Engine` (endpoints:
+OpenAPI at ``/docs``). Model work runs on the micro-batcher's thread, never on the event loop.
 
     app = create_app("runs/beauty")          # or: recfm serve runs/beauty --port 8000
-    uvicorn.run(app, host="127.0.0.1", port=8000)
-
-Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``): ``POST /v1/recommend``,
-``POST /v1/users/embed``, ``GET /v1/items/{id}/similar``, ``POST /v1/collections``,
-``GET /v1/users``, ``GET /v1/users/{id}``, ``GET /v1/items?q=``, ``GET /healthz``,
-``GET /metrics`` (Prometheus), ``POST /admin/reload`` (bearer token) and the explorer page
-at ``/``. Model work runs on the micro-batcher's thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -143,8 +137,8 @@ class Service:
 
 def create_app(run: str | Path, cfg: ServeConfig | None = None,
                data: str | Path | None = None) -> FastAPI:
-    """The FastAPI app serving ``run`` (histories of known users from ``data``, by default
-    the dataset the run was trained on, when it is there)."""
+    """The FastAPI app serving ``run``, known users' histories from ``data`` (default: the
+    run's own dataset, when it is there)."""
     service = Service(run, cfg, data)
 
     @asynccontextmanager

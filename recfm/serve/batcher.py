@@ -1,9 +1,5 @@
-"""Micro-batching: concurrent requests share one model call.
-
-One worker thread takes up to ``max_batch`` queued jobs (waiting at most ``wait_ms``),
-groups them by engine and kind and runs each group as one batch; each job carries the
-engine it was resolved against, so a hot reload never mixes versions inside a batch.
-See docs/guide/serving.md.
+"""Micro-batching: concurrent requests share one model call, grouped by engine so a hot
+reload never mixes versions in a batch. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Generated collections: a row of N items decoded autoregressively with beam search.
-
-Constraints (ineligible, already in the row or seen, over ``max_per_genre``) zero an item's
-probability *before* the beam is extended, so every beam is valid at every step; beams
-share the history's keys/values (:meth:`FoundationModel.encode_incremental`).
-How: docs/guide/serving.md.
+"""Generated collections: a row of N items decoded with beam search, constraints enforced
+while decoding. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations
@@ -44,10 +40,8 @@ def _allowed_for(engine: Engine, base: np.ndarray, beam: Beam, cap: int) -> np.n
 @torch.inference_mode()
 def generate_collection(engine: Engine, query: Query, n: int, beam_width: int = 4,
                         max_per_genre: int = 0) -> list[int]:
-    """Item indices of the best row of ``n`` (fewer only if fewer items are eligible).
-
-    ``max_per_genre`` ≤ 0 disables the diversity constraint.
-    """
+    """Item indices of the best row of ``n`` (fewer only if fewer items are eligible);
+    ``max_per_genre`` ≤ 0 disables the diversity constraint."""
     fm = engine.fm
     window = query.window[-(engine.max_len - n):] if n < engine.max_len else query.window[-1:]
     if len(window) == 0:

@@ -37,30 +37,25 @@ class ServeConfig:
     hnsw_m: int = 48
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 2048
-    """Candidates explored per query; raised to 2·k when k is larger. More: higher recall
-    against exact search, slower queries (figures: benchmarks/RESULTS.md)."""
+    """Candidates explored per query (at least 2·k): more is higher recall, slower queries."""
     index_cache: bool = True
     """Keep a built HNSW index under ``RUN/serve-index/`` (keyed by the item table's hash)."""
 
     max_batch: int = 32
     """Most requests encoded together by the micro-batcher."""
     batch_wait_ms: float = 0.0
-    """How long the batcher waits for more requests once one is there (0: take what is queued)."""
+    """How long the batcher waits for company once a request is there (0: take what is queued)."""
     cache_mb: float = 256.0
     """Memory for cached user states (keys/values of encoded histories); 0 disables the cache."""
     fast_step: bool = True
-    """Extend a cached state by one token with the lean step (:mod:`recfm.serve.step`);
-    False: always the reference ``encode_incremental`` (same numbers within 1e-5)."""
+    """Extend a cached state by one token with :mod:`recfm.serve.step` (False: the reference)."""
     window_hop: int = 1
-    """Histories longer than the context are cut to a window whose start moves in steps of
-    this many tokens. 1 is the model's own rule (the last ``max_len`` tokens, as offline
-    evaluation does); a larger hop keeps the window start put for that many new events, so
-    their states come from the cache, at the price of a context between ``max_len - hop + 1``
-    and ``max_len`` tokens."""
+    """Long histories are cut to a window whose start moves in steps of this many tokens: 1 is
+    the last ``max_len`` tokens (as offline evaluation); a larger hop serves that many new
+    events from the cache, with a context of ``max_len - hop + 1`` to ``max_len`` tokens."""
     threads: int | None = 1
-    """torch threads for the model (None: torch's default, one per core). One leaves the
-    other cores to the HTTP event loop and tokenizing, and avoids OpenMP spin-waits when the
-    cores are shared; raise it on machines with cores to spare."""
+    """torch threads (None: one per core). One leaves the other cores to the event loop and
+    tokenizing, and avoids OpenMP spin-waits on shared cores."""
 
     max_body_bytes: int = 1_048_576
     """Larger request bodies are refused with 413 (limits of k and events: see ``schemas``)."""
@@ -71,8 +66,8 @@ class ServeConfig:
     """Reloads may name only runs and data inside this folder (None: the folder holding the
     served run; "/" allows any path)."""
     ranker: str | None = None
-    """A ranker directory (``recfm rank train``, trained with this model): recommendations are
-    reranked by it as a second pass over the top candidates (None: off)."""
+    """A ranker directory (``recfm rank train`` with this model) that reranks the top
+    candidates as a second pass (None: off)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<serve config>") -> "ServeConfig":

@@ -1,14 +1,9 @@
 """The serving engine: one loaded model version and everything derived from it.
 
-An :class:`Engine` turns requests into :class:`Query` objects (history tokens, seen items,
-eligible items), encodes batches of them — through the user-state cache — and retrieves
-items. It knows nothing about HTTP; :mod:`recfm.serve.app` puts it behind FastAPI, and a
-hot reload builds a new engine beside the old one and swaps the reference.
-
-The run is loaded as a :class:`~recfm.pipeline.Recommender` (vocabularies, the reference
-tokenizer) and its network is used only through
-:class:`~recfm.model.foundation.FoundationModel`'s public methods (``item_table``,
-``input_item_table``, ``encode_incremental``, ``last_hidden``).
+An :class:`Engine` resolves requests into :class:`Query` objects, encodes them through the
+user-state cache and retrieves items. It knows nothing about HTTP; a hot reload builds a new
+engine beside the old one and swaps the reference. The network is used only through
+:class:`~recfm.model.foundation.FoundationModel`'s public methods.
 """
 
 from __future__ import annotations
@@ -44,12 +39,9 @@ EVENT_FIELDS = ("item_id", "timestamp", "action", "value", "device", "country", 
 
 
 def window_start(length: int, max_len: int, hop: int) -> int:
-    """First token of the context window of a ``length``-token history.
-
-    hop = 1: the last ``max_len`` tokens. hop > 1: the start moves in steps of ``hop``, so
-    it stays put while the history grows by up to ``hop`` tokens (cacheable), and depends
-    only on ``length`` — the same history always gets the same window.
-    """
+    """First token of the context window of a ``length``-token history: the last ``max_len``
+    tokens, the start rounded up to a multiple of ``hop`` so it stays put (cacheable) while the
+    history grows by up to ``hop`` tokens."""
     if length <= max_len:
         return 0
     hop = max(1, hop)
@@ -141,9 +133,8 @@ class Engine:
         items = self.rec.items
         self.rules = ItemRules(items, self.n_items)
         self.pooled = self.fm.cfg.user_repr != "last"
-        """The model reads users through a pooled representation (``user_repr``: mean of
-        positions, attention, layers): windows are encoded whole by ``last_hidden``, without
-        the user-state cache, whose keys/values give the last position's state only."""
+        """A pooled ``user_repr``: windows are encoded whole by ``last_hidden``, without the
+        user-state cache (its keys/values give the last position's state only)."""
         cache_bytes = 0 if self.pooled else int(self.cfg.cache_mb * 2**20)
         self.cache = UserStateCache(cache_bytes, len(self.columns), self.max_len)
         self.step = (OneTokenStep(self.fm, self.input_table)
@@ -156,7 +147,7 @@ class Engine:
                          for i, iid in enumerate(self.rec.tokenizer.item_ids)}
         self.event_tokenizer = EventTokenizer(self.rec.tokenizer, self.columns, self.index_of)
         self.fast_tokens = True
-        """Tokenize requests with :class:`EventTokenizer` (False: the reference tokenizer)."""
+        """False: tokenize requests with the reference tokenizer only."""
         self.titles: list[str | None] | None = None
         if "title" in items.columns:
             self.titles = [None] * self.n_items
@@ -239,7 +230,7 @@ class Engine:
     def _event_tokens(self, events: list[dict[str, Any]], ignore_unknown: bool
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw events of one user → (L, C) tokens with the model's tokenizer, and (L,) times."""
-        index_of = self.index_of  # keyed by the ids as text; one catalog pass
+        index_of = self.index_of  # keyed by the ids as text
         items = [index_of.get(i if type(i) is str else str(i))
                  for i in (e["item_id"] for e in events)]
         if None in items:

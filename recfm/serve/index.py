@@ -1,9 +1,5 @@
-"""Top-k maximum-inner-product retrieval over the item table, with per-query eligibility.
-
-:class:`ExactIndex` scores every item; :class:`HNSWIndex` walks a faiss HNSW graph built
-after the MIPS → L2 reduction (HNSW assumes a metric), honouring an eligibility bitmap, and
-falls back to exact search when the walk finds fewer than k eligible items although k
-exist. Details: docs/guide/serving.md.
+"""Top-k maximum-inner-product retrieval over the item table, with per-query eligibility:
+exact, or a faiss HNSW graph with an exact fallback. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations
@@ -46,8 +42,7 @@ def _exact_rows(table: torch.Tensor, users: torch.Tensor, k: int,
 
 def _exact_one(table: np.ndarray, user: torch.Tensor, k: int, allowed: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_exact_rows` for one user, through numpy's matrix-vector product (less
-    per-call overhead than torch's on CPU)."""
+    """:func:`_exact_rows` for one user through numpy (less per-call overhead on CPU)."""
     scores = table @ user.numpy()  # (N,)
     scores[~allowed] = -np.inf
     top = torch.topk(torch.from_numpy(scores), min(k, len(scores)))

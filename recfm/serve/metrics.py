@@ -1,9 +1,5 @@
-"""Prometheus text-format metrics (exposition format 0.0.4), kept in-process.
-
-Counters of requests by endpoint and status, latency histograms by endpoint, the sizes of
-the micro-batches, and the user-state cache's lookups. Small enough to need no client
-library; thread-safe.
-"""
+"""Prometheus text-format metrics (exposition format 0.0.4), in-process and thread-safe:
+small enough to need no client library."""
 
 from __future__ import annotations
 

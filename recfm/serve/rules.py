@@ -1,9 +1,6 @@
-"""Business rules as boolean masks over the item vocabulary, applied inside retrieval.
-
-A rule never filters a finished top-k list (which could leave fewer than k items): it
-removes items from the candidate set before the search, so k results come back whenever k
-eligible items exist. Masks are (n_items,) booleans indexed like the model's item table;
-the reserved ids 0..2 are never eligible.
+"""Business rules as (n_items,) boolean masks over the item table, applied inside retrieval
+(not to a finished top-k), so k results come back whenever k eligible items exist. Reserved
+ids are never eligible.
 """
 
 from __future__ import annotations

@@ -24,11 +24,8 @@ class Strict(BaseModel):
 
 
 class Event(TypedDict):
-    """One raw interaction, as in an events file (only ``item_id`` is required).
-
-    A TypedDict, not a model: a request's events arrive validated as plain dicts, which is
-    what the engine reads (and faster to validate than models).
-    """
+    """One raw interaction, as in an events file (only ``item_id`` is required). A TypedDict:
+    events arrive as the plain dicts the engine reads, and validate faster than models."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[misc]
     item_id: Required[Text | Annotated[StrictInt, Field(ge=0, le=2**62)]]

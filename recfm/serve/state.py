@@ -1,12 +1,6 @@
-"""A content-addressed cache of encoded user states (the "prefix cache").
-
-An entry is keyed by the tokens of an encoded context window and holds what encoding it
-produced: every layer's keys/values and the user vector. A request whose window *starts
-with* a cached window — the same history grown by an event, or whose last token changed
-because a repeat merged into it — reuses the keys/values of the common prefix and runs only
-the new tokens through the model (:meth:`FoundationModel.encode_incremental`). Keys are
-prefix hashes, so no user id is needed and anonymous histories benefit too; a hit is
-confirmed by comparing the tokens, so a hash collision can never serve a wrong state.
+"""A content-addressed cache of encoded user states (the "prefix cache"), keyed by prefix
+hashes of the window's tokens; a hit is confirmed by comparing the tokens, so a collision
+never serves a wrong state. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations
@@ -53,12 +47,8 @@ class PrefixHasher:
 
 
 class UserStateCache:
-    """LRU of :class:`CachedState` bounded in bytes. Thread-safe.
-
-    Each entry is found by the hash of its window and by the hash of its window less the
-    last token, so a request whose last token changed (a repeat merged into it) reuses
-    everything before it.
-    """
+    """LRU of :class:`CachedState` bounded in bytes, thread-safe. An entry is found by the hash
+    of its window and of its window less the last token (which a merged repeat changes)."""
 
     def __init__(self, max_bytes: int, n_columns: int, max_len: int) -> None:
         self.max_bytes = int(max_bytes)

@@ -1,10 +1,6 @@
-"""The serving step: one new token after a cached user state, written lean.
-
-At serving sizes one token costs per-op overhead, not flops, so :class:`OneTokenStep` does
-the arithmetic of :meth:`FoundationModel.encode_incremental` in numpy, with everything
-token-independent prepared once per model version. Exact up to float rounding
-(``tests/serve/test_step.py``: 1e-5); :meth:`OneTokenStep.supports` says what it covers and
-the engine takes the reference path otherwise. How: docs/guide/serving.md.
+"""The serving step: :meth:`FoundationModel.encode_incremental` of one new token after a
+cached user state, in numpy with everything token-independent prepared once (one token costs
+per-op overhead, not flops). Exact within 1e-5. How: docs/guide/serving.md.
 """
 
 from __future__ import annotations
