@@ -93,11 +93,8 @@ def distill(teacher_run: str | Path, out: str | Path, student_cfg: ModelConfig,
             train_cfg: TrainConfig | None = None, cfg: DistillConfig | None = None,
             data_dir: str | Path | None = None, resume: bool = False, on_progress=None,
             command: str | None = None) -> TrainResult:
-    """Train ``student_cfg`` on the teacher's dataset with :func:`distill_loss`.
-
-    ``data_dir``: default, the dataset the teacher was trained on (its ``config.json``).
-    Returns the loop's :class:`~recfm.train.loop.TrainResult`; ``out`` is a normal run.
-    """
+    """Train ``student_cfg`` into the normal run ``out`` with :func:`distill_loss`, on
+    ``data_dir`` (default: the teacher's dataset)."""
     cfg = cfg or DistillConfig()
     teacher_run = Path(teacher_run)
     rec, _, data_dir = run_dataset(teacher_run, data_dir)

@@ -68,8 +68,7 @@ class TaskConfig:
     impressions: str = ""
     """shown: the impressions file (Parquet, CSV/TSV or JSON lines)."""
     trainable_layers: int = -1
-    """-1: every weight trains. n ≥ 0: embeddings and all but the top n blocks are frozen
-    (the task head always trains)."""
+    """-1: every weight trains. n ≥ 0: all but the top n blocks and the head are frozen."""
     from_scratch: bool = False
     """Train the same task model from random init (the baseline)."""
     max_steps: int = 300
@@ -78,27 +77,21 @@ class TaskConfig:
     head_hidden: int = 64
     """binary: width of the head's hidden layer."""
     head_norm: bool = True
-    """binary: layer-normalise the user state and the item vector before the head (the
-    pretrained features' scale differs from a random backbone's and between frequent and
-    rare titles; benchmarks/RESULTS.md has the effect). Runs fine-tuned before this
-    option load without it."""
+    """binary: layer-normalise the user state and item vector before the head (their scale
+    differs between pretrained and random backbones, frequent and rare titles; effect:
+    benchmarks/RESULTS.md). Runs fine-tuned before this option load without it."""
     backbone_lr_scale: float = 1.0
-    """Learning rate of the foundation weights relative to ``train.lr`` (the task head
-    always trains at ``train.lr``): below 1, fine-tuning moves the pretrained weights less
-    (discriminative fine-tuning, Howard & Ruder 2018). Unused from scratch."""
+    """Foundation weights' learning rate relative to ``train.lr`` (the head's): below 1 they
+    move less (discriminative fine-tuning, Howard & Ruder 2018). Unused from scratch."""
     head_only_steps: int = 0
-    """Fine-tuning only: the first n steps train the task head alone (the foundation's
-    learning rate is 0), then everything trains — linear probing then fine-tuning (LP-FT,
-    Kumar et al. 2022): a random head's first gradients do not scramble the pretrained
-    features. From scratch every weight trains from step 0 (a frozen random backbone is no
-    baseline). Counts in ``max_steps``."""
+    """Fine-tuning only: the first n steps (within ``max_steps``) train the head alone, so a
+    random head's first gradients do not scramble the pretrained features (LP-FT, Kumar et
+    al. 2022). From scratch every weight trains from step 0."""
     train_users: float = 1.0
-    """Share of users whose events the task trains and validates on (a fixed draw, the
-    same for every seed and for from scratch): below 1, a task labelled for few users.
-    Test events stay every user's."""
+    """Share of users the task trains and validates on (a fixed draw, the same for every
+    seed and from scratch); test events stay every user's."""
     next_item_weight: float = 0.0
-    """Weight of the foundation's own next-item loss (full catalog), kept beside the task's
-    objective as an auxiliary one (0: the task's objective only)."""
+    """Weight of the foundation's own next-item loss kept as an auxiliary (0: none)."""
     train: TrainConfig = field(default_factory=_default_train)
     """Optimisation (``[train]``: lr, batch_size, warmup_steps, weight_decay, grad_clip,
     seed, patience, eval_batch_size, threads; epochs is unused: ``max_steps`` rules)."""
@@ -107,8 +100,7 @@ class TaskConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "<task config>") -> "TaskConfig":
         if "kind" not in data:
             raise InputError(source, None, "kind", 'a task kind ("surface", "binary" or '
-                             '"shown")',
-                             "no kind")
+                             '"shown")', "no kind")
         train = data.get("train", {})
         if not isinstance(train, dict):
             raise InputError(source, None, "train", "a [train] table", repr(train))
@@ -215,13 +207,10 @@ def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 class BinaryHead(nn.Module):
-    """(user state h, candidate item vector e, log p(item | h)) → logit.
-
-    An MLP over [h, e, h ⊙ e, log p]: ``log p`` is the model's next-item log-probability
-    of the candidate (a full softmax over the catalog), how expected the choice was —
-    which the MLP could not compute from h and e alone. With ``norm``, h and e are
-    layer-normalised first (``TaskConfig.head_norm``).
-    """
+    """(user state h, candidate item vector e, log p(item | h)) → logit: an MLP over
+    [h, e, h ⊙ e, log p]. ``log p``, the model's full-softmax next-item log-probability,
+    says how expected the choice was, which the MLP could not compute from h and e alone.
+    ``norm``: layer-normalise h and e first (``TaskConfig.head_norm``)."""
 
     def __init__(self, d: int, hidden: int, norm: bool = True) -> None:
         super().__init__()
@@ -354,11 +343,10 @@ class TaskModel(nn.Module):
 
     @torch.no_grad()
     def per_user(self, frame: pl.DataFrame, batch_size: int = 512) -> dict[str, np.ndarray]:
-        """Per evaluated user, in ``frame`` order: surface → ``ndcg@10`` (rank of the target
-        in the subset, seen items excluded, ties against the model); binary → ``logit``
-        and ``label``; shown → ``logit`` and ``label`` of every user's chosen title, then of
-        every user's shown one (users with a shown title only). For paired comparisons of
-        two task models on the same users."""
+        """Per evaluated user in ``frame`` order, for paired comparisons of task models:
+        surface → ``ndcg@10`` (subset rank, seen items excluded, ties against the model);
+        binary → ``logit``, ``label``; shown → those of every chosen title, then of every
+        shown one (users with a shown title only)."""
         self.eval()
         frame = self._task_rows(frame)
         if self.task.kind == "surface":
@@ -470,10 +458,9 @@ class FinetuneResult:
 
 def with_shown(seqs: pl.DataFrame, item_index: dict[str, int], path: str | Path
                ) -> pl.DataFrame:
-    """``seqs`` with the list column ``shown``: per token, the item index of the last
-    title shown to the user (an impression in ``path``) after the token before it, other
-    than the token's own title; 0 when there is none. Impressions of users or titles the
-    model does not know are ignored."""
+    """``seqs`` with the list column ``shown``: per token, the item index of the last title
+    shown (an impression in ``path``) since the token before, other than its own title; 0:
+    none. Impressions of users or titles the model does not know are ignored."""
     imp = read_events(path)
     if "action" in imp.columns:
         imp = imp.filter(pl.col("action") == "impression")
@@ -553,10 +540,8 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
              resume: bool = False, on_progress: ProgressFn | None = None,
              command: str | None = None) -> FinetuneResult:
     """Fine-tune ``run`` for ``task`` (or train the task model from scratch) into ``out``.
-
-    ``data_dir``: the prepared dataset (default: the one ``run`` was trained on); it must
-    use the run's item vocabulary. ``from_scratch`` overrides ``task.from_scratch``.
-    """
+    ``data_dir`` (default: ``run``'s own) must share the run's item vocabulary;
+    ``from_scratch`` overrides ``task.from_scratch``."""
     t_start = time.perf_counter()
     run, out = Path(run), Path(out)
     scratch = task.from_scratch if from_scratch is None else from_scratch
@@ -602,8 +587,8 @@ def finetune(run: str | Path, task: TaskConfig, out: str | Path,
 
 def _task_model(rec: Recommender, task: TaskConfig, scratch: bool
                 ) -> tuple[TaskModel, int | None]:
-    """The task model on the run's model (re-initialised from scratch) with its frozen
-    layers, and the number of trainable top layers (None: every layer trains)."""
+    """The task model (re-initialised from scratch) with its frozen layers, and the number
+    of trainable top layers (None: every layer trains)."""
     seed = task.train.seed
     if scratch:
         rec = _scratch_copy(rec, seed)

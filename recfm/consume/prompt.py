@@ -45,33 +45,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class PromptConfig:
     """What a prompt is trained on and how (``recfm prompt-tune --config`` TOML keys).
-
-    ``surface``: conditions every *target* token must meet, all of them (``item.<column>``
-    on the next item, any other key a token facet of the next event): docs/guide/prompts.md.
-    """
+    ``surface``: conditions every *target* token must meet: docs/guide/prompts.md."""
 
     name: str = "kids"
     tokens: int = 16
     depth: Literal["deep", "input"] = "deep"
-    """``input``: k vectors before the event embeddings (Lester et al. 2021). ``deep``: k
-    key/value vectors in every layer (prefix tuning): a small frozen backbone lets an
-    input-level prompt move its recommendations only a little (docs/guide/prompts.md)."""
+    """``input``: k vectors before the event embeddings. ``deep``: k keys/values in every
+    layer, which move a small frozen backbone much further (docs/guide/prompts.md)."""
     surface: dict[str, str] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
     surface_weight: float = 1.0
-    """Weight of −log P(the next item is on the surface) at *every* position (any user,
-    any target): the prompt should lead any history to the surface, not only those that
-    went there. Needs ``item.*`` conditions; 0 turns it off."""
+    """Weight of −log P(the next item is on the surface) at *every* position, so any history
+    leads to the surface. Needs ``item.*`` conditions; 0 turns it off."""
     rank_weight: float = 0.0
-    """Weight of the top-k ranking term (:func:`rank_loss`): at every position, each of the
-    ``rank_k`` best-scored items *off* the surface (items already in the history excluded,
-    as ``recommend`` excludes them) is pushed below the ``rank_k``-th best item *on* it by
-    ``rank_margin``. The surface-mass term moves probability mass on average; this one
-    targets what a user sees, the top ``rank_k``, for every history — the few users whose
-    last title has an off-surface sequel the backbone is sure of. Needs ``item.*``
-    conditions; 0 turns it off."""
+    """Weight of the top-k ranking term (:func:`rank_loss`): at every position, the
+    ``rank_k`` best unseen items *off* the surface are pushed ``rank_margin`` below the
+    ``rank_k``-th best *on* it, so what every user sees is on the surface (even after an
+    off-surface sequel the backbone is sure of). Needs ``item.*`` conditions; 0: off."""
     rank_k: int = 10
     rank_margin: float = 1.0
     warmup_steps: int = 20
@@ -148,10 +140,8 @@ def surface_loss(model, h: torch.Tensor, target: torch.Tensor, keep: torch.Tenso
                  items: torch.Tensor | None, surface_weight: float) -> torch.Tensor:
     """Next-item cross-entropy at the surface's positions, plus ``surface_weight`` × the
     mean −log P(next item is on the surface) at every position with a next item.
-
-    h: (B, T, d); target, keep: (B, T); items: (n_items,) surface mask or None (then the
-    second term is off: a facet-only surface has no item set).
-    """
+    h: (B, T, d); target, keep: (B, T); items: (n_items,) surface mask, or None (facet-only
+    surface: no second term)."""
     rows = target > 0  # (B, T)
     logits = item_logits(model, h[rows])  # (N, V − reserved)
     ce = torch.nn.functional.cross_entropy(logits[keep[rows]],
@@ -164,9 +154,8 @@ def surface_loss(model, h: torch.Tensor, target: torch.Tensor, keep: torch.Tenso
 
 
 def seen_before(items: torch.Tensor, rows: torch.Tensor, n_items: int) -> torch.Tensor:
-    """(N, n_items) bool, one row per True of ``rows`` (B, T): item v occurs in
-    ``items[b, :t + 1]``, the history up to and including position t (the padding id 0
-    counts as seen, which only masks a reserved id). items: (B, T)."""
+    """(N, n_items) bool, one row per True of ``rows`` (B, T): item v occurs in history
+    ``items[b, :t + 1]`` (B, T); the padding id 0 counts as seen (only a reserved id)."""
     B, T = items.shape
     b, t = rows.nonzero(as_tuple=True)  # (N,), (N,)
     upto = torch.arange(T)[None, :] <= t[:, None]  # (N, T)
@@ -177,12 +166,9 @@ def seen_before(items: torch.Tensor, rows: torch.Tensor, n_items: int) -> torch.
 
 def rank_loss(logits: torch.Tensor, on: torch.Tensor, seen: torch.Tensor, k: int,
               margin: float) -> torch.Tensor:
-    """Mean over positions of Σ_j softplus(s_j − τ + margin) / k: s_j the k best unseen
-    off-surface scores, τ the k-th best unseen on-surface score (a smooth "the top k are
-    all on the surface"; exactly when every term's argument is < 0).
-
-    logits: (N, V) item scores; on: (V,) bool surface mask; seen: (N, V) bool, excluded.
-    """
+    """Mean over positions of Σ_j softplus(s_j − τ + margin) / k, s_j the k best unseen
+    off-surface scores, τ the k-th best unseen on-surface one: a smooth "the top k are all
+    on the surface". logits: (N, V); on: (V,) bool surface mask; seen: (N, V) bool."""
     neg_inf = torch.finfo(logits.dtype).min
     on_s = logits.masked_fill(seen | ~on, neg_inf)  # (N, V)
     off_s = logits.masked_fill(seen | on, neg_inf)
@@ -228,13 +214,9 @@ def _init_vectors(model, surface_items_mask: torch.Tensor | None, store, k: int,
 
 def prompt_tune(run: str | Path, cfg: PromptConfig, data_dir: str | Path | None = None,
                 on_progress: ProgressFn | None = None) -> PromptResult:
-    """Train prompt ``cfg.name`` for ``run`` on its dataset; the foundation stays frozen.
-
-    Trains on the leave-one-out *train* part of each history (validation and test targets
-    are never seen), next-item loss at the positions whose target is on the surface.
-    Writes ``run/prompts/<name>.safetensors`` (+ ``.json``); checks, before writing, that
-    the model's weights are bit-identical to those it started with.
-    """
+    """Train prompt ``cfg.name`` for ``run`` on the leave-one-out *train* part of its
+    dataset, the foundation frozen (checked bit-identical before writing); writes
+    ``run/prompts/<name>.safetensors`` (+ ``.json``)."""
     t0 = time.perf_counter()
     run = Path(run)
     check_name(cfg.name)
@@ -333,9 +315,8 @@ def _prompt_trainer(model: FoundationModel, prompt: torch.nn.Parameter, cfg: Pro
 @torch.no_grad()
 def top_k_items(rec: Recommender, frame: pl.DataFrame, k: int = 10, prompt: str | None = None,
                 batch_size: int = 256) -> np.ndarray:
-    """(n, k) top-``k`` item indices per history of ``frame`` — :meth:`Recommender.recommend`,
-    batched. Items already in a history are excluded, as ``recommend`` does; no other filter.
-    """
+    """(n, k) top-``k`` item indices per history of ``frame``: :meth:`Recommender.recommend`
+    batched (history items excluded, no other filter)."""
     model = rec.model
     store = SequenceStore(frame, model.input_columns)
     users = rec.encode_store(store, batch_size=batch_size, prompt=prompt)  # (n, d)

@@ -58,10 +58,9 @@ def freeze(fm: FoundationModel, trainable_layers: int | None) -> list[nn.Module]
 class FoundationEncoder(nn.Module):
     """(B, T) token batches → (B, d) user vectors of a (partly) frozen foundation model.
 
-    ``trainable_layers``: None trains everything; n ≥ 0 freezes the embeddings and all but
-    the top n blocks (frozen parts also stay in eval mode: no dropout noise on features
-    nobody trains). ``pooling``: the user representation (see
-    :meth:`FoundationModel.last_hidden`); default: the one the model was trained with.
+    ``trainable_layers``: None trains everything; n ≥ 0 freezes all but the top n blocks
+    (frozen parts stay in eval mode: no dropout). ``pooling``: as
+    :meth:`FoundationModel.last_hidden` takes it (default: the one trained with).
 
     Example:
         >>> enc = FoundationEncoder.from_pretrained("runs/base")          # doctest: +SKIP
@@ -168,11 +167,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def save_downstream(model: nn.Module, path: str | Path, config: dict[str, Any] | None = None,
                     copy_foundation: bool = False, overwrite: bool = False) -> None:
-    """Write ``model``'s own weights and its foundation reference to ``path`` (atomically).
-
-    ``config``: anything the caller needs to rebuild ``model`` (saved as is, JSON).
-    ``overwrite``: replace a downstream model saved before at ``path``.
-    """
+    """Write ``model``'s own weights and its foundation reference to ``path`` (atomically;
+    ``overwrite``: replace one saved there). ``config``: JSON to rebuild ``model`` with."""
     prefix, enc = _encoder_of(model)
     if enc.run is None:
         raise ValueError("the FoundationEncoder was not loaded from a run directory "
@@ -196,11 +192,8 @@ def save_downstream(model: nn.Module, path: str | Path, config: dict[str, Any] |
 
 
 def load_downstream(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights saved by :func:`save_downstream` into a freshly built ``model``.
-
-    ``model``'s encoder must come from the same foundation weights
-    (:meth:`FoundationEncoder.from_downstream` builds it).
-    """
+    """Load weights saved by :func:`save_downstream` into a freshly built ``model``, whose
+    encoder has the same foundation weights (:meth:`FoundationEncoder.from_downstream`)."""
     path = Path(path)
     meta = _read_meta(path)
     prefix, enc = _encoder_of(model)
