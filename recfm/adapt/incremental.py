@@ -60,16 +60,11 @@ def _drop_unknown(seqs: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 def build_incremental_dataset(run: str | Path, events: pl.DataFrame, out: str | Path,
                               history: str | Path | None = None, replay: float = 0.0,
                               seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
-    """Write a prepared dataset for incremental training of ``run`` on ``events``.
-
-    ``events``: canonical raw events (recent ones). ``history``: a prepared dataset whose
-    sequences precede them (the run's training data), used as context; None: the recent
-    events alone. Events on items the run does not know are dropped and counted (add
-    them first with ``recfm add-items``). ``replay``: the fraction of the history's tokens,
-    drawn at random (seeded), that are trained on too (replay of older events): recent
-    events over-represent new titles, and a model fine-tuned on them alone learns to
-    recommend new titles far more often than they are chosen (cold_start benchmark).
-    ``overwrite``: replace a dataset written before at ``out``.
+    """Write a prepared dataset for incremental training of ``run`` on recent canonical
+    ``events``. ``history``: a prepared dataset of the events before them, as context (None:
+    none). Events on items the run does not know are dropped and counted (add them first
+    with ``recfm add-items``). ``replay``: the seeded share of history tokens also trained
+    on (docs/guide/training.md). ``overwrite``: replace an earlier dataset at ``out``.
     """
     run, out = Path(run), Path(out)
     rec = Recommender.from_pretrained(run)

@@ -59,11 +59,8 @@ def ridge_map(content: np.ndarray, target: np.ndarray, lam: float = 1.0) -> Call
 
 def neighbour_mean(new: np.ndarray, known: np.ndarray, known_rows: np.ndarray, k: int = 10,
                    chunk: int = 1024, keep_norm: bool = False) -> np.ndarray:
-    """(n, d) similarity-weighted mean of ``known_rows`` over each new item's k nearest.
-
-    ``new`` (n, c) and ``known`` (m, c) are content vectors; cosine similarity; negative
-    similarities weigh nothing (uniform over the k when all are ≤ 0).
-    """
+    """(n, d) mean of ``known_rows`` over each new item's k nearest by cosine similarity of
+    content ``new`` (n, c) to ``known`` (m, c), weighted by it (negatives 0; all ≤ 0: uniform)."""
     def unit(m: np.ndarray) -> np.ndarray:
         return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
@@ -117,9 +114,8 @@ def scalable(model) -> bool:
 
 
 def scale_new_rows(model, trained: np.ndarray, n_old: int) -> float:
-    """``--init scaled``: set the id rows of items ``n_old:`` (zero so far) so that each new
-    item's vector is s × its content-only vector, s the trained items' mean ratio of norms
-    (docs/guide/new-items.md). Returns s."""
+    """``--init scaled``: set the (zero) id rows of items ``n_old:`` so each new item's vector
+    is s × its content-only one, s the trained items' mean ratio of norms; returns s."""
     enc = model.item_encoder
     if not scalable(model):
         raise RecfmError("--init scaled needs a run with content summed to tied id embeddings")
@@ -170,10 +166,8 @@ def _align(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
 
 def grow_vocabulary(tok: Tokenizer, old_items: pl.DataFrame, new: pl.DataFrame
                     ) -> tuple[Tokenizer, pl.DataFrame, pl.DataFrame]:
-    """Append ``new`` items (ids not yet known) to the vocabulary, never renumbering.
-
-    Returns the grown tokenizer, the grown catalog and the new rows with their ``idx``.
-    """
+    """Append ``new`` items (ids not yet known) to the vocabulary, never renumbering: the
+    grown tokenizer, the grown catalog and the new rows with their ``idx``."""
     tok2 = Tokenizer(tok.config, list(tok.item_ids), tok.facets, tok.value_edges, tok.has_time,
                      tok.item_facets, dict(tok.meta))
     idx = tok2.add_items(new["item_id"].to_list())
@@ -191,9 +185,8 @@ def new_item_content(rec: Recommender, new: pl.DataFrame, init: str, embedder: s
                      cache_dir: str | Path | None, vectors: str | Path | None,
                      step: Callable[[str], None]
                      ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """Content vectors of the new items (n_new, c) and of the run's items (n_old, c) —
-    from the run's weights when it was trained with content, else embedded here when the
-    init needs them — and the embedder spec used."""
+    """Content vectors of the new (n_new, c) and the run's items (n_old, c), from the run's
+    weights, else embedded here if the init needs them; and the embedder spec used."""
     cfg, old_items, n_new = rec.cfg, rec.items, new.height
     spec = cfg.content_embedder if cfg.content_dim > 0 else None
     if cfg.content_dim > 0 and n_new:
@@ -229,10 +222,8 @@ def grow_attributes(vocab: list[str], old_items: pl.DataFrame, new: pl.DataFrame
 def grow_state(state: dict[str, torch.Tensor], n_old: int, n_new: int,
                rows: Callable[[np.ndarray], np.ndarray], new_content: np.ndarray | None,
                csr: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every per-item tensor of ``state`` grown by ``n_new`` items; the rest untouched.
-
-    ``rows(table)``: the new rows of an id table (see :func:`init_rows`); ``csr``: the grown
-    attribute (offsets, values)."""
+    """Every per-item tensor of ``state`` grown by ``n_new`` items, the rest untouched;
+    ``rows(table)``: an id table's new rows; ``csr``: the grown attribute (offsets, values)."""
     grown: dict[str, torch.Tensor] = {}
     for name, t in state.items():
         if name in ("item_encoder.attr_offsets", "item_encoder.attr_values"):
@@ -257,13 +248,11 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
               vectors: str | Path | None = None, cache_dir: str | Path | None = None,
               on_step: Callable[[str], None] | None = None,
               overwrite: bool = False) -> dict[str, Any]:
-    """Append the items of ``items`` (a catalog file or frame) to ``run``; write ``out``
-    (``overwrite``: replacing a run written before by add-items).
-
-    ``embedder``: for a run trained without content, the embedder used to find content
-    neighbours / fit the content map (default: MiniLM for text, attribute bags otherwise).
+    """Append the items of ``items`` (a catalog file or frame) to ``run`` as ``out``
+    (``overwrite``: an earlier add-items output); returns a report, also saved under
+    ``added_items`` in ``out/config.json``. ``embedder``: a run without content's embedder for
+    neighbours / the content map (default: MiniLM for text, attribute bags otherwise).
     ``vectors``: the new items' vectors when the run uses your own (``file:``) vectors.
-    Returns a report (also saved under ``added_items`` in ``out/config.json``).
     """
     step = on_step or (lambda name: log.info(name))
     t0 = time.perf_counter()
