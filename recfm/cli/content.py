@@ -15,7 +15,6 @@ content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attri
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``content`` group and ``add-items`` to the recfm command line."""
     app.add_typer(content_app, name="content")
     app.command("add-items")(add_items_cmd)
 

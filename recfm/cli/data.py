@@ -22,7 +22,6 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, describ
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` group and ``prepare`` to the recfm command line."""
     app.add_typer(data_app, name="data")
     app.command("prepare")(prepare_cmd)
 

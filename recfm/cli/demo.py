@@ -1,8 +1,5 @@
-"""`recfm demo`: the whole path offline on the synthetic world: synth → prepare → train →
-evaluate → recommend.
-
-Used by ``make demo``. Everything lands in one folder; ``report.json`` holds
-``{"model": {...}, "popularity": {...}, "recent": {...}}`` test metrics.
+"""`recfm demo` (``make demo``): synth → prepare → train → evaluate → recommend, offline,
+into one folder; ``report.json`` holds the test metrics of the model and baselines.
 """
 
 from __future__ import annotations
@@ -38,10 +35,8 @@ DEMO_TRAIN = TrainConfig(epochs=30, batch_size=128, lr=2e-3, warmup_steps=50, pa
 
 def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | None = None,
              on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run the whole path into ``out`` and return the report also written to ``report.json``.
-
-    ``out`` is new, empty or an earlier demo's folder (replaced); anything else is refused.
-    """
+    """Run the whole path into ``out`` (new, empty or an earlier demo's, which is replaced)
+    and return the report also written to ``report.json``."""
     step = on_step or (lambda s: log.info(s))
     out = Path(out)
     check_out(out, "demo", overwrite=True)
@@ -93,7 +88,6 @@ def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | No
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``demo`` to the recfm command line."""
     app.command("demo")(demo_cmd)
 
 

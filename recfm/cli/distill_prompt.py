@@ -102,7 +102,6 @@ def prompts_cmd(run: Path = typer.Argument(..., help="A run directory.")) -> Non
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``distill``, ``prompt-tune`` and ``prompts`` to the recfm command line."""
     app.command("distill")(distill_cmd)
     app.command("prompt-tune")(prompt_tune_cmd)
     app.command("prompts")(prompts_cmd)

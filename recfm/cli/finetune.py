@@ -15,7 +15,6 @@ from recfm.consume.finetune import finetune, load_task
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``finetune`` to the recfm command line."""
     app.command("finetune")(finetune_cmd)
 
 

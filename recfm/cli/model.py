@@ -29,7 +29,6 @@ from recfm.train.run import refuse_existing_run
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate`` and ``recommend`` to the recfm command line."""
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.command("recommend")(recommend_cmd)

@@ -1,9 +1,5 @@
-"""What the commands print with: one console, a spinner, and the tables several commands share
-(and :func:`override`, how every command lays its options over a config; ``OVERWRITE``, the
-``--overwrite`` option of the commands that write an output folder; :func:`at_least_one`,
-the check of counts such as ``--k``).
-
-The library logs; only :mod:`recfm.cli` prints.
+"""What the commands share: the console, a spinner, tables, and the options and checks that
+several commands take (``OVERWRITE``, :func:`override`, :func:`at_least_one`).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from recfm.errors import RecfmError
 console = Console()
 err_console = Console(stderr=True)
 
-# --overwrite of every command that writes an output folder (recfm.io.atomic_dir)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace this command's earlier output "
                          "at --out (a folder holding anything else is never replaced).")
 
@@ -34,8 +29,7 @@ def steps(title: str):
 
 
 def override(target, **options) -> None:
-    """Lay the options given on the command line (not None) over ``target``: a config
-    dataclass, or a dict of config values."""
+    """Lay the options given (not None) over ``target``, a config dataclass or dict."""
     for name, value in options.items():
         if value is None:
             continue

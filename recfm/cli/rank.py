@@ -1,10 +1,5 @@
-"""`recfm rank holdout|train|evaluate|serve-hook`: the unified ranker (:mod:`recfm.rank`).
-
-    recfm rank holdout prepared --out prepared-fm          # the FM trains on this copy
-    recfm train prepared-fm --out fm-run
-    recfm rank train prepared --fm fm-run --out rank-run   # requests, then the ranker
-    recfm rank evaluate rank-run [--knob search=0.5] [--json]
-    recfm rank serve-hook rank-run --fm fm-run --user u00001 --task search --query "iron"
+"""`recfm rank holdout|train|evaluate|serve-hook`: the unified ranker (:mod:`recfm.rank`);
+the order of the commands: the README's command table.
 """
 
 from __future__ import annotations
@@ -193,5 +188,4 @@ def serve_hook_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``recfm rank …`` to the main CLI."""
     app.add_typer(rank_app, name="rank")

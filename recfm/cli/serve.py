@@ -17,7 +17,6 @@ from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` to the recfm command line."""
     app.command("serve")(serve_cmd)
 
 

@@ -132,6 +132,5 @@ def diff_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``embed`` and the ``store`` group to the recfm CLI."""
     app.command("embed")(embed_cmd)
     app.add_typer(store_app, name="store")
