@@ -1,9 +1,5 @@
 """Embedding store: versioned user and item embeddings for the rest of the company.
-
-:func:`embed` publishes a version, :func:`open_store` reads one. Publishing is atomic and
-versions are retained up to ``keep`` (:mod:`recfm.store.base`); backends: LanceDB (the
-default, :mod:`recfm.store.lance`) and Parquet (:mod:`recfm.store.parquet`).
-Usage: docs/guide/store.md.
+:func:`embed` publishes a version, :func:`open_store` reads one. Usage: docs/guide/store.md.
 """
 
 from __future__ import annotations

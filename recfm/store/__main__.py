@@ -1,8 +1,5 @@
-"""``python -m recfm.store …`` = ``recfm embed …``; the entry point torchrun launches.
-
-It runs ``python -m recfm embed …`` by module name
-(:func:`recfm.train.distributed.run_cli_as_rank`), so that the store never imports the CLI;
-rank 0 alone publishes and prints. See docs/guide/store.md.
+"""``python -m recfm.store …`` = ``recfm embed …``, the entry point torchrun launches; it runs
+the CLI by module name, so that the store never imports it. Rank 0 alone publishes and prints.
 """
 
 from __future__ import annotations

@@ -28,12 +28,9 @@ def _local_path(path_or_uri: str | Path) -> Path:
 def open_store(path_or_uri: str | Path, version: int | None = None, keep: int | None = None,
                backend: str | None = None) -> EmbeddingStore:
     """Open (or, on first publish, create) the embedding store at ``path_or_uri``.
-
-    ``version``: pin every read to that version (the store is then read-only); default:
-    each read resolves the current version. ``keep``: versions a publish retains (default:
-    the store's setting, :data:`DEFAULT_KEEP` for a new store). ``backend``: ``lancedb``
-    (default) or ``parquet`` for a new store; an existing store uses its own.
-    """
+    ``version`` pins every read (read-only); ``keep``: versions a publish retains (default:
+    the store's, :data:`DEFAULT_KEEP` when new); ``backend`` (``lancedb``, default, or
+    ``parquet``) applies to a new store: an existing one uses its own."""
     root = _local_path(path_or_uri)
     if backend is not None and backend not in BACKENDS:
         raise RecfmError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")

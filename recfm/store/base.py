@@ -182,10 +182,8 @@ class EmbeddingStore(ABC):
 
     def _search(self, name: str, vector: np.ndarray, k: int, metric: Metric,
                 columns: list[str]) -> pa.Table:
-        """The ``k`` best rows for ``vector`` with a ``score`` column, best first.
-
-        Reference: exact scores over the whole table.
-        """
+        """The ``k`` best rows for ``vector`` with a ``score`` column, best first (reference:
+        exact scores over the whole table)."""
         table = self._read_table(name, columns + ["vector"])
         mat = table_vectors(table)  # (n, d)
         q = vector.astype(np.float32)
@@ -269,11 +267,8 @@ class EmbeddingStore(ABC):
                 item_ids: Sequence[str], item_vectors: np.ndarray,
                 meta: dict[str, Any] | None = None,
                 item_titles: Sequence[str | None] | None = None) -> VersionInfo:
-        """Publish a new version atomically and drop versions beyond ``keep``.
-
-        ``meta``: values for :class:`VersionInfo` fields (``pooling``, ``run``,
-        ``model_version``, ``tokenizer_sha256``); other keys go to ``extra``.
-        """
+        """Publish a new version atomically and drop versions beyond ``keep``. ``meta``: values
+        of :class:`VersionInfo` fields (``pooling``, ``run``, ...); other keys go to ``extra``."""
         if self.pinned is not None:
             raise RecfmError(f"{self.root}: opened at version {self.pinned} (read-only); "
                              "open it without a version to publish")
@@ -358,11 +353,8 @@ class EmbeddingStore(ABC):
                              f"{info.version} (corrupt store)")
 
     def user_vectors(self, ids: Sequence[str], missing: Missing = "error") -> np.ndarray:
-        """(n, d) float32 vectors of users ``ids``, in the order asked.
-
-        ``missing``: ``"error"`` (default) raises on an unknown id; ``"nan"`` gives it a row
-        of NaN.
-        """
+        """(n, d) float32 vectors of users ``ids``, in the order asked; an unknown id raises
+        (``missing="error"``) or gets a row of NaN (``"nan"``)."""
         return self._read(lambda info: self._vectors(info, info.users_table, ids, missing))
 
     def item_vectors(self, ids: Sequence[str], missing: Missing = "error") -> np.ndarray:
@@ -385,11 +377,8 @@ class EmbeddingStore(ABC):
 
     def nearest_items(self, vector: Sequence[float] | np.ndarray, k: int = 10,
                       metric: Metric = "dot", exclude: Sequence[str] = ()) -> pl.DataFrame:
-        """The ``k`` items closest to ``vector``: rank, item_id, score[, title].
-
-        ``metric``: ``"dot"`` (default; the model's own scoring, so a user vector gives
-        that user's recommendations, seen items not removed) or ``"cosine"``.
-        """
+        """The ``k`` items closest to ``vector``: rank, item_id, score[, title]. ``"dot"`` is the
+        model's own scoring: a user vector gives that user's recommendations (seen items kept)."""
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         return self._read(lambda info: self._nearest(info, q, k, metric, set(exclude)))
 
@@ -423,10 +412,8 @@ class EmbeddingStore(ABC):
 
     def diff(self, a: int | None = None, b: int | None = None, k: int = 10,
              sample_users: int = 2000, seed: int = 0) -> dict[str, Any]:
-        """Stability report between versions ``a`` and ``b`` (default: the two latest).
-
-        See :func:`recfm.store.stability.stability_report`.
-        """
+        """:func:`~recfm.store.stability.stability_report` between versions ``a`` and ``b``
+        (default: the two latest)."""
         versions = [v.version for v in self.versions()]
         b = b if b is not None else versions[-1]
         if a is None:

@@ -1,9 +1,6 @@
-"""Compute a run's user and item embeddings and publish them as a store version.
-
-Users are encoded in length-sorted chunks and put back in dataset order; items are the
-output item table, so user · item is the model's score. With N processes each rank stages
-a shard and rank 0 alone checks them and publishes (atomically); it removes stale staging
-directories of killed jobs (``STALE_STAGING_S``). Details: docs/guide/store.md.
+"""Compute a run's user and item embeddings and publish them as a store version. Items are
+the output item table, so user · item is the model's score; with N processes rank 0 alone
+checks the ranks' shards and publishes. Details: docs/guide/store.md.
 """
 
 from __future__ import annotations
@@ -52,12 +49,10 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
     """Encode every user of ``data_dir`` (default: the run's training data) and every item
     with the model of ``run``, and publish them to ``store`` as a new version.
 
-    ``pooling``: how a user vector is read from the hidden states (``last``, ``mean_last``,
-    ``attention``, ``last_attention``, ``layer_mean``, ``layer_mix``, ``mean``); default: the
-    representation the model was trained with. ``on_progress(users_done, users)`` after each
-    chunk (of this rank's users when several processes run it, see docs/guide/store.md).
-    The version's metadata records the run, model and tokenizer hashes, data fingerprint,
-    pooling, counts and the encoding throughput (``extra.users_per_s``).
+    ``pooling``: one of :data:`POOLINGS` (default: the model's ``user_repr``).
+    ``on_progress(users_done, users)`` after each chunk of this rank's users. The metadata
+    records run, model and tokenizer hashes, data fingerprint, pooling, counts and
+    ``extra.users_per_s``.
     """
     ctx = current()  # None: one process
     run = Path(run)
@@ -119,8 +114,8 @@ def embed(run: str | Path, data_dir: str | Path | None, store: str | Path | Embe
 
 
 def remove_stale_staging(root: Path, max_age_s: float = STALE_STAGING_S) -> list[Path]:
-    """Remove ``.embed-staging-*`` directories under ``root`` not modified for
-    ``max_age_s`` seconds (left by killed jobs); returns what was removed."""
+    """Remove (and return) ``.embed-staging-*`` directories that killed jobs left under ``root``
+    (not modified for ``max_age_s``)."""
     removed = []
     now = time.time()
     for path in Path(root).glob(".embed-staging-*"):

@@ -1,9 +1,6 @@
-"""The default backend: an embedded LanceDB database in the store directory.
-
-Each version's tables are LanceDB tables (``users_v000003.lance``, ...) beside
-``manifest.json``. Id lookups are filtered scans over a BTree index on ``id``; nearest
-items come from LanceDB's vector search (exact, a flat scan: item catalogs are small
-enough; the scores are the dot product or cosine similarity, ``1 - _distance``).
+"""The default backend: an embedded LanceDB database in the store directory. Id lookups are
+filtered scans over a BTree index on ``id``; nearest items a flat (exact) vector search,
+scores ``1 - _distance``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""A second backend: one Parquet file per table, exact search in NumPy.
-
-No database at all — ``users_v000003.parquet`` beside ``manifest.json`` — for
-environments without LanceDB or for handing a version to tools that read Parquet. Lookups
-and search are the exact reference implementations of
-:class:`~recfm.store.base.EmbeddingStore` (whole-table reads).
+"""A second backend: one Parquet file per table and the base class's exact reference reads,
+for environments without LanceDB or tools that read Parquet.
 """
 
 from __future__ import annotations

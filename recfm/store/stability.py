@@ -1,11 +1,6 @@
-"""How much two embedding versions differ, as the consumers of the store see it.
-
-Downstream systems care about two things when embeddings are republished: does a user's
-vector stay put (per-user cosine between versions — meaningful when both versions live in
-one space, e.g. an incremental update of the same model; for an unrelated retrain the
-spaces differ and only the overlap is meaningful), and do the user's recommendations stay
-put (overlap of the top-k items by dot product, each version scored against its own item
-table, compared by item id).
+"""How much two embedding versions differ, as the store's consumers see it: does a user's
+vector stay put (per-user cosine; meaningful only when both versions share one space, e.g. an
+incremental update) and do their recommendations (overlap of each version's top-k item ids)?
 """
 
 from __future__ import annotations
@@ -48,13 +43,9 @@ def top_k_ids(users: np.ndarray, items: np.ndarray, k: int, chunk: int = 1024) -
 
 def stability_report(users_a: Vectors, users_b: Vectors, items_a: Vectors, items_b: Vectors,
                      k: int = 10, sample_users: int = 2000, seed: int = 0) -> dict:
-    """Per-user cosine and top-``k`` overlap between versions a and b, plus id churn.
-
-    Users in both versions are compared; the top-k overlap is computed on a seeded sample
-    of at most ``sample_users`` of them (``|top_a ∩ top_b| / k`` per user; seen items are
-    not removed — the store has no histories). Cosine is ``None`` when the two versions'
-    dimensions differ.
-    """
+    """Per-user cosine and top-``k`` overlap between versions a and b, plus id churn, over the
+    users in both. Overlap (``|top_a ∩ top_b| / k``, seen items kept: the store has no
+    histories) on a seeded sample of ``sample_users``; cosine is None if the dims differ."""
     ids_a, ua = list(users_a[0]), users_a[1]
     ids_b, ub = list(users_b[0]), users_b[1]
     row_b = {u: i for i, u in enumerate(ids_b)}
