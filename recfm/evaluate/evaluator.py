@@ -29,10 +29,8 @@ def evaluate_scorer(scorer: Scorer, frame: pl.DataFrame, n_items: int, max_len: 
                     item_chunk: int | None = None) -> dict[str, float]:
     """Full-ranking metrics of ``scorer`` on ``frame`` (history list columns + ``target``).
 
-    ``scorer(rows, batch)`` returns (B, n_items) scores for the batch's histories.
-    ``item_chunk``: stream the catalog this many items at a time, never building the
-    (B, n_items) matrix — for scorers with a ``chunked`` method (the model, popularity,
-    recency); the metrics are the same. None: chunk catalogs over ``AUTO_ITEM_CHUNK``.
+    ``item_chunk``: for scorers with a ``chunked`` method, stream the catalog this many items
+    at a time (same metrics, no (B, n_items) matrix); None: chunk above ``AUTO_ITEM_CHUNK``.
     """
     if item_chunk is None:
         item_chunk = AUTO_ITEM_CHUNK if n_items > AUTO_ITEM_CHUNK else 0
@@ -87,11 +85,8 @@ def _add_chunked(acc: RankingAccumulator, scorer, store: SequenceStore, targets:
 
 
 class ModelScorer:
-    """The model's scores for a batch of histories; also by item chunk (large catalogs).
-
-    The item table of the chunked path is computed once per scorer: make a new scorer
-    after the weights change.
-    """
+    """The model's scores for a batch of histories; also by item chunk (large catalogs), with
+    the item table computed once per scorer (make a new one after the weights change)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -143,10 +138,8 @@ def popularity_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
 
 
 def recent_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
-    """Items by the last time anyone interacted with them in training (ties: popularity).
-
-    Without real time (``ts`` missing), the position in the user's sequence stands in.
-    """
+    """Items by the last time anyone interacted with them in training (ties: popularity);
+    without ``ts``, the position in the user's sequence stands in."""
     items = train["item"].explode().to_numpy()
     if "ts" in train.columns:
         ts = train["ts"].explode().to_numpy().astype(np.float64)
@@ -166,10 +159,8 @@ def recent_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
 
 def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
                  sampled_negatives: int = 0, baselines: bool = True) -> dict[str, dict]:
-    """The model of ``run`` and the baselines on a split of a prepared dataset.
-
-    Returns ``{"model": {...}, "popularity": {...}, "recent": {...}}`` (metrics dicts).
-    """
+    """Metrics of the model of ``run`` and of the baselines on a split of a prepared dataset:
+    ``{"model": {...}, "popularity": {...}, "recent": {...}}``."""
     tok, items = read_vocabulary(Path(run))
     model = FoundationModel.load(run, tok, items)
     ds = PreparedDataset.load(data_dir)

@@ -38,16 +38,14 @@ def sampled_rank(neg_scores: torch.Tensor, negs: torch.Tensor, t: torch.Tensor,
 
 def rank_summary(ranks: np.ndarray, k: int = 10, n_boot: int = 1000, seed: int = 0
                  ) -> dict[str, float | int | list[float]]:
-    """HR@k, NDCG@k and a 95% bootstrap interval of NDCG@k from per-event 0-based ranks.
-
-    For per-event ranks (:func:`recfm.evaluate.ranks.target_ranks`) of a few thousand
-    events, where the interval says how far apart two methods must be to differ: events
-    are resampled with replacement ``n_boot`` times (seeded). No events: ``{"events": 0}``.
+    """HR@k, NDCG@k and a 95% bootstrap interval of NDCG@k (``n_boot`` seeded resamples of
+    the events) from per-event 0-based ranks (:func:`recfm.evaluate.ranks.target_ranks`);
+    the interval says how far apart two methods must be to differ. No events: ``{"events": 0}``.
 
     Example:
         >>> out = rank_summary(np.array([0, 1, 20]))
         >>> round(out["hr@10"], 4), round(out["ndcg@10"], 4), out["events"]
-        (0.6667, 0.5437, 3)
+        (0.6667, 0.5436, 3)
     """
     if len(ranks) == 0:
         return {"events": 0}

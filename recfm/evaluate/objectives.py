@@ -23,11 +23,8 @@ from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 def future_holdout(seqs: pl.DataFrame, window: int = 10, min_history: int = 3
                    ) -> tuple[Split, pl.DataFrame]:
-    """(training split, holdout frame). Users too short keep everything in training.
-
-    Holdout frame: history list columns, ``target`` (first held-out item),
-    ``target_<facet>``, ``window_item`` and ``window_action`` (lists of the held-out tokens).
-    """
+    """(training split, holdout frame: history list columns, ``target`` (first held-out item),
+    ``target_<facet>``, lists ``window_item``, ``window_action``); short users train on all."""
     cols = list_columns(seqs)
     n = pl.col("length")
     long = seqs.filter(n >= window + min_history)
@@ -55,13 +52,11 @@ def holdout_metrics(model, holdout: pl.DataFrame, complete_code: int | None = No
                     ) -> dict[str, float]:
     """Next-item and window NDCG@k / HR@k, and the completed share of the top k.
 
-    The next item and the completed share are ranked by the next-item head. The window is
-    ranked with ``model.score(u, window_horizon)``: by default the model's future-window or
-    multi-token head when it has one (``window_scored_by`` says which,
-    :func:`recfm.model.objectives.window_head`); then ``window_ndcg@10_next_head`` is the
-    window ranked by the next-item head too. ``window_ndcg@10_rollout`` ranks the window by
-    decoding the next-item head ``rollout_depth`` items ahead
-    (:func:`recfm.model.objectives.rollout_scores`; 0, or a ``pooling``, skips it).
+    The next item and completed share are ranked by the next-item head; the window by
+    ``model.score(u, window_horizon)`` (``window_scored_by``: which head), and then by the
+    next-item head too (``window_ndcg@10_next_head``). ``window_ndcg@10_rollout`` ranks it
+    by :func:`~recfm.model.objectives.rollout_scores` of ``rollout_depth`` (0 or a
+    ``pooling``: skipped).
     """
     model.eval()
     head = window_head(model.heads) if window_horizon == "window" else "next"

@@ -38,12 +38,9 @@ def frame_targets(frame: pl.DataFrame) -> torch.Tensor:
 def scored_batches(scorer: Scorer, store: SequenceStore, max_len: int, batch_size: int,
                    exclude_seen: bool = True, candidates: torch.Tensor | None = None
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, Seen | None]]:
-    """``(rows, scores, seen)`` per batch of histories, grouped by length.
-
-    ``scores``: (B, n_items) float scores with the reserved ids at -inf, and the items of
-    each history too with ``exclude_seen`` (``seen`` then holds their index pairs, else
-    None). ``candidates``: (n_items,) bool, rank among these items only (the others -inf).
-    """
+    """``(rows, scores, seen)`` per batch of histories, grouped by length: (B, n_items) float
+    scores, -inf at reserved ids, at non-``candidates`` (n_items,) bool, and with
+    ``exclude_seen`` at each history's items (``seen``: their index pairs, else None)."""
     for rows, batch in history_batches(store, max_len, batch_size, by_length=True):
         scores = scorer(rows, batch).float().clone()  # (B, V)
         scores[:, :N_RESERVED_ITEMS] = float("-inf")
@@ -60,10 +57,8 @@ def scored_batches(scorer: Scorer, store: SequenceStore, max_len: int, batch_siz
 def target_ranks(scorer: Scorer, frame: pl.DataFrame, max_len: int, columns: list[str],
                  exclude_seen: bool = True, candidates: torch.Tensor | None = None,
                  batch_size: int = 256) -> np.ndarray:
-    """(n,) 0-based pessimistic rank of each row's target, in frame order.
-
-    A target that is excluded (seen before, or not a candidate) ranks last (n_items); a
-    row without a target gets -1. ``columns``: the history columns the scorer reads.
+    """(n,) 0-based pessimistic rank of each row's target, in frame order: n_items when
+    excluded (seen, or not a candidate), -1 without a target. ``columns``: scorer inputs.
 
     Example:
         >>> ranks = target_ranks(model_scorer(model), split.test, model.cfg.max_len,
