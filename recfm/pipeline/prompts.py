@@ -33,8 +33,8 @@ def check_name(name: str) -> str:
 
 
 def check_vectors(vectors: torch.Tensor, cfg: ModelConfig, name: str) -> torch.Tensor:
-    """A prompt as a detached float32 tensor — (k, d) input tokens or (2, n_layers, k, d)
-    deep ones — for a model of config ``cfg``; a clear error otherwise."""
+    """A (k, d) or (2, n_layers, k, d) prompt for a model of config ``cfg``, as a detached
+    float32 tensor; a clear error otherwise."""
     check_name(name)
     d, L = cfg.d_model, cfg.n_layers
     ok = isinstance(vectors, torch.Tensor) and (

@@ -101,12 +101,8 @@ class Recommender:
     @torch.no_grad()
     def encode_users(self, histories: Any, pooling: str | None = None,
                      batch_size: int = 256, prompt: str | None = None) -> torch.Tensor:
-        """(n, d) user vectors for histories (see :meth:`store` for accepted forms).
-
-        ``pooling``: see :meth:`FoundationModel.last_hidden`; default: the representation
-        the model was trained (and is scored) with. ``prompt``: the name of a soft prompt
-        (a surface, e.g. ``"kids"``) to condition on.
-        """
+        """(n, d) user vectors of histories (forms: :meth:`store`). ``pooling``: as
+        :meth:`FoundationModel.last_hidden` takes it; ``prompt``: a soft prompt's name."""
         return self.encode_store(self.store(histories), pooling, batch_size, prompt)
 
     @torch.no_grad()
@@ -141,14 +137,11 @@ class Recommender:
     @torch.no_grad()
     def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
                   prompt: str | None = None, horizon: str = "next") -> pl.DataFrame:
-        """Top-``k`` items for one user: a list of item ids or a frame of raw events.
-
-        Returns a frame with ``rank``, ``item_id``, ``score`` and, when the catalog has
-        them, titles. ``prompt``: condition on a soft prompt (:mod:`recfm.consume.prompt`).
-        ``horizon``: ``window`` ranks what the user will engage with over the next events
-        (:meth:`FoundationModel.score`) instead of the next item; ``rollout`` ranks the
-        expected count of each item among the next two, decoding the next-item head
-        (:func:`recfm.model.objectives.rollout_scores`; no prompt).
+        """Top-``k`` items (``rank``, ``item_id``, ``score``, titles if the catalog has them)
+        for one user's history: item ids or a frame of raw events. ``prompt``: a soft
+        prompt's name. ``horizon``: ``next`` item, the next events' items (``window``,
+        :meth:`FoundationModel.score`), or ``rollout`` (no prompt): each item's expected
+        count among the next two (:func:`recfm.model.objectives.rollout_scores`).
         """
         if k < 1:
             raise ConfigError(f"k: expected at least 1 item, found {k}")
