@@ -33,8 +33,7 @@ def files_sha256(*paths: Path) -> str:
 
 
 def weights_sha256(run: str | Path) -> str:
-    """SHA-256 of a run's ``model.safetensors`` (what prompts and downstream models were
-    built on)."""
+    """SHA-256 of a run's ``model.safetensors`` (what prompts and downstream models need)."""
     return files_sha256(Path(run) / "model.safetensors")
 
 
@@ -72,12 +71,9 @@ def verify_manifest(run: Path, names: tuple[str, ...] | list[str]) -> None:
 
 
 def run_data_dir(run: str | Path, own: bool = False) -> Path | None:
-    """The prepared dataset a run (or the run it was derived from) was trained on, if present.
-
-    An incremental run's own data holds the recent users only, so for it this follows
-    ``init_from`` back to the run whose data holds every history (``own``: its own data).
-    Runs record absolute paths; an older run's relative path is tried against the working
-    directory, then against each folder above the run.
+    """The prepared dataset a run was trained on, if present. An incremental run's data
+    holds recent users only: this follows ``init_from`` back (``own``: its own data). An
+    older run's relative path is tried against the working directory, then each folder above.
     """
     path = Path(run) / "config.json"
     if not path.is_file():

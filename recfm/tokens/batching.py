@@ -81,11 +81,8 @@ def count_batches(n_spans: int, batch_size: int) -> int:
 def history_batches(store: SequenceStore, max_len: int, batch_size: int,
                     by_length: bool = False
                     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """(rows, batch) over every row, each the last ``max_len`` tokens.
-
-    Rows come in row order, or grouped by length with ``by_length`` (callers that index
-    by ``rows`` lose nothing, and short histories are no longer padded to long ones).
-    """
+    """(rows, batch) over every row, each the last ``max_len`` tokens, in row order or with
+    ``by_length`` grouped by length (short histories are not padded to long ones)."""
     spans = np.stack([np.arange(len(store)),
                       np.maximum(store.lengths - max_len, 0), store.lengths], axis=1)
     order = (np.argsort(np.minimum(store.lengths, max_len), kind="stable") if by_length

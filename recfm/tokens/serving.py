@@ -47,9 +47,7 @@ class EventTokenizer:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(L, C) int64 tokens (columns ``self.columns``) and (L,) first times of each token;
         ``items``: the events' item indices when the caller has looked them up already.
-
-        Column-wise: one pass per field over the events, then numpy over the kept events;
-        Python loops remain only over merged groups (repeats), which are few.
+        Column-wise numpy; Python loops only over the few merged groups (repeats).
         """
         present, cats, values, rows, items, t = self._columns(events, items)
         actions = cats["action"]

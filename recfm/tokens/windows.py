@@ -43,11 +43,9 @@ def check_schedule(schedule: list[list[float]], max_len: int) -> None:
 
 def random_window_spans(lengths: np.ndarray, window: int, rng: np.random.Generator,
                         min_len: int = 2) -> np.ndarray:
-    """(n, 4) spans (row, start, end, first_target) tiling every history's targets once.
-
-    ``window``: tokens per window (inputs + 1). A target token t of a span's window is
-    trained only if t ≥ ``first_target`` (see :func:`mask_before_first_target`).
-    """
+    """(n, 4) spans (row, start, end, first_target) tiling every history's targets once:
+    ``window`` tokens (inputs + 1), targets before ``first_target`` masked
+    (:func:`mask_before_first_target`)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     L = window - 1
     rows = np.arange(len(lengths))
