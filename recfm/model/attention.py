@@ -63,10 +63,9 @@ def rotary(x: torch.Tensor, start: int = 0, base: float = 10000.0) -> torch.Tens
 
 
 class Room:
-    """Buffers (B, H, capacity, Dh) per layer whose first ``filled`` positions hold keys and
-    values. A cache that ends at ``filled`` may append in place; claiming is atomic, so of two
-    extensions of one cached state only the first writes into the shared buffers (the other
-    copies) and every cache viewing them stays valid."""
+    """Buffers (B, H, capacity, Dh) per layer, keys/values in the first ``filled`` positions.
+    A cache ending at ``filled`` appends in place; claiming is atomic, so of two extensions of
+    one state only the first writes there (the other copies): every view stays valid."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], filled: int) -> None:
         self.keys, self.values, self.filled = keys, values, filled

@@ -203,8 +203,8 @@ class FoundationModel(nn.Module):
     def _item_loss(self, h: torch.Tensor, target: torch.Tensor, table: torch.Tensor | None,
                    weights: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        """Next-item style loss of states h (N, d) against items (N,); ``table`` None: the
-        sampled loss builds only the rows it needs (see :meth:`_loss_table`)."""
+        """Next-item style loss of states h (N, d) against items (N,); ``table`` None: built
+        from only the rows the sampled loss needs."""
         cfg = self.cfg
         if cfg.loss == "full":
             bias = self.hierarchy_bias(h)
@@ -223,9 +223,8 @@ class FoundationModel(nn.Module):
                                     cfg.temperature, weights)
 
     def _loss_table(self) -> torch.Tensor | None:
-        """The item table the loss scores against, or None when every loss term reads only
-        some rows (sampled softmax, no future-window head, no content): then each term
-        builds just the rows of its targets and negatives."""
+        """The item table the loss scores against, or None when every term reads only its
+        targets' and negatives' rows (sampled softmax, no future-window head, no content)."""
         if (self.cfg.loss == "sampled" and self.heads.window is None
                 and not self.item_encoder.use_content):
             return None
@@ -351,9 +350,8 @@ class FoundationModel(nn.Module):
     def top_items(self, users: torch.Tensor, k: int = 10, chunk: int = 65536,
                   seen: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores, item indices), each (B, k), for user vectors (B, d), scoring the catalog
-        ``chunk`` items at a time (never a (B, n_items) matrix). ``seen``: (row, item)
-        pairs to exclude. Equal to ``torch.topk(self.score(users), k)``."""
+        """``torch.topk(self.score(users), k)`` for users (B, d), ``chunk`` items at a time
+        (no (B, n_items) matrix); ``seen``: (row, item) pairs to exclude."""
         table = self.item_table()
         return chunked_topk(lambda s, e: self.score_items(users, s, e, table), self.cfg.n_items,
                             k, chunk, seen)
@@ -399,7 +397,7 @@ class FoundationModel(nn.Module):
 
         Example:
             >>> u, cache = fm.encode_incremental(batch_of_t_tokens)            # doctest: +SKIP
-            >>> u2, cache = fm.encode_incremental(batch_of_t_plus_1, cache)   # one more token
+            >>> u2, cache = fm.encode_incremental(batch_of_t_plus_1, cache)   # doctest: +SKIP
         """
         if self.training:  # eval() walks every submodule: not on each call
             self.eval()

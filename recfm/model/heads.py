@@ -20,9 +20,8 @@ def full_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Tenso
                       logit_bias: torch.Tensor | None = None,
                       chunk: int = 0) -> torch.Tensor:
     """Cross-entropy over every real item. h: (N, d), targets: (N,), table: (V, d).
-
-    ``chunk`` > 0: computed by :class:`ChunkedSoftmaxLoss` with at most ``chunk`` logits held
-    at a time (not with a ``logit_bias``, which is itself (N, V)); 0: the plain reference."""
+    ``chunk`` > 0 (without an (N, V) ``logit_bias``): :class:`ChunkedSoftmaxLoss`, at most
+    ``chunk`` logits held at a time; 0: the plain reference."""
     if chunk > 0 and logit_bias is None:
         n = len(targets)
         w = (weights / weights.sum().clamp_min(1e-12) if weights is not None
@@ -70,10 +69,8 @@ def sampled_softmax_loss(h: torch.Tensor, targets: torch.Tensor, table: torch.Te
                          negatives: torch.Tensor, log_q: torch.Tensor | None,
                          label_smoothing: float = 0.0, temperature: float = 1.0,
                          weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax over [positive, shared negatives]; accidental hits are masked.
-
-    h: (N, d); targets: (N,); negatives: (M,); log_q: (V,) log sampling probability or None.
-    """
+    """Softmax over [positive, shared negatives], accidental hits masked. h: (N, d); targets:
+    (N,); negatives: (M,); log_q: (V,) log sampling probability or None."""
     pos = (h * table[targets]).sum(-1, keepdim=True)  # (N, 1)
     neg = h @ table[negatives].T  # (N, M)
     if log_q is not None:
