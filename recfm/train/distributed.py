@@ -231,8 +231,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def launch_command(nproc: int, args: Sequence[str], port: int | None = None,
                    module: str = "recfm.train") -> list[str]:
-    """The torchrun command that runs ``python -m <module> <args>`` on ``nproc`` processes
-    (``recfm.train``: ``recfm train``; ``recfm.store``: ``recfm embed``)."""
+    """The torchrun command of ``python -m <module> <args>`` on ``nproc`` processes."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
             f"--master_port={port or free_port()}", "-m", module, *args]

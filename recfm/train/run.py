@@ -116,8 +116,7 @@ _reached: dict[str, int] = {}
 
 
 def checkpoint_step(name: str) -> None:
-    """A named point of :meth:`Checkpointer.save` (``SAVE_STEPS``); fault-injection tests
-    stop the process at each one."""
+    """A named point of :meth:`Checkpointer.save` (``SAVE_STEPS``), where ``KILL_AT`` kills."""
     step, _, n = os.environ.get(KILL_AT, "").rpartition("@")
     if step == name:
         _reached[name] = _reached.get(name, 0) + 1
@@ -148,8 +147,7 @@ def recover_interrupted_checkpoint(run: Path) -> None:
 
 def open_checkpoint(run: Path, ckpt, resume: bool, model: nn.Module,
                     opt: torch.optim.Optimizer) -> dict | None:
-    """Create ``run``; the saved state when resuming (None: a new run). Refuses to start a
-    new run over an existing one."""
+    """Create ``run``; the saved state when resuming (None: a new run, never over one)."""
     run.mkdir(parents=True, exist_ok=True)
     recover_interrupted_checkpoint(run)
     if resume and ckpt.exists():
