@@ -148,8 +148,7 @@ def _bags(items: pl.DataFrame, columns: list[str]) -> list[list[str]]:
 
 
 def attribute_vocab(meta: dict[str, Any], items: pl.DataFrame, n_items: int) -> list[str]:
-    """The run's attribute vocabulary: saved by an earlier add-items, or rebuilt from the
-    catalog the run was trained on (the same computation as at training)."""
+    """The run's attribute vocabulary: an earlier add-items' saved one, or rebuilt as trained."""
     if "attribute_vocab" in meta:
         return list(meta["attribute_vocab"])
     return item_attribute_csr(items, n_items)[2]

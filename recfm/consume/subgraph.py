@@ -33,8 +33,7 @@ DOWNSTREAM_CONFIG = "downstream.json"
 
 
 def trainable_modules(fm: FoundationModel, trainable_layers: int | None) -> list[nn.Module]:
-    """The parts of ``fm`` that train: all (None), or the top n blocks + final norm (+ the
-    pooling heads when n > 0). n = 0: none."""
+    """The parts of ``fm`` that train: all (None), none (0), or the top n blocks, ln_f, heads."""
     n_blocks = len(fm.backbone.blocks)
     if trainable_layers is None:
         return [fm]
