@@ -90,14 +90,12 @@ class RankData:
     """Requests and the arrays their features are computed from.
 
     ``requests``: one row per request — request, user_id, position (of the label token),
-    split, task, country, language, device, query (null unless search), query_kind,
-    anchor (item index, -1 unless more-like-this), label (item index), candidates
-    (list of item indices, best first by the retriever), label_pos (-1: not retrieved).
-
-    ``items``: the prepared item table (``idx`` → metadata). ``user_vec``: (R, d) the
-    foundation model's user vector after the request's history. ``item_vec``:
-    (n_items, d) its scoring item vectors. ``popularity``: (n_items,) token counts in the
-    part of the data the foundation model trained on.
+    split, task, country, language, device, query (null unless search), query_kind, anchor
+    (item index, -1 unless more-like-this), label (item index), candidates (item indices,
+    best first), label_pos (-1: not retrieved). ``items``: the prepared item table.
+    ``user_vec``: (R, d) FM user vectors after each request's history; ``item_vec``:
+    (n_items, d) its scoring item vectors; ``popularity``: (n_items,) token counts in the
+    part the FM trained on.
     """
 
     requests: pl.DataFrame
@@ -139,11 +137,9 @@ class RankData:
 
 def holdout_dataset(prepared: str | Path, out: str | Path, holdout: int,
                     overwrite: bool = False) -> dict[str, int]:
-    """A copy of a prepared dataset without each user's last ``holdout`` tokens.
-
-    The foundation model trains on this copy, so no request label is a training target.
-    Users left with no token are dropped from the copy. Item indices are unchanged.
-    """
+    """A copy of a prepared dataset without each user's last ``holdout`` tokens, for the
+    foundation model to train on (no request label is a target). Users left with no token
+    are dropped; item indices are unchanged."""
     src = Path(prepared)
     ds = PreparedDataset.load(src)
     seqs = ds.sequences
@@ -225,11 +221,8 @@ def _facet_strings(ds: PreparedDataset, name: str, codes: np.ndarray) -> list[st
 @torch.no_grad()
 def user_vectors(fm, store: SequenceStore, rows: np.ndarray, positions: np.ndarray,
                  batch_size: int = 256) -> np.ndarray:
-    """(R, d) the model's user vector after tokens ``[0, position)`` of each ``rows`` entry.
-
-    One causal pass per user over the window ending just before its last request gives
-    the state at every earlier position (the model is causal: no later token is seen).
-    """
+    """(R, d) the model's user vector after tokens ``[0, position)`` of each ``rows`` entry:
+    one causal pass per user, over the window ending before its last request."""
     fm.eval()
     max_len = fm.cfg.max_len
     out = np.zeros((len(rows), fm.cfg.d_model), dtype=np.float32)
@@ -256,12 +249,9 @@ def user_vectors(fm, store: SequenceStore, rows: np.ndarray, positions: np.ndarr
 
 def _request_tokens(store: SequenceStore, cfg: RankDataConfig, n_items: int,
                     counts: dict[str, int]) -> tuple[np.ndarray, ...]:
-    """The request tokens: each user's last ``holdout`` after ``min_history``, less the
-    re-watches (label already in the history; counted in ``counts``).
-
-    Returns (R,) user rows, positions, flat token indices and labels, and (n_items,)
-    popularity: token counts in the part of the data the foundation model trained on.
-    """
+    """(R,) user rows, positions, flat token indices and labels of the requests (each user's
+    last ``holdout`` tokens after ``min_history``, less re-watches, counted in ``counts``), and
+    (n_items,) popularity: token counts in the part the foundation model trained on."""
     lengths = store.lengths
     first = np.maximum(lengths - cfg.holdout, cfg.min_history)
     n_req = np.maximum(lengths - first, 0)
@@ -396,9 +386,7 @@ def _recommend_candidates(cfg: RankDataConfig, store: SequenceStore, rows: np.nd
 def build_requests(prepared: str | Path, rec: Recommender, cfg: RankDataConfig | None = None,
                    progress=None) -> RankData:
     """Requests of every user of ``prepared`` (docs/guide/ranker.md) with the vectors of
-    ``rec``'s model, trained on :func:`holdout_dataset` of the same prepared dataset (same
-    item indices).
-    """
+    ``rec``'s model, trained on :func:`holdout_dataset` of ``prepared``."""
     cfg = cfg or RankDataConfig()
     rng = np.random.default_rng(cfg.seed)
     ds = PreparedDataset.load(prepared)

@@ -1,10 +1,6 @@
-"""Lexical first pass for search: normalised text, BM25 over titles and genres.
-
-Terms are the words of a text plus the character trigrams of each word (with ``#``
-marking the word's ends), so a partial title (``the iron st``) or a misspelling
-(``the irn strike``) still shares terms with the title it stands for. The index is a
-term → postings table in CSR form (NumPy), so scoring a query touches only the items
-that share a term with it.
+"""Lexical first pass for search: BM25 over titles and genres, terms = words + character
+trigrams (docs/guide/ranker.md). The index is a term → postings table in CSR form, so a
+query touches only the items that share a term with it.
 
 Example:
     >>> index = BM25Index(["The Iron Strike", "Quiet Letters"], [["action"], ["drama"]])
@@ -45,11 +41,8 @@ def terms(text: str) -> list[str]:
 
 
 class BM25Index:
-    """Okapi BM25 over one document per item: its title and its genres (and entity type).
-
-    ``k1`` and ``b`` are the usual BM25 constants. Title terms count ``title_weight``
-    times (a simple field weighting).
-    """
+    """Okapi BM25 (constants ``k1``, ``b``) over one document per item: its title, counted
+    ``title_weight`` times, its genres and entity type."""
 
     def __init__(self, titles: Sequence[str], genres: Sequence[Sequence[str]],
                  extra: Sequence[str] | None = None, k1: float = 1.2, b: float = 0.75,

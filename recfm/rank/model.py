@@ -126,11 +126,8 @@ class Tower(nn.Module):
 
 
 class UnifiedRanker(nn.Module):
-    """The base tower plus the personalization tower (docs/guide/ranker.md).
-
-    The item tables (ids, dense metadata, content and FM vectors) and the feature
-    normalisation are buffers: a saved ranker scores without any other file.
-    """
+    """The base tower plus the personalization tower (docs/guide/ranker.md). Item tables and
+    feature normalisation are buffers: a saved ranker scores without any other file."""
 
     def __init__(self, cfg: RankerConfig, vocab: Vocab, d_text_in: int, d_fm_in: int,
                  n_items: int) -> None:

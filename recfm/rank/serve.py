@@ -1,8 +1,5 @@
-"""The ranker as a second pass: rerank a first pass's candidates for live requests.
-
-:class:`RankerHook` loads a ranker directory (``recfm rank train``); the serving engine
-calls it when ``ServeConfig.ranker`` is set, ``recfm rank serve-hook`` from the command
-line. Example: docs/guide/ranker.md.
+"""The ranker as a second pass: rerank a first pass's candidates for live requests (the
+serving engine with ``ServeConfig.ranker``, ``recfm rank serve-hook``; docs/guide/ranker.md).
 """
 
 from __future__ import annotations
@@ -48,11 +45,8 @@ class RankerHook:
                devices: list[str] | None = None, anchors: list[int] | None = None,
                knob: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per request: its candidates (item indices) in the ranker's order, and their scores.
-
-        ``user_vec``: (R, d) the foundation model's user vectors; ``tasks``: one of
-        :data:`recfm.rank.data.TASKS` each (an unknown task is an error naming it);
-        ``knob``: personalization for every request (None: the ranker's default per task).
-        """
+        ``user_vec``: (R, d) FM user vectors; ``tasks``: one of :data:`~recfm.rank.data.TASKS`
+        each; ``knob``: personalization of every request (None: the ranker's per task)."""
         R = len(candidates)
         for t in tasks:
             check_task(t, "request")

@@ -98,13 +98,9 @@ def exact_at_1(model: UnifiedRanker, b: Batchable, nav: np.ndarray,
 def tune_knobs(model: UnifiedRanker, valid: Batchable, nav: np.ndarray | None = None,
                grid: tuple[float, ...] = KNOB_GRID, min_exact_at_1: float = 0.97
                ) -> dict[str, float]:
-    """Set each task's default knob to the grid value with the best validation NDCG@10.
-
-    For search, only values that keep the exact title first for at least
-    ``min_exact_at_1`` of the validation navigational queries (``nav``) qualify: lexical
-    relevance wins over personalization where the user typed a title (if no value keeps
-    it, the knob is 0).
-    """
+    """Set each task's default knob to the grid value with the best validation NDCG@10. For
+    search only values that keep the exact title first for ``min_exact_at_1`` of the
+    navigational queries (``nav``) qualify (none: 0): a typed title beats personalization."""
     knobs = dict(model.cfg.knob)
     if model.personal is None:
         return knobs
@@ -228,11 +224,7 @@ def fit(train: Batchable, valid: Batchable, vocab: Vocab, tables: ItemTables,
         cfg: RankerConfig, on_epoch: Callable[[dict], None] | None = None,
         base_from: UnifiedRanker | None = None) -> tuple[UnifiedRanker, list[dict]]:
     """Train a ranker: the base tower, then (``cfg.use_fm``) the personalization tower.
-
-    ``base_from``: reuse that ranker's trained base (its weights are copied, then frozen):
-    the unified ranker without FM features and the one with them then share the base,
-    and knob 0 of the second reproduces the first exactly.
-    """
+    ``base_from``: copy and freeze that ranker's base, so knob 0 reproduces it exactly."""
     model = new_model(cfg, vocab, tables, train)
     history: list[dict] = []
     if base_from is not None:
