@@ -1,10 +1,6 @@
-"""A Parquet cache of text embeddings keyed by a hash of (embedder, text).
-
-Re-embedding a catalog costs nothing the second time: every vector is stored under
-``sha256(embedder name + text)``. The cache is a folder of append-only Parquet segments
-(``key`` Utf8, ``vector`` Array(Float32, dim)), each written atomically, so two processes
-never corrupt it and a crash never leaves a half-written segment that reads as whole.
-Small segments are merged into one when there are many.
+"""A Parquet cache of text embeddings keyed by ``sha256(embedder name + text)``: a folder of
+append-only segments (``key``, ``vector``), each written atomically, so neither two processes
+nor a crash can corrupt it; many small segments are merged into one.
 """
 
 from __future__ import annotations

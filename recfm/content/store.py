@@ -1,8 +1,5 @@
-"""Content vectors of a prepared dataset: ``content.parquet`` + ``content.json``.
-
-Written by ``recfm content embed`` beside ``items.parquet``; a run keeps the vectors in
-``model.safetensors`` (buffer ``item_encoder.content``), so it needs no dataset at
-inference. File layout: docs/guide/prepare.md.
+"""Content vectors of a prepared dataset: ``content.parquet`` + ``content.json`` (a run keeps
+them in its weights, so needs no dataset at inference). File layout: docs/guide/prepare.md.
 """
 
 from __future__ import annotations
@@ -90,10 +87,8 @@ def load_dataset_content(data_dir: str | Path, items: pl.DataFrame, n_items: int
 
 def embed_new_items(spec: str, items: pl.DataFrame, cache_dir: str | Path | None = None,
                     vectors: str | Path | None = None) -> tuple[np.ndarray, Embedder]:
-    """Vectors of new catalog rows in the space of ``spec`` (a run's embedder).
-
-    ``vectors``: with a ``file:`` embedder, the Parquet file holding the new items' vectors.
-    """
+    """Vectors of new catalog rows in the space of ``spec`` (a run's embedder); ``vectors``:
+    the Parquet file of the new items' vectors, for a ``file:`` embedder."""
     if spec.startswith("file:"):
         if vectors is None:
             raise InputError("--vectors", None, None,

@@ -1,8 +1,5 @@
-"""Item catalog rows → one text per item (the input of a text embedder).
-
-The recipe is fixed and versioned (``TEXT_RECIPE``): the cache key is a hash of the text,
-so any change to how the text is built must change the text (and therefore the key).
-Fields used and an example: docs/guide/prepare.md.
+"""Item catalog rows → one text per item, by a versioned recipe (``TEXT_RECIPE``): the cache
+key hashes the text, so a new recipe must change the text. Fields: docs/guide/prepare.md.
 """
 
 from __future__ import annotations
