@@ -177,14 +177,11 @@ def _extract(archive: Path, target: Path, url: str) -> None:
 def download_movielens(name: str, dest_dir: str | os.PathLike, *, base_url: str | None = None,
                        sha256: str | None = None, progress: bool = True,
                        force: bool = False, timeout: float = 60.0) -> Path:
-    """Download MovieLens ``name`` into ``dest_dir`` and return the extracted folder.
-
-    ``name``: ml-latest-small, ml-1m, ml-10m, ml-25m or ml-32m. ``base_url`` replaces
-    ``https://files.grouplens.org/datasets/movielens`` (a mirror, or a test server).
-    ``sha256`` overrides the known digest; it is required for ml-10m and ml-32m, for which
-    none is published. ``progress`` shows a rich progress bar when stderr is a terminal.
-    An existing folder is returned without downloading unless ``force``. Raises
-    :class:`DownloadError` (or :class:`ChecksumError`) with a one-line message.
+    """Download MovieLens ``name`` (ml-latest-small, ml-1m, ml-10m, ml-25m or ml-32m) into
+    ``dest_dir`` and return the extracted folder (an existing one unless ``force``).
+    ``base_url`` replaces GroupLens's (a mirror, a test server); ``sha256`` overrides the known
+    digest (required for ml-10m and ml-32m: none is published); ``progress``: a rich bar on a
+    terminal. Raises :class:`DownloadError` (or :class:`ChecksumError`) in one line.
     """
     spec = _spec(name)
     expected = _expected_digest(spec, sha256)

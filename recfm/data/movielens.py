@@ -229,11 +229,8 @@ def _read_dat_fast(data: bytes, fields: tuple[str, ...]) -> pl.DataFrame | None:
 
 def read_dat(path: Path, fields: tuple[str, ...], free: int | None = None,
              encoding: str = "auto") -> pl.DataFrame:
-    """Read a ``::``-separated file into string columns ``fields`` plus ``_line``.
-
-    ``free`` is the index of a text field that may itself contain ``::`` (a title, a tag);
-    every other field is taken from its end of the line. Blank lines are skipped.
-    """
+    """Read a ``::``-separated file into string columns ``fields`` plus ``_line``, blank lines
+    skipped; field ``free`` (a title, a tag) may itself contain ``::``."""
     data = path.read_bytes()
     text = _decode(path, data, encoding)
     if free is None and b"\x1f" not in data:

@@ -1,9 +1,6 @@
-"""Evaluation splits over prepared token sequences: leave-one-out, temporal, last-token.
-
-The building blocks (:func:`drop_last`, :func:`history_rows`, :func:`event_rows`) are
-public so that every "hold out the last k" in recfm and the benchmarks is written once. A
-split slices every list column the same way, so facets stay aligned with items.
-The protocols: docs/guide/training.md.
+"""Evaluation splits over prepared token sequences: leave-one-out, temporal, last-token
+(docs/guide/training.md). Every list column is sliced alike, so facets stay aligned; the
+building blocks are public so that every "hold out the last k" is written once.
 """
 
 from __future__ import annotations
@@ -30,10 +27,8 @@ class Split:
 
 
 def drop_last(seqs: pl.DataFrame, k: int | pl.Expr) -> pl.DataFrame:
-    """Each row without its last ``k`` tokens: every list column cut, ``length`` updated.
-
-    ``k``: a number or a per-row expression. A row with fewer than ``k`` tokens is left
-    empty (callers filter short rows out first, or drop empty ones after).
+    """Each row without its last ``k`` (a number or a per-row expression) tokens: every list
+    column cut, ``length`` updated; a row with fewer than ``k`` tokens is left empty.
 
     Example:
         >>> seqs = pl.DataFrame({"user_idx": [0], "length": [3], "item": [[4, 5, 6]]})
@@ -48,11 +43,8 @@ def drop_last(seqs: pl.DataFrame, k: int | pl.Expr) -> pl.DataFrame:
 def history_rows(seqs: pl.DataFrame, at: pl.Expr, extra: list[pl.Expr] | tuple = ()
                  ) -> pl.DataFrame:
     """One row per user: the tokens before position ``at`` (every list column), the item at
-    ``at`` as ``target`` and the target token's other facets as ``target_<facet>``.
-
-    ``extra``: more columns computed from the whole sequences (e.g. the held-out window
-    of :func:`recfm.evaluate.objectives.future_holdout`), placed after the targets.
-    """
+    ``at`` as ``target``, its other facets as ``target_<facet>``, then ``extra`` columns
+    computed from the whole sequences."""
     cols = list_columns(seqs)
     return seqs.select(
         [pl.col("user_idx"), pl.col("user_id"),
@@ -64,11 +56,8 @@ def history_rows(seqs: pl.DataFrame, at: pl.Expr, extra: list[pl.Expr] | tuple =
 
 
 def event_rows(seqs: pl.DataFrame, first: pl.Expr) -> pl.DataFrame:
-    """One row per token at position ≥ ``first`` (and ≥ 1, so that a history is never
-    empty): the whole history before it (list columns), ``target`` (its item) and ``pos``
-    (its position). Every event of a test period ranked from everything before it, where
-    :func:`history_rows` gives one event per user.
-    """
+    """One row per token at position ≥ ``first`` (and ≥ 1: a history is never empty): the
+    history before it (list columns), ``target`` (its item) and ``pos`` (its position)."""
     cols = list_columns(seqs)
     long = (seqs.with_columns(pl.int_ranges(first.clip(1), pl.col("length")).alias("pos"))
             .explode("pos").drop_nulls("pos"))
@@ -97,12 +86,8 @@ def leave_one_out(seqs: pl.DataFrame, min_length: int = 3) -> Split:
 
 
 def last_token_split(seqs: pl.DataFrame, min_length: int = 2) -> Split:
-    """Train on every token but each user's last, which validates (early stopping only).
-
-    For protocols whose test lies elsewhere (a later time period, new items), so that no
-    token is kept back for a test here; ``test`` is the validation frame too. Users with
-    fewer than ``min_length`` tokens train on everything.
-    """
+    """Train on every token but each user's last, which validates (and is ``test`` too), for
+    protocols whose test lies elsewhere. Users under ``min_length`` tokens train on all."""
     n = pl.col("length")
     ok = seqs.filter(n >= min_length)
     train = pl.concat([drop_last(ok, 1), seqs.filter(n < min_length)]).sort("user_idx")

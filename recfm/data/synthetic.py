@@ -237,12 +237,9 @@ class SynthConfig:
 
 @dataclass
 class SynthWorld:
-    """The generated data (canonical frames) and the hidden truth behind it.
-
-    ``events`` and ``items`` are in the canonical schema of :mod:`recfm.data.schema`;
-    ``truth_users``, ``truth_items`` and ``choices`` (one row per choice, with its
-    ``reason`` from :data:`REASONS`): their columns are in docs/guide/data.md.
-    """
+    """The generated data (``events``, ``items``: canonical frames) and the hidden truth behind
+    it (``truth_users``, ``truth_items``, ``choices`` with a ``reason`` from :data:`REASONS`;
+    columns in docs/guide/data.md)."""
 
     events: pl.DataFrame
     items: pl.DataFrame
@@ -266,12 +263,9 @@ def _draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def _draw_rows(weights: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Categorical draws from row ``rows[k]`` of a (R, N) matrix of non-negative weights.
-
-    One running sum over the whole matrix (rows end to end) serves all draws: a draw
-    from row r is a search for ``start_r + u · total_r`` in it. ``u``: (K, …) uniforms
-    with ``rows``: (K,) → (K, …) column indices.
-    """
+    """Categorical draws from row ``rows[k]`` of a (R, N) matrix of non-negative weights:
+    ``u`` (K, …) uniforms, ``rows`` (K,) → (K, …) column indices. One running sum over the
+    whole matrix serves all draws: row r's is a search for ``start_r + u · total_r``."""
     n = weights.shape[1]
     flat = np.cumsum(weights.ravel(), dtype=np.float64)          # (R·N,)
     ends = flat[n - 1::n]                                         # (R,)
@@ -342,11 +336,8 @@ def _title_words(genres: list[int], entity: int, u: np.ndarray,
 
 
 def _draw_works(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Works (franchises): entity type, primary genre and number of installments of each.
-
-    As many works as items are drawn (each has at least one installment), then cut at the
-    work that reaches ``n`` items, whose installments are trimmed to make exactly ``n``.
-    """
+    """Works (franchises): entity type, primary genre and number of installments of each,
+    cut and trimmed to make exactly ``n`` items."""
     entity_w = _draw(_cdf(ENTITY_P), rng.random(n))
     genre_p = np.array([[_ENTITY_GENRES[e].get(g, 0.0) for g in GENRES]
                         for e in range(len(ENTITY_TYPES))])
@@ -464,11 +455,8 @@ def _work_factors(cfg: SynthConfig, rng: np.random.Generator, genre_w: np.ndarra
 
 def _unique_stem(stems: set[str], genres: list[int], entity: int, u: np.ndarray,
                  year: int) -> tuple[str, str, str, str]:
-    """A title stem no earlier work has, and its words (see :func:`_title_words`).
-
-    A fresh combination of words if the first one is taken, the year if all are, then a
-    number. The stem is added to ``stems``.
-    """
+    """A title stem not yet in ``stems`` (added to it), and its words: a fresh combination of
+    words if the first is taken, then the year, then a number."""
     for attempt in range(12):
         stem, adj, noun, noun2 = _title_words(genres, entity, u, attempt)
         if stem not in stems:
@@ -487,11 +475,8 @@ def _texts(rng: np.random.Generator, n_inst: np.ndarray, entity_w: np.ndarray,
            work_genres: list[list[int]], kids_w: np.ndarray, original_w: np.ndarray,
            last_year_w: np.ndarray, year: np.ndarray, new_item: np.ndarray
            ) -> tuple[list[str], list[str], list[list[str]], list[list[str]]]:
-    """Title, description, tags and genre names of every item, in work-major order.
-
-    One stem per work; its installments are seasons, yearly live events or numbered
-    sequels, and their descriptions are made of the same words (a title tells its genre).
-    """
+    """Title, description, tags and genre names of every item, in work-major order: one stem
+    per work, installments as seasons, yearly live events or sequels (a title tells its genre)."""
     u_words = rng.random((len(n_inst), 5))
     starts = _group_starts(n_inst)
     stems: set[str] = set()
@@ -730,11 +715,8 @@ def _habit_days(cfg: SynthConfig, join: np.ndarray, s_user: np.ndarray,
 
 def _free_draws(cfg: SynthConfig, cat: _Catalog, users: _Users, plan: _Plan,
                 u: np.ndarray) -> np.ndarray:
-    """Draws from each user's softmax over the catalog at the time of each choice.
-
-    ``u``: (C, K) uniforms → (C, K) item indices. The drifting taste is evaluated at
-    ``_N_ANCHORS`` evenly spaced times; a choice uses the anchor its session falls in.
-    """
+    """Draws from each user's softmax over the catalog at the time of each choice: ``u``
+    (C, K) uniforms → (C, K) item indices; the drifting taste is taken at ``_N_ANCHORS`` times."""
     n = cfg.n_items
     out = np.zeros(u.shape, dtype=np.int64)
     anchor = np.minimum((plan.tau * _N_ANCHORS).astype(np.int64), _N_ANCHORS - 1)
@@ -841,11 +823,8 @@ def _rule_taste(cat: _Catalog, by_pop: np.ndarray, free: np.ndarray, t: np.ndarr
 
 def _simulate(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Users,
               plan: _Plan, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walk every user's choices in order: continue, successor, same cluster, or taste.
-
-    Vectorized over the users of a chunk: the Python loop runs over the choice index.
-    Returns the item and the reason (index into :data:`REASONS`) of every choice.
-    """
+    """Item and reason (index into :data:`REASONS`) of every choice, walking each user's choices
+    in order (continue, successor, same cluster, or taste), vectorized over the users."""
     n_c, n = len(plan.user), cfg.n_items
     u_step = rng.random((n_c, 3))
     u_cluster = rng.random((n_c, _CLUSTER_CANDIDATES))
@@ -908,11 +887,8 @@ _I_IMP, _I_SEARCH, _I_LIST, _I_TRAILER, _I_PLAY = range(_MAX_DISTRACTORS, _MAX_D
 
 def _surfaces(rng: np.random.Generator, kids_u: np.ndarray, kids_item: np.ndarray,
               reason: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Surface of each choice, the row its title sat in, and that surface's number of rows.
-
-    Kids profiles browse the kids surface, others home; continuations and sequels come
-    mostly from continue_watching; a share of all choices start with a search.
-    """
+    """Surface of each choice, the row its title sat in, and that surface's number of rows
+    (kids profiles: kids, others home; continuations mostly continue_watching; some search)."""
     n_c = len(reason)
     r = rng.random(n_c)
     base_surface = np.where(kids_u, KIDS, HOME)
@@ -1139,10 +1115,8 @@ def _vectors(name: str, x: np.ndarray) -> pl.Series:
 
 
 def generate(cfg: SynthConfig | None = None) -> SynthWorld:
-    """Simulate the world described by ``cfg`` (defaults: 5,000 users, 2,000 titles).
-
-    Deterministic: the same config gives identical frames.
-    """
+    """Simulate the world described by ``cfg`` (default: 5,000 users, 2,000 titles); the same
+    config gives identical frames."""
     cfg = cfg if cfg is not None else SynthConfig()
     cfg.validate()
     t0 = time.perf_counter()
@@ -1245,11 +1219,7 @@ def world_summary(world: SynthWorld) -> dict[str, Any]:
 
 def write_world(world: SynthWorld, out: str | Path, cfg: SynthConfig | None = None,
                 overwrite: bool = False) -> None:
-    """Write the world atomically: data, ground truth and ``world.json``.
-
-    ``overwrite``: replace a world written before at ``out`` (nothing else is replaced).
-
-    Layout::
+    """Write the world atomically (``overwrite``: replace a world written before at ``out``).
 
         out/events.parquet  out/items.parquet  out/world.json
         out/truth/users.parquet  out/truth/items.parquet  out/truth/choices.parquet
