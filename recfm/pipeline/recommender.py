@@ -23,13 +23,14 @@ import torch
 
 from recfm.tokens.batching import SequenceStore, history_batches
 from recfm.data.schema import normalize_events
-from recfm.errors import ConfigError
+from recfm.errors import ConfigError, InputError, shorten
 from recfm.model.foundation import FoundationModel, read_vocabulary
-from recfm.model.objectives import rollout_scores
+from recfm.model.objectives import rollout_scores, window_head
 from recfm.io import atomic_write_file
 from recfm.pipeline.prompts import check_vectors, read_prompt, read_prompts
 from recfm.runinfo import RUN_FILES, verify_manifest, write_manifest
-from recfm.tokens.tokenizer import N_RESERVED_ITEMS, UNK, Tokenizer, tokenize
+from recfm.tokens.tokenizer import (FACET_UNK, N_RESERVED_FACET, N_RESERVED_ITEMS, UNK, Tokenizer,
+                                    hour_of_week, tokenize)
 
 
 class Recommender:
@@ -84,16 +85,41 @@ class Recommender:
         return tokenize(ev, self.tokenizer.config, fitted=self.tokenizer,
                         has_time=self.tokenizer.has_time).tokens
 
-    def store(self, histories: Any) -> SequenceStore:
-        """Histories as a sequences frame, a list of item-id lists, or raw event frames."""
+    def store(self, histories: Any, ignore_unknown: bool = False) -> SequenceStore:
+        """Histories as a sequences frame, a list of item-id lists, or raw event frames. An
+        id the catalog lacks is an error, or with ``ignore_unknown`` an unknown-item token."""
         if isinstance(histories, pl.DataFrame) and "item" in histories.columns:
             seqs = histories
         elif isinstance(histories, pl.DataFrame):  # raw events (canonical columns)
             seqs = self.tokenize_events(histories)
         else:
             index = self.tokenizer.item_index() if self.tokenizer else {}
+            unknown = [i for h in histories for i in h if str(i) not in index]
+            if unknown and self.tokenizer and not ignore_unknown:
+                raise InputError("<history>", None, "item_id", "item ids of this run's "
+                                 "catalog (ignore_unknown=True skips others)",
+                                 f"{len(unknown)} unknown, e.g. {shorten(unknown[0])}")
             rows = [[index.get(str(i), UNK) for i in h] for h in histories]
             seqs = pl.DataFrame({"item": rows}, schema={"item": pl.List(pl.Int64)})
+        return SequenceStore(seqs, self.model.input_columns)
+
+    def context_store(self, context: dict[str, Any] | None = None) -> SequenceStore:
+        """The history of a member with no events: one unknown-item token carrying the
+        ``context`` (facet values such as ``{"device": "tv", "country": "SE"}``, and a
+        ``timestamp`` in seconds), so the model predicts a first item for that context."""
+        facets = self.tokenizer.facets if self.tokenizer else {}
+        row = {c: FACET_UNK for c in self.model.input_columns} | {"item": UNK, "gap_bucket": 0}
+        for name, value in (context or {}).items():
+            if name == "timestamp":
+                row["hour_of_week"] = int(hour_of_week(int(value)))
+            elif name not in facets or str(value) not in facets[name]:
+                expected = (f"one of {', '.join(facets[name])}" if name in facets else
+                            f"a facet of this run ({', '.join(sorted(facets))}) or timestamp")
+                raise InputError("<context>", None, name, expected, shorten(value))
+            else:
+                row[name] = N_RESERVED_FACET + facets[name].index(str(value))
+        seqs = pl.DataFrame({c: [[row[c]]] for c in self.model.input_columns},
+                            schema={c: pl.List(pl.Int64) for c in self.model.input_columns})
         return SequenceStore(seqs, self.model.input_columns)
 
     # ------------------------------------------------------------------ users → vectors
@@ -136,17 +162,25 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
-                  prompt: str | None = None, horizon: str = "next") -> pl.DataFrame:
+                  prompt: str | None = None, horizon: str = "next",
+                  context: dict[str, Any] | None = None,
+                  ignore_unknown: bool = False) -> pl.DataFrame:
         """Top-``k`` items (``rank``, ``item_id``, ``score``, titles if the catalog has them)
         for one user's history: item ids or a frame of raw events. ``prompt``: a soft
         prompt's name. ``horizon``: ``next`` item, the next events' items (``window``,
         :meth:`FoundationModel.score`), or ``rollout`` (no prompt): each item's expected
-        count among the next two (:func:`recfm.model.objectives.rollout_scores`).
+        count among the next two (:func:`recfm.model.objectives.rollout_scores`). An empty
+        history is a new member's: the model's first item in ``context``
+        (:meth:`context_store`).
         """
         if k < 1:
             raise ConfigError(f"k: expected at least 1 item, found {k}")
+        if horizon == "window" and window_head(self.model.heads) == "next":
+            raise ConfigError("horizon 'window': this model was trained without a future-window "
+                              "or multi-token objective, so it would rank as horizon 'next'")
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
-        store = self.store(histories)
+        empty = len(histories) == 0 if isinstance(history, pl.DataFrame) else not histories[0]
+        store = self.context_store(context) if empty else self.store(histories, ignore_unknown)
         if len(store) != 1:
             raise ValueError(f"recommend takes one user's history; got {len(store)} users")
         _, seen = store.history_items(np.arange(1))

@@ -76,3 +76,28 @@ def test_prompts_are_added_read_and_refused_by_name(tmp_path):
 def test_a_list_of_fewer_than_one_item_is_refused(k):
     with pytest.raises(RecfmError, match=f"k: expected at least 1 item, found {k}"):
         Recommender.from_pretrained(OLD_RUN).recommend(["i1"], k=k)
+
+
+def test_a_new_member_with_no_events_gets_the_models_first_items_for_their_context():
+    rec = Recommender.from_pretrained(OLD_RUN)
+    plain = rec.recommend([], k=5)
+    assert plain.height == 5 and plain["item_id"].n_unique() == 5
+    on_tv = rec.recommend([], k=5, context={"device": "tv", "timestamp": 1_700_000_000})
+    on_web = rec.recommend([], k=5, context={"device": "web", "timestamp": 1_700_000_000})
+    assert on_tv["score"].to_list() != on_web["score"].to_list()  # the context is read
+    assert rec.recommend(pl.DataFrame(), k=3).height == 3  # an empty event frame too
+    with pytest.raises(RecfmError, match="device: expected one of tv, web"):
+        rec.recommend([], context={"device": "fridge"})
+    with pytest.raises(RecfmError, match="planet: expected a facet of this run"):
+        rec.recommend([], context={"planet": "mars"})
+
+
+def test_unknown_ids_and_a_horizon_the_model_cannot_rank_are_errors_not_silence():
+    rec = Recommender.from_pretrained(OLD_RUN)
+    with pytest.raises(RecfmError, match="1 unknown, e.g. 'nope'"):
+        rec.recommend(["i1", "nope"])
+    assert rec.recommend(["i1", "nope"], k=3, ignore_unknown=True).height == 3
+    plain = Recommender(FoundationModel(rec.model.cfg.__class__(n_items=10, d_model=8,
+                                                                n_heads=1, n_layers=1)))
+    with pytest.raises(RecfmError, match="trained without a future-window"):
+        plain.recommend([4, 5], horizon="window")
