@@ -119,7 +119,7 @@ class Service:
         self.started = time.time()
 
     async def query(self, req: S.UserRef, **kw: Any) -> tuple[Engine, Query]:
-        if req.user_id is None and not req.events:
+        if req.user_id is None and not req.events and not isinstance(req, S.RecommendRequest):
             raise Unprocessable("give `user_id`, `events`, or both")
         engine = self.engine
         # events: validated dicts (a field not given is absent or None)
@@ -183,9 +183,12 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
     @app.post("/v1/recommend", response_model=S.RecommendResponse, responses=errors,
               tags=["recommend"])
     async def recommend(req: S.RecommendRequest) -> JSONResponse:
-        """Top-k items for a known user, raw events, or both (events appended)."""
+        """Top-k items for a known user, raw events, or both (events appended); with
+        neither, the model's first items for the request's context."""
+        context = req.context.model_dump(exclude_none=True) if req.context else None
         engine, q = await service.query(req, k=req.k, exclude_seen=req.exclude_seen,
-                                        filters=_filters(req.filters), surface=req.surface)
+                                        filters=_filters(req.filters), surface=req.surface,
+                                        context=context)
         # built to the response model already: skip FastAPI's re-validation on the hot path
         return JSONResponse(await service.batcher.submit("recommend", engine, q))
 

@@ -277,7 +277,8 @@ class Engine:
 
     def query(self, user_id: str | None = None, events: list[dict[str, Any]] | None = None,
               k: int = 10, exclude_seen: bool = True, filters: Filters | None = None,
-              surface: str = "home", ignore_unknown: bool = False) -> Query:
+              surface: str = "home", ignore_unknown: bool = False,
+              context: dict[str, Any] | None = None) -> Query:
         """Resolve a request: the history (stored, sent, or both: sent events are appended to
         the stored ones), its context window, and the eligible items."""
         surface_filters = self.surface_filters.get(surface)
@@ -301,15 +302,22 @@ class Engine:
                 new[0, self.columns.index("gap_bucket")] = pl.select(
                     gap_bucket(pl.lit(gap, dtype=pl.Int64), self.n_gap_buckets)).item()
             tokens = np.concatenate([tokens, new]) if len(tokens) else new
-        if len(tokens) == 0:
-            how = "fallback:popular (no history: unknown user and no events)"
-        start = window_start(len(tokens), self.max_len, self.cfg.window_hop)
         seen = tokens[:, 0]
+        n_history = len(tokens)
+        if n_history == 0:  # a new member: one unknown-item token carrying the context
+            if "timestamp" in (context or {}) and context["timestamp"] > 10**11:
+                context = {**context, "timestamp": context["timestamp"] // 1000}  # ms
+            store = self.rec.context_store(context)
+            tokens = np.array([[store.values[c][0] for c in self.columns]], np.int64)
+            given = ", ".join(f"{k}={v}" for k, v in sorted((context or {}).items()))
+            how = f"model: no history, first items for the context ({given or 'none given'})"
+            user_id = None  # nothing of this member to cache
+        start = window_start(len(tokens), self.max_len, self.cfg.window_hop)
         allowed = self.rules.mask(filters or Filters()) & self.rules.mask(surface_filters)
         if exclude_seen and len(seen):
             allowed = allowed.copy()
             allowed[seen[seen < self.n_items]] = False
-        return Query(np.ascontiguousarray(tokens[start:]), seen, len(tokens), allowed, k, how,
+        return Query(np.ascontiguousarray(tokens[start:]), seen, n_history, allowed, k, how,
                      None if user_id is None else str(user_id), extra={"surface": surface})
 
     # ------------------------------------------------------------------ batched work

@@ -64,7 +64,19 @@ class UserRef(Strict):
         False, description="Drop events on items the model does not know (else 422).")
 
 
+class ContextIn(Strict):
+    """This visit's context: what the model reads for a member with no history yet."""
+
+    device: Facet | None = None
+    country: Facet | None = None
+    timestamp: Annotated[StrictInt, Field(ge=0, le=10**13)] | None = Field(
+        None, description="Seconds or milliseconds since 1970 (the hour of the week).")
+
+
 class RecommendRequest(UserRef):
+    context: ContextIn | None = Field(
+        None, description="Without user_id and events (or for a user with no history): "
+                          "the model's first items for this context.")
     surface: Annotated[StrictStr, Field(max_length=64)] = "home"
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     exclude_seen: StrictBool = True

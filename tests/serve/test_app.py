@@ -59,7 +59,19 @@ def test_recommend_embed_similar_collections(client, user):
     assert new_user["history_tokens"] == 1 and len(new_user["items"]) == 3
 
     cold = client.post("/v1/recommend", json={"user_id": "someone-new", "k": 4}).json()
-    assert cold["how"].startswith("fallback:popular") and len(cold["items"]) == 4
+    assert cold["how"].startswith("model: no history") and len(cold["items"]) == 4
+    assert cold["history_tokens"] == 0
+
+    def first(**context):  # a brand-new member: no user_id, no events
+        r = client.post("/v1/recommend", json={"k": 10, "exclude_seen": False,
+                                               "context": context})
+        assert r.status_code == 200 and len(r.json()["items"]) == 10, r.text
+        return [(i["item_id"], round(i["score"], 5)) for i in r.json()["items"]]
+
+    assert first() == first()
+    assert first(country="BR", device="tv") != first(country="DE", device="mobile")
+    assert client.post("/v1/recommend", json={"context": {"device": "fridge"}}).status_code \
+        == 422
 
     emb = client.post("/v1/users/embed", json={"user_id": user}).json()
     assert len(emb["vector"]) == emb["dim"] == 16
@@ -101,7 +113,7 @@ BAD = [
     ("POST", "/v1/recommend", {"json": {"user_id": "u1", "surface": "moon"}}, 422, "moon"),
     ("POST", "/v1/recommend", {"json": {"user_id": "u1", "filters": {"genres": ["zzz"]}}}, 422,
      "zzz"),
-    ("POST", "/v1/recommend", {"json": {}}, 422, "user_id"),
+    ("POST", "/v1/users/embed", {"json": {}}, 422, "user_id"),
     ("POST", "/v1/recommend", {"json": [1, 2]}, 422, "dictionary"),
     ("POST", "/v1/recommend", {"content": b'{"user_id": "' + b"x" * 2_000_000 + b'"}',
                                "headers": {"content-type": "application/json"}}, 413, "bytes"),
