@@ -224,16 +224,12 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
                                         filters=_filters(req.filters), surface=req.surface)
 
         def run() -> dict:
-            if len(q.window) == 0:
-                idx = engine.popular[q.allowed[engine.popular]][:req.n].tolist()
-                how = q.how
-            else:
-                idx = generate_collection(engine, q, req.n, req.beam_width, req.max_per_genre)
-                how = (f"beam search (width {req.beam_width}, at most {req.max_per_genre} per "
-                       "genre)" if req.max_per_genre else f"beam search (width {req.beam_width})")
+            idx = generate_collection(engine, q, req.n, req.beam_width, req.max_per_genre)
+            how = (f"beam search (width {req.beam_width}, at most {req.max_per_genre} per "
+                   "genre)" if req.max_per_genre else f"beam search (width {req.beam_width})")
             out = _row(engine, idx)
             out.update(model_version=engine.version, how=how)
-            if req.compare_plain and len(q.window):
+            if req.compare_plain:
                 out["plain_top_n"] = _row(engine, plain_top_n(engine, q, req.n))
             return out
 

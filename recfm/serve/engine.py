@@ -160,8 +160,7 @@ class Engine:
         if pop_col is not None:
             pop[items["idx"].to_numpy()] = items[pop_col].fill_null(0).to_numpy()
         pop[:N_RESERVED_ITEMS] = -1
-        self.popularity = pop
-        self.popular = np.argsort(-pop, kind="stable")
+        self.popular = np.argsort(-pop, kind="stable")  # the warm-up probe's first item
         self.unit_table = torch.nn.functional.normalize(self.table, dim=1)
         self.surface_filters = {name: Filters.of_surface(s)
                                 for name, s in self.cfg.surfaces.items()}
@@ -374,30 +373,22 @@ class Engine:
 
     @torch.inference_mode()
     def recommend(self, queries: list[Query]) -> list[dict[str, Any]]:
-        """Top-k eligible items per query (the popularity fallback for empty histories)."""
-        out: list[dict[str, Any] | None] = [None] * len(queries)
-        with_history = [i for i, q in enumerate(queries) if len(q.window)]
-        if with_history:
-            qs = [queries[i] for i in with_history]
-            users = self.encode(qs)
-            k = max(q.k for q in qs)
-            n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
-            found = self.index.search(users, n, [q.allowed for q in qs])
-            if self.ranker is not None:  # second pass over the top-n candidates
-                found = self.ranker.rerank_found(users.numpy(), found,
-                                                 [q.extra.get("surface", "home") for q in qs])
-            for i, q, (idx, scores) in zip(with_history, qs, found):
-                out[i] = self._answer(q, idx[:q.k], scores[:q.k])
-        for i, q in enumerate(queries):
-            if out[i] is None:
-                idx = self.popular[q.allowed[self.popular]][:q.k]
-                out[i] = self._answer(q, idx, self.popularity[idx])
-        return out  # type: ignore[return-value]
+        """Top-k eligible items per query (every query has a window: a new member's is one
+        context token)."""
+        users = self.encode(queries)
+        k = max(q.k for q in queries)
+        n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
+        found = self.index.search(users, n, [q.allowed for q in queries])
+        if self.ranker is not None:  # second pass over the top-n candidates
+            found = self.ranker.rerank_found(users.numpy(), found,
+                                             [q.extra.get("surface", "home") for q in queries])
+        return [self._answer(q, idx[:q.k], scores[:q.k]) for q, (idx, scores) in
+                zip(queries, found)]
 
     def _answer(self, q: Query, idx: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         return {"items": self.ranked_items(idx.tolist(), scores.tolist()),
                 "model_version": self.version, "how": q.how,
-                "retrieval": self.index.kind if len(q.window) else "popularity",
+                "retrieval": self.index.kind,
                 "history_tokens": q.history_tokens, "window_tokens": int(len(q.window)),
                 "cache": q.cache}
 

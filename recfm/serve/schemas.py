@@ -95,7 +95,7 @@ class RecommendResponse(BaseModel):
     items: list[ItemOut]
     model_version: str
     how: str = Field(description="`model`, or the fallback used and why.")
-    retrieval: str = Field(description="exact, hnsw, or popularity (fallback).")
+    retrieval: str = Field(description="exact or hnsw.")
     history_tokens: int
     window_tokens: int = Field(description="Tokens of the history the model read.")
     cache: str = Field(description="User-state cache: hit, extend:N (N tokens encoded), miss "
