@@ -53,15 +53,30 @@ def print_json(obj) -> None:
 
 
 def print_train_result(result, title: str) -> None:
-    """The validation (best epoch) and test metrics of a finished training, as a table."""
+    """The validation (best epoch) and test metrics of a finished training, beside the
+    popularity baseline's, as a table; then why training stopped."""
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("valid (best epoch)", justify="right")
     t.add_column("test", justify="right")
+    pop = getattr(result, "popularity_test", None)
+    if pop:
+        t.add_column("popularity (test)", justify="right")
     for key in ("ndcg@10", "hr@10", "mrr"):
         test = f"{result.test[key]:.4f}" if result.test else "-"
-        t.add_row(key, f"{result.best_valid[key]:.4f}", test)
+        t.add_row(key, f"{result.best_valid[key]:.4f}", test,
+                  *([f"{pop[key]:.4f}"] if pop else []))
     console.print(t)
+    reason = getattr(result, "stop_reason", "")
+    if reason == "epochs" and result.best_epoch == result.epochs_run - 1:
+        reason = "the epoch cap, still improving: raise --epochs"
+    elif reason:
+        reason = {"epochs": "the epoch cap (the best epoch was earlier)",
+                  "patience": "patience: no better validation NDCG@10 for train.patience "
+                              "epochs",
+                  "time budget": "the time budget (--max-minutes)"}.get(reason, reason)
+    if reason:
+        console.print(f"stopped by {reason}")
 
 
 def print_metrics_table(res: dict, title: str) -> None:

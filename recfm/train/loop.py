@@ -58,6 +58,8 @@ class TrainResult:
     wall_s: float
     tokens_per_s: float
     n_params: int
+    stop_reason: str = ""
+    popularity_test: dict[str, float] | None = None
 
 
 @dataclass
@@ -268,4 +270,4 @@ def _finish(run: Path, split: Split, trainer: Trainer, evaluate_test: bool, t_st
     if trainer.files.main:
         atomic_write_json(run / "summary.json", summary)
     return TrainResult(run, state["best_epoch"], best_valid, test, state["epoch"], wall,
-                       trainer.tokens_per_s, n_params)
+                       trainer.tokens_per_s, n_params, trainer.reason or "", pop_test)

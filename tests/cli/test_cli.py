@@ -27,13 +27,17 @@ def trained(tmp_path_factory):
     (root / "cfg.toml").write_text(
         "[model]\nd_model = 16\nn_layers = 1\nmax_len = 16\n\n"
         "[train]\nepochs = 2\nbatch_size = 32\ntensorboard = false\n")
-    run("train", "prepared", "--out", "run", "--config", "cfg.toml", cwd=root)
+    res = run("train", "prepared", "--out", "run", "--config", "cfg.toml", cwd=root)
+    (root / "train-output.txt").write_text(res.stdout)
     return root
 
 
 def test_train_writes_a_loadable_run(trained):
     summary = json.loads((trained / "run" / "summary.json").read_text())
     assert summary["epochs_run"] == 2
+    printed = (trained / "train-output.txt").read_text()
+    assert "popularity (test)" in printed  # the baseline beside the model
+    assert "stopped by the epoch cap" in printed  # and why training ended
     config = json.loads((trained / "run" / "config.json").read_text())
     assert config["model"]["d_model"] == 16 and config["train"]["epochs"] == 2
 
