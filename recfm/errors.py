@@ -62,6 +62,8 @@ def reading(path: object, expected: str) -> Iterator[None]:
         yield
     except RecfmError:
         raise
-    except Exception as e:  # every reader has its own exceptions; all mean a bad file
+    except BaseException as e:  # every reader has its own exceptions; all mean a bad file
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit; a Rust reader's panic is a bad file
         found = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())
         raise InputError(str(path), None, None, expected, found) from None

@@ -9,11 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recfm.data import schema
 from recfm.data.schema import LINE
@@ -103,6 +106,14 @@ def _csv_record_lines(path: Path, data: str, sep: str) -> list[int]:
     return starts
 
 
+def _with_lines(path: Path, df: pl.DataFrame, lines: Iterable[int]) -> pl.DataFrame:
+    """``df`` with the ``_line`` column; a column of that name in the file is refused."""
+    if LINE in df.columns:
+        raise InputError(str(path), 1, LINE, "a column name other than _line (recfm's own)",
+                         repr(LINE))
+    return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
+
+
 def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
     data = path.read_bytes()
     check_utf8(path, data, sep.encode())
@@ -113,13 +124,12 @@ def read_csv(path: Path, sep: str = ",") -> pl.DataFrame:
     simple = b'"' not in data and b"\n\n" not in data.replace(b"\r\n", b"\n")
     if df is not None and simple:
         # One record per line: record i (0-based) sits on line i + 2.
-        return df.with_columns(pl.int_range(2, df.height + 2, dtype=pl.Int64).alias(LINE))
+        return _with_lines(path, df, range(2, df.height + 2))
     starts = _csv_record_lines(path, data.decode("utf-8"), sep)
     if df is None:
         raise InputError(str(path), None, None, "a CSV file with a header row",
                          "a file polars could not parse")
-    lines = starts if len(starts) == df.height else range(2, df.height + 2)
-    return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
+    return _with_lines(path, df, starts if len(starts) == df.height else range(2, df.height + 2))
 
 
 # JSON value → its kind, to find a column that mixes kinds (Polars would coerce them).
@@ -171,13 +181,24 @@ def read_jsonl(path: Path) -> pl.DataFrame:
                 obj[key] = str(obj[key])
     with reading(path, "JSON lines whose keys hold one kind of value each"):
         df = pl.from_dicts(records, infer_schema_length=None)
-    return df.with_columns(pl.Series(LINE, lines, dtype=pl.Int64))
+    return _with_lines(path, df, lines)
+
+
+def _names(fields: Iterable[pa.Field]) -> list[str]:
+    """Every column name, nested ones included (decoding each: bytes that are not UTF-8
+    raise here, where polars would panic)."""
+    return [name for f in fields for name in
+            (f.name, *_names(f.type.field(i) for i in range(f.type.num_fields)))]
 
 
 def read_parquet(path: Path) -> pl.DataFrame:
+    # Through pyarrow: polars' own reader can abort the process on a damaged file.
     with reading(path, "a Parquet file"):
-        df = pl.read_parquet(path)
-    return df.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64))
+        table = pq.read_table(path).replace_schema_metadata(None)
+        table.validate(full=True)  # string columns hold UTF-8
+        _names(table.schema)
+        df = pl.from_arrow(table)
+    return _with_lines(path, df, range(1, df.height + 1))
 
 
 def read_table(path: str | Path) -> pl.DataFrame:

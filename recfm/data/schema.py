@@ -134,6 +134,8 @@ def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
 
 def _cast_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str,
                   expected: str) -> pl.DataFrame:
+    if not (df[col].dtype in TEXT_TYPES or df[col].dtype.is_numeric()):
+        raise wrong_type(df, col, file, expected)
     s = df[col]
     if s.dtype == pl.Utf8:
         s = s.str.strip_chars().replace("", None)
@@ -220,7 +222,7 @@ def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
     cats = [c for c in df.columns if c not in EVENT_REQUIRED and c not in EVENT_NUMERIC
             and c != LINE]
     for col in cats:
-        if df[col].dtype.is_nested() or df[col].dtype in (pl.Binary, pl.Object):
+        if df[col].dtype.is_nested() or df[col].dtype in (pl.Binary, pl.Object, pl.Duration):
             raise wrong_type(df, col, file, "a categorical value (string or number)")
         df = df.with_columns(_as_string(df[col]).replace("", None).alias(col))
     ordered = [c for c in EVENT_KNOWN if c in df.columns]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +17,7 @@ from recfm.data.readers import read_events
 from recfm.errors import InputError
 
 CSV = "user_id,item_id,timestamp\nu1,a,100\n"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "damaged"
 
 
 def parquet(**columns: pa.Array):
@@ -69,6 +73,11 @@ CASES = [
     ("bad_newline_in_header", "e.csv", text(b"user_id,item\rx\xff_id\n"), "1:item\\r",
      "not UTF-8"),
     ("empty_header_line", "e.csv", text("\n\n" + CSV), "1:", "header row"),
+    # found by tests/data/test_fuzz_readers.py
+    ("line_column", "e.parquet", parquet(_line=pa.array([5, 6])), "1:_line", "recfm's own"),
+    ("duration_facet", "e.parquet", parquet(device=pa.array([1, 2], pa.duration("s"))),
+     "1:device", "Duration"),
+    ("list_value", "e.parquet", parquet(value=pa.array([[1.5], [2.0]])), "1:value", "List"),
 ]
 
 
@@ -96,3 +105,18 @@ def test_control_characters_stay_on_one_line():
     message = str(InputError("f.csv", 1, "a\nb", "x", "y\rz\x00" + "w" * 500))
     assert "\n" not in message and "\r" not in message and "\\n" in message
     assert len(message) < 220
+
+
+@pytest.mark.parametrize("name", ["panics-polars.parquet", "aborts-polars.parquet"])
+def test_damaged_parquet_is_one_line_not_a_panic_or_an_abort(tmp_path, name):
+    # Found by tests/data/test_fuzz_readers.py: pl.read_parquet panics on the first and
+    # aborts the process ("memory allocation of 2305843009213693952 bytes failed") on the
+    # second. A subprocess, so that an abort fails this test instead of ending pytest.
+    events = FIXTURES / name
+    res = subprocess.run([sys.executable, "-m", "recfm", "prepare", "--events", str(events),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith(f"error: {events}: expected a Parquet file, found ")
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert not list(tmp_path.iterdir())
