@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from recfm.errors import InputError, RecfmError
+from recfm.errors import InputError, RecfmError, reading
 
 MARKER = ".recfm-output.json"
 
@@ -58,8 +58,9 @@ def check_out(path: str | os.PathLike, kind: str, overwrite: bool = False,
     neither an input nor a folder holding one."""
     final = Path(path)
     for inp in filter(None, inputs):
-        resolved = Path(inp).resolve()
-        if final.resolve() in (resolved, *resolved.parents):
+        with reading(inp, "a file or folder that can be read (not a symbolic-link loop)"):
+            resolved, out = Path(inp).resolve(), final.resolve()
+        if out in (resolved, *resolved.parents):
             raise InputError(str(final), None, None, "an output folder apart from the inputs",
                              f"the input {inp} there")
     if not final.exists() and not final.is_symlink():

@@ -94,3 +94,11 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     with pytest.raises(RecfmError, match="model.safetensors"):
         atomic_write_file(tmp_path / "model.safetensors", safetensors_full)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_input_that_is_a_symlink_loop_is_one_clear_error(tmp_path):
+    loop = tmp_path / "e.csv"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match="symbolic-link loop"):
+        with atomic_dir(tmp_path / "out", "prepared", inputs=[loop]):
+            pass

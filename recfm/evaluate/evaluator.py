@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import torch
@@ -13,8 +11,8 @@ from recfm.data.splits import leave_one_out
 from recfm.errors import RecfmError
 from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
 from recfm.evaluate.ranks import Scorer, frame_targets, scored_batches
-from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
+from recfm.pipeline import Recommender
 from recfm.tokens.prepare import PreparedDataset
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
@@ -161,8 +159,8 @@ def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
                  sampled_negatives: int = 0, baselines: bool = True) -> dict[str, dict]:
     """Metrics of the model of ``run`` and of the baselines on a split of a prepared dataset:
     ``{"model": {...}, "popularity": {...}, "recent": {...}}``."""
-    tok, items = read_vocabulary(Path(run))
-    model = FoundationModel.load(run, tok, items)
+    rec = Recommender.from_pretrained(run)  # its files checked against the manifest
+    model, tok = rec.model, rec.tokenizer
     ds = PreparedDataset.load(data_dir)
     run_ids = tok.item_ids if tok is not None else []
     if ds.tokenizer.item_ids[:len(run_ids)] != run_ids[:len(ds.tokenizer.item_ids)]:

@@ -23,7 +23,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 import recfm.serve.schemas as S
-from recfm.errors import RecfmError
+from recfm.errors import RecfmError, reading
 from recfm.serve.batcher import MicroBatcher
 from recfm.serve.collections import (generate_collection, genre_diversity, max_genre_count,
                                      plain_top_n)
@@ -321,8 +321,9 @@ def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> 
                 authorization.encode(), f"Bearer {token}".encode()):
             return JSONResponse({"detail": "missing or wrong bearer token"}, 401,
                                 headers={"WWW-Authenticate": "Bearer"})
-        outside = [p for p in (req.run, req.data) if p is not None and service.runs_root
-                   not in (Path(p).resolve(), *Path(p).resolve().parents)]
+        with reading("/admin/reload", "run and data paths that exist as names"):
+            outside = [p for p in (req.run, req.data) if p is not None and service.runs_root
+                       not in (Path(p).resolve(), *Path(p).resolve().parents)]
         if outside:
             return ErrorResponse({"detail": f"{outside[0]} is outside the runs root "
                                   f"{service.runs_root} (recfm serve --runs-root)"}, 403)

@@ -111,3 +111,6 @@ def test_a_damaged_run_is_refused_unless_no_verify(trained, tmp_path):
     assert "model.safetensors" in res.stderr and "--no-verify" in res.stderr
     res = run("--no-verify", "recommend", str(damaged), "--user", "u00001", cwd=trained)
     assert "top 10 for u00001" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "recfm", "evaluate", str(damaged), "--data",
+                          "prepared"], capture_output=True, text=True, cwd=trained)
+    assert res.returncode == 2 and "model.safetensors" in res.stderr

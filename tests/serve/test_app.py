@@ -215,6 +215,8 @@ def test_reload_under_load_fails_no_request(served, monkeypatch):
             assert bad.status_code == 422 and "still serving" in bad.text
             out = admin.post("/admin/reload", json={"run": "/etc"}, headers=auth)
             assert out.status_code == 403 and "outside the runs root" in out.text
+            nul = admin.post("/admin/reload", json={"run": "ru\u0000n"}, headers=auth)
+            assert nul.status_code == 422 and "/admin/reload" in nul.text
             for run in (served.run2, served.run):
                 time.sleep(0.3)
                 r = admin.post("/admin/reload", json={"run": str(run)}, headers=auth)
