@@ -15,6 +15,11 @@ import torch
 from recfm.model.attention import KVCache
 
 
+OBJECT_BYTES = 512
+"""Memory of each object of a cached state beyond its array bytes (tensor and array headers,
+allocator rounding): uncounted, a cache of small states held 1.5× its budget."""
+
+
 @dataclass
 class CachedState:
     tokens: np.ndarray  # (T, C) int64, the encoded window
@@ -23,7 +28,9 @@ class CachedState:
 
     @property
     def nbytes(self) -> int:
-        return self.tokens.nbytes + self.kv.nbytes + self.user.numel() * 4
+        objects = 2 * len(self.kv.keys) + 3  # keys, values, tokens, user, the entry
+        return (self.tokens.nbytes + self.kv.nbytes + self.user.numel() * 4
+                + OBJECT_BYTES * objects)
 
 
 class PrefixHasher:
