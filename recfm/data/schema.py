@@ -35,6 +35,11 @@ TIME_LIMIT = 253_402_214_400
 TEXT_TYPES = (pl.Utf8, pl.Categorical, pl.Enum, pl.Null)
 
 
+def scalar(dtype: pl.DataType, boolean: bool = True) -> bool:
+    """Whether values of ``dtype`` read as one string each: text, a number (or a boolean)."""
+    return dtype in TEXT_TYPES or dtype.is_numeric() or (boolean and dtype == pl.Boolean)
+
+
 def parse_mapping(spec: str | None) -> dict[str, str]:
     """Parse ``"user_id=userId,item_id=movieId"`` into ``{"user_id": "userId", …}``."""
     mapping: dict[str, str] = {}
@@ -99,8 +104,8 @@ def wrong_type(df: pl.DataFrame, col: str, file: str, expected: str) -> InputErr
     s = df[col]
     present = s.is_not_null()
     line, idx = first_bad(df, present if present.any() else ~present)
-    return InputError(file, line, col, expected,
-                      f"{shorten(s.slice(idx, 1).to_list()[0])} (a {s.dtype} column)")
+    value = s.slice(idx, 1).to_physical().to_list()[0]  # a date of the year 0 stays a number
+    return InputError(file, line, col, expected, f"{shorten(value)} (a {s.dtype} column)")
 
 
 def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what: str) -> None:
@@ -122,7 +127,7 @@ def _as_string(s: pl.Series) -> pl.Series:
 
 
 def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
-    if not (df[col].dtype in TEXT_TYPES or df[col].dtype.is_numeric()):
+    if not scalar(df[col].dtype, boolean=False):
         raise wrong_type(df, col, file, "an id (a string or an integer)")
     s = _as_string(df[col])
     bad = s.is_null() | (s.str.strip_chars() == "")
@@ -134,7 +139,7 @@ def _check_ids(df: pl.DataFrame, col: str, file: str) -> pl.DataFrame:
 
 def _cast_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str,
                   expected: str) -> pl.DataFrame:
-    if not (df[col].dtype in TEXT_TYPES or df[col].dtype.is_numeric()):
+    if not scalar(df[col].dtype, boolean=False):
         raise wrong_type(df, col, file, expected)
     s = df[col]
     if s.dtype == pl.Utf8:
@@ -179,7 +184,7 @@ def parse_timestamps(df: pl.DataFrame, file: str, col: str = "timestamp") -> pl.
     s = df[col]
     if s.dtype in (pl.Datetime, pl.Date):
         secs = s.dt.epoch("s")
-    elif not (s.dtype in TEXT_TYPES or s.dtype.is_numeric()):
+    elif not scalar(s.dtype, boolean=False):
         raise wrong_type(df, col, file, "a timestamp (a date-time, integer seconds or "
                          "milliseconds, or ISO-8601)")
     else:
@@ -222,8 +227,8 @@ def normalize_events(df: pl.DataFrame, file: str) -> pl.DataFrame:
     cats = [c for c in df.columns if c not in EVENT_REQUIRED and c not in EVENT_NUMERIC
             and c != LINE]
     for col in cats:
-        if df[col].dtype.is_nested() or df[col].dtype in (pl.Binary, pl.Object, pl.Duration):
-            raise wrong_type(df, col, file, "a categorical value (string or number)")
+        if not scalar(df[col].dtype):
+            raise wrong_type(df, col, file, "a categorical value (string, number or boolean)")
         df = df.with_columns(_as_string(df[col]).replace("", None).alias(col))
     ordered = [c for c in EVENT_KNOWN if c in df.columns]
     extra = sorted(c for c in df.columns if c not in EVENT_KNOWN and c != LINE)
@@ -255,12 +260,17 @@ def normalize_items(df: pl.DataFrame, file: str) -> pl.DataFrame:
         line, idx = first_bad(df, dup & ~first_seen)
         raise InputError(file, line, "item_id", "a unique item id",
                          f"{shorten(df['item_id'][idx])} again")
+    for col in [c for c in ITEM_TEXT + ITEM_LISTS if c in df.columns]:
+        dtype = df[col].dtype
+        if not scalar(dtype.inner if col in ITEM_LISTS and isinstance(dtype, pl.List) else dtype):
+            raise wrong_type(df, col, file, "text" if col in ITEM_TEXT else
+                             "a list of names, or names separated by |")
     df = df.with_columns([_as_string(df[c]) for c in ITEM_TEXT if c in df.columns]
                          + [_as_list(df[c]) for c in ITEM_LISTS if c in df.columns])
     if "release_year" in df.columns:
         df = _cast_numeric(df, "release_year", pl.Int64, file, "an integer year")
     extra = sorted(c for c in df.columns if c not in ITEM_KNOWN and c != LINE)
-    df = df.with_columns(_as_string(df[c]) for c in extra
-                         if not isinstance(df[c].dtype, (pl.List, pl.Struct)))
+    # Other columns are kept: as text when they read as text, else as they are (lists, dates)
+    df = df.with_columns(_as_string(df[c]) for c in extra if scalar(df[c].dtype))
     ordered = [c for c in ITEM_KNOWN if c in df.columns]
     return df.select(ordered + extra + [LINE])

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recfm.data.readers import read_events
+from recfm.data.readers import read_events, read_items
 from recfm.errors import InputError
 
 CSV = "user_id,item_id,timestamp\nu1,a,100\n"
@@ -78,6 +78,10 @@ CASES = [
     ("duration_facet", "e.parquet", parquet(device=pa.array([1, 2], pa.duration("s"))),
      "1:device", "Duration"),
     ("list_value", "e.parquet", parquet(value=pa.array([[1.5], [2.0]])), "1:value", "List"),
+    ("far_date_facet", "e.parquet", parquet(device=pa.array([2**30, 0], pa.date32())),
+     "1:device", "1073741824 (a Date column)"),
+    ("far_date_id", "e.parquet", parquet(item_id=pa.array([-2**30, 0], pa.date32())),
+     "1:item_id", "-1073741824 (a Date column)"),
 ]
 
 
@@ -93,6 +97,23 @@ def test_bad_event_file_is_one_located_error(tmp_path, case):
     assert message.startswith(f"{path}:{where}"), message
     assert phrase in message and "\n" not in message, message
     assert path.read_bytes() == before
+
+
+ITEM_CASES = [  # (column, values, phrase)
+    ("title", pa.array([["x"], ["y"]]), "expected text"),
+    ("title", pa.array([{"x": 1}, {"x": 2}]), "expected text"),
+    ("genres", pa.array([[["a"]], [["b"]]]), "expected a list of names"),
+    ("genres", pa.array([[2**30], [3]], pa.list_(pa.date32())), "expected a list of names"),
+]
+
+
+@pytest.mark.parametrize("case", ITEM_CASES, ids=[f"{c[0]}-{c[1].type}" for c in ITEM_CASES])
+def test_bad_item_column_is_one_located_error(tmp_path, case):
+    column, values, phrase = case
+    path = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], column: values}), path)
+    with pytest.raises(InputError, match=f"items.parquet:1:{column}: {phrase}"):
+        read_items(path)
 
 
 def test_dictionary_encoded_ids_are_strings(tmp_path):
