@@ -68,10 +68,6 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<config>") -> T
         raise InputError(source, None, e.column, e.expected, e.found) from None
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing or invalid file is an InputError naming it."""
     path = Path(path)

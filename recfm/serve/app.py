@@ -363,7 +363,7 @@ def _load_and_warm(run: str, cfg: ServeConfig, data: str | Path | None) -> Engin
     if not Path(run).is_dir():
         raise Unprocessable(f"run: {run!r} is not a directory")
     engine = Engine(run, cfg, data)
-    probe = engine.query(events=[{"item_id": engine.item_ids[engine.popular[0]]}], k=10)
+    probe = engine.query(events=[{"item_id": engine.item_ids[N_RESERVED_ITEMS]}], k=10)
     engine.recommend([probe])
     engine.cache.clear()
     return engine

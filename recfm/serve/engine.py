@@ -155,12 +155,6 @@ class Engine:
                 self.titles[i] = v
         self._lower_titles: pl.Series | None = None
         self.genres = self.rules.item_genres
-        pop_col = next((c for c in ("n_tokens", "n_events") if c in items.columns), None)
-        pop = np.zeros(self.n_items)
-        if pop_col is not None:
-            pop[items["idx"].to_numpy()] = items[pop_col].fill_null(0).to_numpy()
-        pop[:N_RESERVED_ITEMS] = -1
-        self.popular = np.argsort(-pop, kind="stable")  # the warm-up probe's first item
         self.unit_table = torch.nn.functional.normalize(self.table, dim=1)
         self.surface_filters = {name: Filters.of_surface(s)
                                 for name, s in self.cfg.surfaces.items()}
