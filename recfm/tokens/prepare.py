@@ -90,8 +90,7 @@ def _items_table(tok: Tokenizer, raw: RawDataset, seqs: pl.DataFrame,
            .with_columns(pl.col("n_events").fill_null(0).cast(pl.Int64),
                          pl.col("n_tokens").fill_null(0).cast(pl.Int64)))
     if raw.items is not None:
-        meta = raw.items.drop("_line")
-        out = out.join(meta, on="item_id", how="left")
+        out = out.join(raw.items.drop("_line"), on="item_id", how="left")
     return out.sort("idx")
 
 
@@ -102,12 +101,9 @@ def prepare(
     on_step: Callable[[str], None] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize ``raw`` and write the prepared dataset directory ``out`` atomically.
-
-    ``overwrite``: replace a previous prepared dataset at ``out`` (anything else there is
-    refused, see :func:`recfm.io.check_out`). Returns the report (also written as
-    ``report.json``).
-    """
+    """Tokenize ``raw`` and write the prepared dataset directory ``out`` atomically; returns
+    the report (also written as ``report.json``). ``overwrite``: replace a previous prepared
+    dataset at ``out`` (anything else there is refused, see :func:`recfm.io.check_out`)."""
     step = on_step or (lambda name: log.info(name))
     t0 = time.perf_counter()
     cfg = resolve_tokenizer_config(raw, config)

@@ -27,10 +27,8 @@ from recfm.io import atomic_write_json
 
 TOKENIZER_FORMAT = 1
 
-# Reserved item ids.
 PAD, UNK, MASK = 0, 1, 2
 N_RESERVED_ITEMS = 3
-# Reserved codes of categorical facets.
 FACET_PAD, FACET_UNK = 0, 1
 N_RESERVED_FACET = 2
 
@@ -170,10 +168,8 @@ class Tokenizer:
 
 
 def sort_ids(ids: pl.Series) -> list[str]:
-    """Distinct ids in a canonical order: numeric when every id is an integer, else text.
-
-    The order depends only on the set of ids, never on the order of the input rows.
-    """
+    """Distinct ids in a canonical order that depends only on the set of ids, never on the
+    row order: numeric when every id is an integer, else text."""
     uniq = ids.unique()
     as_int = uniq.cast(pl.Int64, strict=False)
     if as_int.null_count() == 0:
@@ -278,10 +274,8 @@ def _filter(events: pl.DataFrame, cfg: TokenizerConfig, dropped: Counter) -> pl.
 
 
 def _merge(events: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str]) -> pl.DataFrame:
-    """Adjacent same-item events → one token (count, value, first/last time, strongest action).
-
-    ``events`` is sorted by (user, timestamp, file order).
-    """
+    """Adjacent same-item events → one token (count, value, first/last time, strongest action);
+    ``events`` is sorted by (user, timestamp, file order)."""
     if "value" not in events.columns:
         events = events.with_columns(pl.lit(None, dtype=pl.Float64).alias("value"))
     if cfg.merge_window_s > 0:
@@ -340,11 +334,9 @@ def _drop_unknown_items(events: pl.DataFrame, cfg: TokenizerConfig, items: pl.Da
 def _code_exprs(tokens: pl.DataFrame, cfg: TokenizerConfig, facet_cols: list[str],
                 item_ids: list[str], fitted: Tokenizer | None
                 ) -> tuple[list[pl.Expr], dict[str, list[str]]]:
-    """Expressions that turn the item and every facet into codes, and the facet values.
-
-    Items map to their vocabulary index (unknown: ``UNK``); rows are clipped to
-    ``max_row``; other facets take ``fitted``'s values, else their sorted distinct values.
-    """
+    """Expressions coding the item (vocabulary index, unknown: ``UNK``), the row (clipped to
+    ``max_row``) and every other facet (``fitted``'s values, else the sorted distinct ones),
+    and those facet values."""
     item_map = {iid: N_RESERVED_ITEMS + i for i, iid in enumerate(item_ids)}
     facets: dict[str, list[str]] = {}
     exprs = [pl.col("item_id").replace_strict(item_map, default=UNK, return_dtype=pl.Int32)
@@ -424,9 +416,8 @@ def tokenize(
 ) -> TokenizeResult:
     """Tokenize canonical events (see :mod:`recfm.data.schema`) into per-user sequences.
 
-    With ``fitted``, the vocabularies and value edges of an already fitted tokenizer are
-    used instead of being learned (unknown items and facet values get the unknown code):
-    this is how a new user's raw events are encoded at inference.
+    ``fitted``: use its vocabularies and value edges instead of learning them (unknown items
+    and facet values get the unknown code), as inference encodes a new user's raw events.
 
     Output frame, one row per user sorted by ``user_idx``::
 
