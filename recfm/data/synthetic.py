@@ -195,15 +195,12 @@ class SynthConfig:
     choices_per_session: float = 2.0
     """Mean choices per session."""
     completion_sigma: float = 0.0
-    """Spread of users' own tendency to finish what they start (a per-user offset, this
-    sigma, on the logit of completing): some users finish nearly everything, others sample
-    and drop titles, and their history shows which. 0: every user alike (whether the next
-    title is finished then depends on the title and taste only)."""
+    """Spread (a per-user offset on the logit of completing) of users' tendency to finish what
+    they start, which their history shows. 0: every user alike (title and taste decide)."""
     habit_fraction: float = 0.0
-    """Share of users with a viewing habit: their sessions come on a fixed cadence (every
-    day, every other day, weekly or fortnightly, as their number of sessions allows), so
-    a history tells when the next session will be. 0: every user's sessions fall on
-    uniform random days (the time to the next session then carries no user signal)."""
+    """Share of users whose sessions come on a fixed cadence (daily, every other day, weekly or
+    fortnightly, as their number of sessions allows), so a history tells when the next one
+    will be. 0: uniform random days for everyone (no user signal in the time to the next)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field out of range."""
@@ -524,11 +521,8 @@ def _texts(rng: np.random.Generator, n_inst: np.ndarray, entity_w: np.ndarray,
 
 
 def _make_catalog(cfg: SynthConfig, rng: np.random.Generator) -> _Catalog:
-    """The catalog: works (franchises) first, then one item per installment, shuffled.
-
-    The steps draw from ``rng`` in this fixed order (part of the output): works, genres,
-    language, popularity and flags, launches, runtimes, factors, installments, texts, order.
-    """
+    """The catalog: works (franchises) first, then one item per installment, shuffled. The
+    order of the steps' draws from ``rng`` is part of the output."""
     n, d = cfg.n_items, cfg.dim
     start_year = int(time.gmtime(cfg.start_ts).tm_year)
     entity_w, genre_w, n_inst = _draw_works(n, rng)
@@ -691,7 +685,6 @@ def _habit_days(cfg: SynthConfig, join: np.ndarray, s_user: np.ndarray,
     period drawn from :data:`HABIT_PERIODS_DAYS` and shortened (never below a day) until
     the user's sessions fit in the period; users with more sessions than days keep their
     uniform days. Its own random stream, so a world without habits is drawn as before.
-
     ``join``: (U,) share of the period before each user joins; ``s_user``: (S,) user of
     each session (sorted); ``day``: (S,) uniform session days → (S,) days."""
     n_u = len(join)
@@ -911,12 +904,10 @@ def _outcomes(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: 
               plan: _Plan, item: np.ndarray, reason: np.ndarray, surface: np.ndarray
               ) -> tuple[np.ndarray, ...]:
     """What happens around each chosen title, (C,) each: abandoned, trailer, listed, shown,
-    completed, seconds watched, thumbs_up, and how many other titles were shown.
-
-    A continued series has no trailer or add-to-list; completion is likelier the better
-    the title fits the user's taste at the time (and the user's own ``completion_sigma``
-    offset, drawn from its own stream so a world without it is drawn as before).
-    """
+    completed, seconds watched, thumbs_up, and how many other titles were shown. A continued
+    series has no trailer or add-to-list; completion is likelier the better the title fits
+    the taste of the time (plus the ``completion_sigma`` offset, from its own stream so a
+    world without it is drawn as before)."""
     n_c, user = len(item), plan.user
     ent = cat.entity[item]
     fresh = reason != R_CONTINUE
@@ -1012,13 +1003,10 @@ def _choice_starts(plan: _Plan, duration: np.ndarray) -> np.ndarray:
 def _emit(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Users,
           plan: _Plan, item: np.ndarray, reason: np.ndarray,
           distract: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Every choice → a burst of events, laid out in fixed slots then flattened.
-
-    Slots per choice: ``_MAX_DISTRACTORS`` impressions of other titles, the impression of
-    the chosen title, search, add_to_list, trailer, up to ``max_segments`` plays,
-    complete, thumbs_up. Each slot has a gap before it and a duration; events are
-    stamped when their activity ends.
-    """
+    """Every choice → a burst of events in fixed slots (``_MAX_DISTRACTORS`` impressions of
+    other titles, the chosen title's impression, search, add_to_list, trailer, up to
+    ``max_seg`` plays, complete, thumbs_up), then flattened; events are stamped when their
+    activity ends."""
     n_c, m_d = len(item), _MAX_DISTRACTORS
     max_seg = 1 + int(math.ceil(max(float(cat.runtime.max()) - _FIRST_SEGMENT_S, 0.0)
                                 / _SEGMENT_S))
@@ -1075,12 +1063,10 @@ def _emit(cfg: SynthConfig, rng: np.random.Generator, cat: _Catalog, users: _Use
 
 
 def _non_overlapping(s_user: np.ndarray, a: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Session starts ``s_k = max(a_k, s_{k-1} + length_{k-1})`` per user, vectorized.
-
-    With ``D_k`` the exclusive running sum of ``length`` within the user, the recurrence
-    solves to ``s_k = D_k + max_{j ≤ k}(a_j − D_j)``; a large per-user offset keeps the
-    running maximum from leaking across users.
-    """
+    """Session starts ``s_k = max(a_k, s_{k-1} + length_{k-1})`` per user, vectorized. With
+    ``D_k`` the exclusive running sum of ``length`` within the user, the recurrence solves to
+    ``s_k = D_k + max_{j ≤ k}(a_j − D_j)``; a large per-user offset keeps the running maximum
+    from leaking across users."""
     first = np.r_[True, s_user[1:] != s_user[:-1]]  # (S,) a user's first session
     excl = np.cumsum(length) - length
     d = excl - excl[first][np.cumsum(first) - 1]
