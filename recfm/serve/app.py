@@ -131,9 +131,6 @@ class Service:
         # the serving tokenizer is pure Python under the GIL: a thread would only add a hop
         return engine, engine.query(**args)
 
-    def close(self) -> None:
-        self.batcher.close()
-
 
 def create_app(run: str | Path, cfg: ServeConfig | None = None,
                data: str | Path | None = None) -> FastAPI:
@@ -144,7 +141,7 @@ def create_app(run: str | Path, cfg: ServeConfig | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        service.close()
+        service.batcher.close()
 
     app = FastAPI(title="recfm", version=service.engine.version, lifespan=lifespan,
                   description="Recommendations, user embeddings, similar items and generated "
@@ -227,8 +224,7 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
             idx = generate_collection(engine, q, req.n, req.beam_width, req.max_per_genre)
             how = (f"beam search (width {req.beam_width}, at most {req.max_per_genre} per "
                    "genre)" if req.max_per_genre else f"beam search (width {req.beam_width})")
-            out = _row(engine, idx)
-            out.update(model_version=engine.version, how=how)
+            out = {**_row(engine, idx), "model_version": engine.version, "how": how}
             if req.compare_plain:
                 out["plain_top_n"] = _row(engine, plain_top_n(engine, q, req.n))
             return out

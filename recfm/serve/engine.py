@@ -367,8 +367,7 @@ class Engine:
 
     @torch.inference_mode()
     def recommend(self, queries: list[Query]) -> list[dict[str, Any]]:
-        """Top-k eligible items per query (every query has a window: a new member's is one
-        context token)."""
+        """Top-k eligible items per query (a new member's window is one context token)."""
         users = self.encode(queries)
         k = max(q.k for q in queries)
         n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
