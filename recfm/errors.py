@@ -20,10 +20,8 @@ class ConfigError(RecfmError, ValueError):
 
 
 class InputError(RecfmError):
-    """Bad input data, located as precisely as we can: ``file:line:column: …``.
-
-    The message is always one line: control characters (a newline in a column name, the
-    bytes of a binary file) are escaped, and ``found`` is cut to 160 characters."""
+    """Bad input data, located as precisely as we can: ``file:line:column: …``. Always one
+    line: control characters are escaped, and ``found`` is cut to 160 characters."""
 
     def __init__(
         self,

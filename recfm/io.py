@@ -1,11 +1,10 @@
 """Atomic writes: nothing a crash can leave half-written is ever read as whole.
 
-Files are written to a temporary sibling and renamed into place; directories are built
-under a temporary sibling name and renamed when complete. On failure the temporary is
-removed, so a failed command leaves no output behind. A directory output carries a marker
-(``.recfm-output.json``, its kind): an existing folder is replaced only when it is an
-output of the same kind and the caller asks to overwrite it, so nothing a command did not
-write is ever deleted.
+Files and directories are built under a temporary sibling name and renamed into place when
+complete; on failure the temporary is removed, so a failed command leaves no output. A
+directory output carries a marker (``.recfm-output.json``, its kind): an existing folder is
+replaced only when it is an output of the same kind and the caller asks to overwrite it, so
+nothing a command did not write is ever deleted.
 """
 
 from __future__ import annotations
@@ -87,10 +86,8 @@ def check_out(path: str | os.PathLike, kind: str, overwrite: bool = False,
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
                inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``path`` only if the block succeeds.
-
-    ``path`` is checked first (:func:`check_out`): an existing folder is replaced only
-    when it is a previous ``kind`` output and ``overwrite`` is set.
+    """Yield a temporary directory that becomes ``path`` only if the block succeeds; ``path``
+    is checked first (:func:`check_out`).
 
     Example:
         >>> with atomic_dir("out/prepared", "prepared") as tmp:   # doctest: +SKIP
