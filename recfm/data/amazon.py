@@ -142,8 +142,7 @@ def _resolve(path: Path, meta: str | Path | None) -> tuple[Path, Path | None]:
 
 
 def detect(path: str | Path) -> bool:
-    """True for an Amazon reviews file (first record has asin and reviewerID), or a folder
-    holding one."""
+    """True for an Amazon reviews file (first record has asin, reviewerID) or a folder of one."""
     path = Path(path)
     candidates = [p for p in sorted(path.iterdir()) if _is_json_lines(p)] if path.is_dir() \
         else [path] if path.is_file() else []
@@ -300,11 +299,9 @@ def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFram
 
 def load(path: str | Path, meta: str | Path | None = "auto", *,
          dedupe_items: bool = True) -> RawDataset:
-    """Read Amazon reviews (a file, or a folder) and their metadata.
-
-    ``meta="auto"`` finds ``meta_<Category>.json[.gz]`` beside the reviews file (or the one
-    ``meta_*`` file in the folder); a path names it; None reads no metadata.
-    """
+    """Read Amazon reviews (a file, or a folder) and their metadata: ``meta="auto"`` finds
+    ``meta_<Category>.json[.gz]`` beside the reviews file (or the one ``meta_*`` file in the
+    folder); a path names it; None reads no metadata."""
     reviews, meta_file = _resolve(Path(path), meta)
     events = read_reviews(reviews)
     items = None

@@ -189,10 +189,8 @@ def read_item_attributes(path: Path) -> pl.DataFrame:
 
 def load(path: str | Path, name: str | None = None, *, layout: Layout = "auto",
          attributes: str | Path | None = None) -> RawDataset:
-    """Read ``NAME.txt`` (a file, or a folder plus ``name=``) and its item attributes.
-
-    ``attributes`` overrides where the ``NAME_item2attributes.json`` file is looked for.
-    """
+    """Read ``NAME.txt`` (a file, or a folder plus ``name=``) and its item attributes
+    (``NAME_item2attributes.json``, or the ``attributes`` path)."""
     if layout not in ("auto", "sequence", "pairs"):
         raise ValueError(f"layout must be 'auto', 'sequence' or 'pairs', not {layout!r}")
     file = _resolve(Path(path), name)
