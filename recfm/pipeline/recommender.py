@@ -4,12 +4,10 @@
     users = rec.encode_users(histories)            # (n, d) user vectors
     recs = rec.recommend(history, k=10)            # item ids, scores, titles
 
-:class:`~recfm.model.foundation.FoundationModel` takes tensors and returns tensors; this
-object turns what users have — item-id lists, raw event frames, prompt names — into those
-tensors with the run's own vocabularies, and the model's scores back into item ids and
-titles. A run directory holds ``config.json``, ``model.safetensors`` (the network),
-``tokenizer.json`` and ``items.parquet`` (the vocabularies) and ``prompts/``; it loads
-without the training data and without pickle.
+:class:`~recfm.model.foundation.FoundationModel` takes and returns tensors; this object
+turns item-id lists, raw event frames and prompt names into them with the run's own
+vocabularies, and scores back into item ids and titles. A run loads without its training
+data and without pickle.
 """
 
 from __future__ import annotations

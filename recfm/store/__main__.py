@@ -6,10 +6,5 @@ from __future__ import annotations
 
 from recfm.train.distributed import run_cli_as_rank
 
-
-def main() -> None:
-    run_cli_as_rank("embed")
-
-
 if __name__ == "__main__":
-    main()
+    run_cli_as_rank("embed")

@@ -248,18 +248,10 @@ def launch(nproc: int, args: Sequence[str], module: str = "recfm.train") -> int:
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
     """``argv`` without ``--nproc N`` / ``--nproc=N`` (what each rank is given)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        out.append(a)
-    return out
+    out = list(argv)
+    while "--nproc" in out:
+        del out[out.index("--nproc"):out.index("--nproc") + 2]
+    return [a for a in out if not a.startswith("--nproc=")]
 
 
 def run_module_as_rank(module: str, argv: Sequence[str]) -> None:

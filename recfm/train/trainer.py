@@ -1,13 +1,10 @@
 """The one training loop; every way recfm trains a network is a configuration of it.
 
-Written once: AdamW over parameter groups (frozen parts, per-group learning-rate scales),
-warm-up + cosine decay, gradient clipping, checkpoints with exact resume, a metrics log
-(CSV + TensorBoard), validation and model selection, early stopping with a stated reason,
-a time budget. Handed in as small objects (RecBole's ``loss_func`` and HF Trainer's
-callbacks are the examples): the data source (``start(epoch, fraction) -> n_batches``,
-``batch(epoch, i)``: :class:`recfm.train.batches.MemoryBatches`,
-:class:`recfm.train.shards.StreamingBatches`), the loss (``loss(batch) -> (loss, weight)``,
-None skips the batch) and the :class:`Validation`.
+Written once: AdamW over parameter groups, warm-up + cosine decay, clipping, checkpoints
+with exact resume, a metrics log, validation and model selection, early stopping with a
+stated reason, a time budget. Handed in as small objects: the data source (``start(epoch,
+fraction) -> n_batches``, ``batch(epoch, i)``), the loss (``loss(batch) -> (loss,
+weight)``, None skips the batch) and the :class:`Validation`.
 
 Determinism: a batch order depends only on (seed, epoch) and the torch RNG (dropout) is
 checkpointed, so a run killed and resumed ends with the weights of one that never stopped.

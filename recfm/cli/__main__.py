@@ -1,5 +1,0 @@
-"""``python -m recfm.cli …`` = ``recfm …``."""
-
-from recfm.cli import main
-
-main()
