@@ -113,6 +113,10 @@ def prepare(
     step("tokenizing")
     result = tokenize(raw.events, cfg, raw.items, has_time=has_time,
                       events_file=raw.events_file, items_file=raw.items_file)
+    if result.tokens.height == 0:  # a dataset with no user would only fail later
+        dropped = ", ".join(f"{k} {n}" for k, n in result.dropped.items())
+        raise InputError(raw.events_file, None, None, "at least one event that becomes a token",
+                         f"none of {result.events_in} (dropped: {dropped or 'none'})")
     tok = result.tokenizer
     tok.meta = {"dataset": raw.meta.get("name"), "value_kind": raw.meta.get("value_kind")}
     seqs = result.tokens

@@ -115,3 +115,14 @@ def test_an_output_folder_that_cannot_be_created_is_one_error(tmp_path, event_fi
         prepare(read_generic(event_file, event_map={"user_id": "uid"}), tmp_path / "prep")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
     assert digest(event_file) == before
+
+
+def test_events_that_all_drop_are_refused(tmp_path):
+    # Found by tests/data/test_fuzz_readers.py: an empty dataset was written, then the CLI
+    # failed printing its report (KeyError 'p50').
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp,action\nu1,a,1600000000,impression\n")
+    with pytest.raises(InputError, match="e.csv: expected at least one event that becomes a "
+                       r"token, found none of 1 \(dropped: action:impression 1\)"):
+        prepare(read_generic(events), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
