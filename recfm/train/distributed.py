@@ -92,10 +92,6 @@ class DDPTrainer:
         if ctx.rank > 0:  # rank 0 keeps the single-process dropout stream
             torch.manual_seed(seed + 1_000_003 * ctx.rank)
 
-    @property
-    def is_main(self) -> bool:
-        return self.ctx.is_main
-
     def rows(self, global_batch: np.ndarray) -> np.ndarray:
         """This rank's rows of a global batch of the single-process plan."""
         mine = global_batch[self.ctx.rank::self.ctx.world]
@@ -203,7 +199,7 @@ class RankZeroCheckpointer:
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
         states: list[Any] = [None] * self.trainer.ctx.world
         dist.all_gather_object(states, torch.get_rng_state())
-        if self.trainer.is_main:
+        if self.trainer.ctx.is_main:
             self.inner.save(model, opt, {**state, "rank_rng": states,
                                          "world": self.trainer.ctx.world})
         dist.barrier()  # nobody reads a checkpoint rank 0 is still writing

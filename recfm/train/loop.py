@@ -240,7 +240,7 @@ def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
 
     files = RunFiles(run, lambda: rec.save_pretrained(run, meta),
                      ddp.checkpointer(run) if ddp is not None else None,
-                     ddp is None or ddp.is_main, tcfg.tensorboard)
+                     ddp is None or ddp.ctx.is_main, tcfg.tensorboard)
     budget = Budget(tcfg.max_minutes, strict=strict_budget) if tcfg.max_minutes else None
     return Trainer(model, opt, tcfg, data[0], loss, data[1], Validation(validate), files,
                    budget=budget, agree=ddp.broadcast if ddp is not None else None)
