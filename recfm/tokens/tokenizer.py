@@ -249,6 +249,9 @@ class TokenizeResult:
 
 SEQ_COLUMNS = ("item", "ts", "ts_last", "count", "value", "value_bucket", "gap_bucket",
                "hour_of_week", "action", "row")
+# Names the tokenizer gives its own columns: an event column may not have one.
+RESERVED = ("item", "ts", "ts_last", "count", "value_bucket", "gap_bucket", "hour_of_week",
+            "user_idx", "length", "_order", "_tok")
 
 
 def _filter(events: pl.DataFrame, cfg: TokenizerConfig, dropped: Counter) -> pl.DataFrame:
@@ -430,8 +433,11 @@ def tokenize(
     """
     dropped: Counter = Counter()
     events_in = events.height
-    if "_order" not in events.columns:
-        events = events.with_row_index("_order")
+    clash = [c for c in events.columns if c in RESERVED]
+    if clash:
+        raise InputError(events_file, 1, clash[0], "an event column named otherwise (recfm's "
+                         f"tokens have columns {', '.join(RESERVED)})", repr(clash[0]))
+    events = events.with_row_index("_order")
     if items is not None and fitted is None:
         events = _drop_unknown_items(events, cfg, items, events_file, items_file, dropped)
     events = _filter(events, cfg, dropped)

@@ -126,3 +126,14 @@ def test_events_that_all_drop_are_refused(tmp_path):
                        r"token, found none of 1 \(dropped: action:impression 1\)"):
         prepare(read_generic(events), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_event_column_named_like_a_token_column_is_refused(tmp_path):
+    # Found by tests/data/test_fuzz_readers.py: a facet named ts crashed the tokenizer
+    # (DuplicateError); one named _order silently became the order of same-time events.
+    for name in ("ts", "_order"):
+        events = tmp_path / "e.csv"
+        events.write_text(f"user_id,item_id,timestamp,{name}\nu1,a,1600000000,1\n")
+        with pytest.raises(InputError, match=f"e.csv:1:{name}: expected an event column named "
+                           "otherwise"):
+            prepare(read_generic(events), tmp_path / "out")
