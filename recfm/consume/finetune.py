@@ -305,8 +305,6 @@ class TaskModel(nn.Module):
         logp = torch.log_softmax(scores, dim=-1).gather(1, items[:, None])[:, 0]  # (N,)
         return self.head(h, self.fm.item_table()[items], logp)
 
-    # ------------------------------------------------------------------ evaluation
-
     def _subset_scorer(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """surface: (B, n_items) next-item scores, items outside the subset at -inf."""
         scores = self.fm.score(self.fm.last_hidden(batch))
@@ -374,8 +372,6 @@ class TaskModel(nn.Module):
     def key_metric(self) -> str:
         return "auc" if self.task.has_head else "ndcg@10"
 
-    # ------------------------------------------------------------------ inference
-
     @torch.no_grad()
     def recommend(self, history: Any, k: int = 10) -> pl.DataFrame:
         """surface: top-``k`` items of the subset for one user's history."""
@@ -406,8 +402,6 @@ class TaskModel(nn.Module):
         h = self.rec.encode_users(histories)  # (n, d)
         items = torch.tensor([index[str(i)] for i in item_ids], dtype=torch.long)
         return torch.sigmoid(self.binary_logit(h, items)).numpy()
-
-    # ------------------------------------------------------------------ save / load
 
     def save_pretrained(self, path: str | Path, extra: dict[str, Any]) -> None:
         """A run directory: the backbone as ``model.safetensors`` (loads as a

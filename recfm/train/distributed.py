@@ -97,8 +97,6 @@ class DDPTrainer:
         mine = global_batch[self.ctx.rank::self.ctx.world]
         return mine if len(mine) else global_batch[:1]  # a tiny last batch: reuse a row
 
-    # ------------------------------------------------------------------ training step
-
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """This rank's loss, scaled so DDP's gradient average is the global token mean: its
         *value* is the global batch's mean loss, its gradient ``n_r · W / N`` times this
@@ -121,8 +119,6 @@ class DDPTrainer:
         global_mean = float(stats[1]) / n_total
         return objective + (global_mean - objective).detach()
 
-    # ------------------------------------------------------------------ agreement
-
     def broadcast(self, value: float) -> float:
         """Rank 0's value on every rank."""
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.ctx.device)
@@ -141,8 +137,6 @@ class DDPTrainer:
 
     def barrier(self) -> None:
         dist.barrier()
-
-    # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, scorer, frame: pl.DataFrame, n_items: int, max_len: int,
                  columns: list[str], batch_size: int = 512, ks: tuple[int, ...] = (10, 20)
@@ -166,8 +160,6 @@ class DDPTrainer:
         out = {k: float(v / n) for k, v in zip(keys, sums[1:])}
         out["users"] = int(sums[0])
         return out
-
-    # ------------------------------------------------------------------ checkpoints
 
     def checkpointer(self, run: Path) -> "RankZeroCheckpointer":
         return RankZeroCheckpointer(run, self)
