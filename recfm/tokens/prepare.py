@@ -90,6 +90,11 @@ def _items_table(tok: Tokenizer, raw: RawDataset, seqs: pl.DataFrame,
            .with_columns(pl.col("n_events").fill_null(0).cast(pl.Int64),
                          pl.col("n_tokens").fill_null(0).cast(pl.Int64)))
     if raw.items is not None:
+        clash = [c for c in ("idx", "n_events", "n_tokens") if c in raw.items.columns]
+        if clash:  # the join would rename the catalog's column to …_right
+            raise InputError(raw.items_file or "items", 1, clash[0], "an item column named "
+                             "otherwise (items.parquet has idx, n_events, n_tokens)",
+                             repr(clash[0]))
         out = out.join(raw.items.drop("_line"), on="item_id", how="left")
     return out.sort("idx")
 

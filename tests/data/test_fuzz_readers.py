@@ -33,7 +33,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 
 REQUIRED = ["user_id", "item_id", "timestamp"]
 OTHER = ["action", "value", "row", "device", "genres", "title", "release_year", "userId",
-         "movieId", "rating", "asin", "reviewerID", "unixReviewTime", "overall"]
+         "movieId", "rating", "asin", "reviewerID", "unixReviewTime", "overall",
+         "ts", "count", "idx", "n_events", "length"]  # recfm's own names elsewhere
 NAMES = st.sampled_from(REQUIRED * 3 + OTHER * 2 + ["_line"]) | st.text(max_size=6)
 WITH_REQUIRED = st.lists(NAMES, max_size=4).map(
     lambda extra: REQUIRED + [c for c in dict.fromkeys(extra) if c not in REQUIRED])

@@ -137,3 +137,14 @@ def test_an_event_column_named_like_a_token_column_is_refused(tmp_path):
         with pytest.raises(InputError, match=f"e.csv:1:{name}: expected an event column named "
                            "otherwise"):
             prepare(read_generic(events), tmp_path / "out")
+
+
+def test_an_item_column_named_like_an_items_parquet_column_is_refused(tmp_path):
+    # Found while fuzzing: it came out renamed idx_right.
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,a,1600000000\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,idx\na,7\n")
+    with pytest.raises(InputError, match="items.csv:1:idx: expected an item column named"):
+        prepare(read_generic(events, items), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
