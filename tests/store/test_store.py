@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,6 +190,10 @@ def test_readers_never_see_a_mixed_or_partial_version(tmp_path, backend):
     t.start()
     for v in range(2, n_versions + 1):
         publish(writer, v)
+        if v % 2 == 0:  # on a loaded machine the writer could outrun the reader entirely
+            before, deadline = reads[0], time.time() + 10
+            while reads[0] == before and not errors and time.time() < deadline:
+                time.sleep(0.01)
     done.set()
     t.join(timeout=60)
     assert not errors, errors[0]
