@@ -37,11 +37,14 @@ def disk_full(e: BaseException, where: str | os.PathLike | None = None) -> bool:
     return folder is not None and shutil.disk_usage(folder).free < 1 << 20
 
 
-def check_disk_full(e: BaseException, path: str | os.PathLike) -> None:
-    """Raise a one-line :class:`RecfmError` naming ``path`` if ``e`` is a full disk."""
-    if disk_full(e, Path(path).parent):
-        raise RecfmError(f"no space left on the device while writing {path}; nothing was "
-                         "kept of this write") from None
+def full_disk_error(e: BaseException, where: str | os.PathLike,
+                    path: str | os.PathLike) -> RecfmError | None:
+    """A one-line error naming ``path`` if ``e`` is a full disk at ``where``, else None. Judge
+    it before removing the partial write: that frees the space the free-space test reads."""
+    if not disk_full(e, where):
+        return None
+    return RecfmError(f"no space left on the device while writing {path}; nothing was kept "
+                      "of this write")
 
 
 def _umask_mode(mode: int) -> int:
@@ -109,8 +112,10 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
             if p.is_file():
                 os.chmod(p, _umask_mode(0o666))
     except BaseException as e:
+        full = full_disk_error(e, tmp, final)
         shutil.rmtree(tmp, ignore_errors=True)
-        check_disk_full(e, final)
+        if full is not None:
+            raise full from None
         raise
     old = None
     if final.is_dir() and any(final.iterdir()):  # a previous output of this kind
@@ -135,9 +140,11 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], None]) ->
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException as e:
+        full = full_disk_error(e, final.parent, final)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        check_disk_full(e, final)
+        if full is not None:
+            raise full from None
         raise
 
 

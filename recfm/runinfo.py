@@ -62,7 +62,7 @@ def verify_manifest(run: Path, names: tuple[str, ...] | list[str]) -> None:
         return
     with reading(path, "a run manifest: JSON with the sha256 of each file"):
         sums = json.loads(path.read_text())["sha256"]
-    for name in names:
+    for name in dict.fromkeys(names):
         if name in sums and (run / name).is_file() and files_sha256(run / name) != sums[name]:
             raise InputError(str(run / name), None, None, f"the bytes whose SHA-256 {MANIFEST} "
                              "records (recfm --no-verify loads it anyway)",

@@ -440,7 +440,7 @@ class FoundationModel(nn.Module):
         """The network of a run directory (its vocabularies build the objective tables);
         ``verify``: check its files against the run's manifest first."""
         if verify:
-            verify_manifest(Path(path), tuple(dict.fromkeys((*RUN_FILES, weights))))
+            verify_manifest(Path(path), (*RUN_FILES, weights))
         tok, items = read_vocabulary(Path(path))
         return cls.load(path, tok, items, weights)
 

@@ -52,7 +52,7 @@ class Recommender:
         """A run directory; ``verify``: check its files against its manifest first."""
         path = Path(path)
         if verify:
-            verify_manifest(path, tuple(dict.fromkeys((*RUN_FILES, weights))))
+            verify_manifest(path, (*RUN_FILES, weights))
         tok, items = read_vocabulary(path)
         return cls(FoundationModel.load(path, tok, items, weights), tok, items, path)
 
@@ -65,7 +65,7 @@ class Recommender:
             self.tokenizer.save(path / "tokenizer.json")
         if self.items is not None:
             atomic_write_file(path / "items.parquet", self.items.write_parquet)
-        write_manifest(path, RUN_FILES)
+        write_manifest(path, ("tokenizer.json", "items.parquet"))  # the model's: its own save
 
     # ------------------------------------------------------------------ inputs → tensors
 
@@ -108,8 +108,9 @@ class Recommender:
         facets = self.tokenizer.facets if self.tokenizer else {}
         row = {c: FACET_UNK for c in self.model.input_columns} | {"item": UNK, "gap_bucket": 0}
         for name, value in (context or {}).items():
-            if name == "timestamp":
-                row["hour_of_week"] = int(hour_of_week(int(value)))
+            if name == "timestamp":  # seconds, or milliseconds as events may give
+                ts = int(value) // 1000 if int(value) > 10**11 else int(value)
+                row["hour_of_week"] = int(hour_of_week(ts))
             elif name not in facets or str(value) not in facets[name]:
                 expected = (f"one of {', '.join(facets[name])}" if name in facets else
                             f"a facet of this run ({', '.join(sorted(facets))}) or timestamp")

@@ -298,8 +298,6 @@ class Engine:
         seen = tokens[:, 0]
         n_history = len(tokens)
         if n_history == 0:  # a new member: one unknown-item token carrying the context
-            if "timestamp" in (context or {}) and context["timestamp"] > 10**11:
-                context = {**context, "timestamp": context["timestamp"] // 1000}  # ms
             store = self.rec.context_store(context)
             tokens = np.array([[store.values[c][0] for c in self.columns]], np.int64)
             given = ", ".join(f"{k}={v}" for k, v in sorted((context or {}).items()))

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recfm.errors import RecfmError, reading
-from recfm.io import check_disk_full, disk_full
+from recfm.io import full_disk_error
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,10 @@ class Checkpointer:
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())
         except Exception as e:  # a full disk: no half-written checkpoint is left behind
-            if disk_full(e, tmp):
+            full = full_disk_error(e, tmp, self.dir)
+            if full is not None:
                 _remove(tmp)
-            check_disk_full(e, self.dir)
+                raise full from None
             raise
         checkpoint_step("new checkpoint written")
         if self.dir.exists():
