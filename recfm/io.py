@@ -31,20 +31,16 @@ def disk_full(e: BaseException, where: str | os.PathLike | None = None) -> bool:
     if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
             s in str(e) for s in ("No space left", "StorageFull", "Disk quota exceeded")):
         return True
-    folder = Path(where) if where is not None else None
-    while folder is not None and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder is not None and shutil.disk_usage(folder).free < 1 << 20
+    return where is not None and Path(where).exists() and \
+        shutil.disk_usage(where).free < 1 << 20
 
 
 def full_disk_error(e: BaseException, where: str | os.PathLike,
                     path: str | os.PathLike) -> RecfmError | None:
     """A one-line error naming ``path`` if ``e`` is a full disk at ``where``, else None. Judge
     it before removing the partial write: that frees the space the free-space test reads."""
-    if not disk_full(e, where):
-        return None
     return RecfmError(f"no space left on the device while writing {path}; nothing was kept "
-                      "of this write")
+                      "of this write") if disk_full(e, where) else None
 
 
 def _umask_mode(mode: int) -> int:
