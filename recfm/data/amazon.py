@@ -1,8 +1,10 @@
 """Amazon product reviews (McAuley et al., the 2014 and 2018 releases) from local files.
 
 The 2014 metadata lines are Python literals: a line that is not JSON is read with
-:func:`ast.literal_eval`, which evaluates literals only and runs no code. Record fields,
-output columns and errors: docs/guide/data.md.
+:func:`ast.literal_eval`, which evaluates literals only and runs no code. Item text is
+cleaned of HTML (the 2018 titles are often a bare ``<span …`` fragment), a missing title
+falls back to the brand and description, and the dump's own root category is not a genre.
+Record fields, output columns, defaults and errors: docs/guide/data.md.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import ast
 import calendar
 import gzip
+import html
 import json
+import logging
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +31,20 @@ from recfm.data.readers import RawDataset
 from recfm.data.schema import LINE
 from recfm.errors import InputError, shorten
 
+log = logging.getLogger(__name__)
+
 NAME = "amazon"
 _SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz")
 _EVENT_NAMES = {"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixReviewTime",
                 "value": "overall"}
+_TAG = re.compile(r"</?[A-Za-z!][^>]*(?:>|$)")  # a tag, or one cut off at the end
+_SPACE = re.compile(r"\s+")
+FALLBACK_WORDS = 8
+"""Words of the description (or feature) in a title made for an item without one."""
+ROOT_SHARE = 0.9
+ROOT_MIN_ITEMS = 10
+"""A root category is the first category of ``ROOT_SHARE`` of at least ``ROOT_MIN_ITEMS``
+items with a category (a smaller catalog cannot tell a root from a genre)."""
 
 
 # --------------------------------------------------------------------------- reading lines
@@ -125,11 +141,13 @@ def _resolve(path: Path, meta: str | Path | None) -> tuple[Path, Path | None]:
         if len(reviews) != 1:
             names = ", ".join(p.name for p in reviews) or "none"
             raise InputError(str(path), None, None,
-                             "one reviews file (.json / .jsonl, optionally .gz)",
-                             f"candidates: {names}")
+                             "one reviews file (.json / .jsonl, optionally .gz) in the folder; "
+                             "name the reviews file itself, and its metadata with meta= / "
+                             "--items", f"candidates: {names}")
         if meta == "auto":
             if len(metas) > 1:
-                raise InputError(str(path), None, None, "at most one meta_* file",
+                raise InputError(str(path), None, None, "at most one meta_* file (name "
+                                 "the one to read with meta= / --items)",
                                  ", ".join(p.name for p in metas))
             return reviews[0], metas[0] if metas else None
         return reviews[0], Path(meta) if meta is not None else None
@@ -236,18 +254,34 @@ def read_reviews(path: str | Path) -> pl.DataFrame:
     return events
 
 
-# --------------------------------------------------------------------------- metadata
+# --------------------------------------------------------------------------- item text
+
+def clean_text(value: str) -> str | None:
+    """``value`` with HTML entities decoded (``&amp;amp;`` too), tags removed (an unclosed
+    ``<span class="…"`` too) and whitespace collapsed; None when nothing is left."""
+    text = value
+    for _ in range(3):
+        decoded = html.unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    text = _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
+    return text or None
+
 
 def _join_text(value: Any) -> str | None:
+    """A string, or a list of strings joined with newlines, cleaned (:func:`clean_text`)."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        parts = [str(v).strip() for v in value if v is not None and str(v).strip()]
-        return "\n".join(parts) if parts else None
-    return str(value).strip() or None
+        parts = [clean_text(str(v)) for v in value if v is not None]
+        kept = [p for p in parts if p]
+        return "\n".join(kept) if kept else None
+    return clean_text(str(value))
 
 
 def _flatten(value: Any) -> list[str]:
+    """Distinct cleaned names of a category list (or a list of category paths), in order."""
     out: dict[str, None] = {}
     stack = [value]
     while stack:
@@ -257,58 +291,183 @@ def _flatten(value: Any) -> list[str]:
         if isinstance(v, (list, tuple)):
             stack.extend(reversed(v))
             continue
-        text = str(v).strip()
+        text = clean_text(str(v))
         if text:
             out.setdefault(text, None)
     return list(out)
 
 
-def read_metadata(path: str | Path, *, dedupe: bool = True) -> tuple[pl.DataFrame, int]:
-    """Metadata → canonical items, and how many repeated asins were dropped."""
-    path = Path(path)
+def _roots(value: Any) -> set[str]:
+    """The first element of each category path: 2018's ``category`` is one path, 2014's
+    ``categories`` a list of them."""
+    if value is None or isinstance(value, str):
+        return set(_flatten(value))
+    paths = value if value and all(isinstance(p, (list, tuple)) for p in value) else [value]
+    return {root for path in paths for root in _flatten(path[:1])}
+
+
+def _first_words(text: str | None) -> str | None:
+    return " ".join(text.split()[:FALLBACK_WORDS]) if text else None
+
+
+# --------------------------------------------------------------------------- metadata
+
+@dataclass
+class _Item:
+    """One metadata record, cleaned: the title as given (None when missing or markup)."""
+
+    line: int
+    title: str | None
+    description: str | None
+    feature: str | None
+    genres: list[str]
+    roots: set[str]
+    brand: str | None
+
+    def completeness(self) -> int:
+        """How many of the fields an item card shows are present."""
+        return sum(bool(v) for v in (self.title, self.description, self.genres, self.brand))
+
+    def display_title(self) -> str | None:
+        """The title; else ``brand - first words of description`` (or of ``feature``
+        without a description), either part alone when the other is missing."""
+        if self.title:
+            return self.title
+        parts = [self.brand, _first_words(self.description or self.feature)]
+        return " - ".join(p for p in parts if p) or None
+
+
+def _item(rec: dict, file: str, line: int) -> _Item:
+    title = rec.get("title")
+    if title is not None and not isinstance(title, str):
+        raise InputError(file, line, "title", "a string", shorten(title))
+    key = "categories" if "categories" in rec else "category"
+    categories = rec.get(key)
+    if categories is not None and not isinstance(categories, (list, tuple, str)):
+        raise InputError(file, line, key, "a list of categories", shorten(categories))
+    return _Item(line, clean_text(title) if title else None, _join_text(rec.get("description")),
+                 _join_text(rec.get("feature")), _flatten(categories), _roots(categories),
+                 _join_text(rec.get("brand")))
+
+
+def _read_items(path: Path, dedupe: bool) -> tuple[dict[str, _Item], int]:
+    """asin → its record (the most complete of its records, the first among equals), and
+    how many repeated records were dropped."""
     file = str(path)
-    rows: list[tuple] = []
-    seen: set[str] = set()
-    dropped = 0
+    items: dict[str, _Item] = {}
+    repeats = 0
     for line, rec in iter_records(path):
         asin = _id(rec, "asin", file, line, article="an")
-        if dedupe:
-            if asin in seen:
-                dropped += 1
-                continue
-            seen.add(asin)
-        title = rec.get("title")
-        if title is not None and not isinstance(title, str):
-            raise InputError(file, line, "title", "a string", shorten(title))
-        categories = rec.get("categories", rec.get("category"))
-        if categories is not None and not isinstance(categories, (list, tuple, str)):
-            raise InputError(file, line, "categories" if "categories" in rec else "category",
-                             "a list of categories", shorten(categories))
-        rows.append((asin, (title.strip() or None) if isinstance(title, str) else None,
-                     _join_text(rec.get("description")), _flatten(categories),
-                     _join_text(rec.get("brand")), line))
+        item = _item(rec, file, line)
+        kept = items.get(asin)
+        if kept is None:
+            items[asin] = item
+            continue
+        if not dedupe:
+            raise InputError(file, line, "asin", "a unique asin (dedupe_items=True, the "
+                             "default, keeps the most complete record of each)",
+                             f"{shorten(asin)} again (first at line {kept.line})")
+        repeats += 1
+        if item.completeness() > kept.completeness():
+            items[asin] = item
+    return items, repeats
+
+
+def root_category(roots: list[set[str]]) -> str | None:
+    """The dump's own category (e.g. "Video Games"): the first category of at least
+    ``ROOT_SHARE`` of the items that have a category, when at least ``ROOT_MIN_ITEMS`` do.
+    It says nothing about an item, so it is not made a genre."""
+    with_category = [r for r in roots if r]
+    if len(with_category) < ROOT_MIN_ITEMS:
+        return None
+    root, n = Counter(c for r in with_category for c in sorted(r)).most_common(1)[0]
+    return root if n >= ROOT_SHARE * len(with_category) else None
+
+
+def _warn_repeated_title(titles: list[str | None], file: str) -> dict[str, Any] | None:
+    """A warning (and its report entry) when most items share one title."""
+    counts = Counter(t for t in titles if t)
+    if not counts:
+        return None
+    title, n = counts.most_common(1)[0]
+    if n < 2 or n <= len(titles) / 2:
+        return None
+    log.warning("%s: %d of %d items have the title %r after cleaning; item cards and search "
+                "will not tell them apart", file, n, len(titles), title)
+    return {"title": title, "items": n}
+
+
+def read_metadata(path: str | Path, *, dedupe: bool = True
+                  ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Metadata → canonical items with cleaned text, and a report of what was changed:
+    ``duplicate_items_dropped``, ``root_category``, ``titles_from_fallback``,
+    ``titles_missing`` and ``repeated_title`` (docs/guide/data.md)."""
+    path = Path(path)
+    file = str(path)
+    items, repeats = _read_items(path, dedupe)
+    if repeats:
+        log.warning("%s: %d repeated metadata record(s) dropped; each of the %d asins keeps "
+                    "its most complete record", file, repeats, len(items))
+    root = root_category([x.roots for x in items.values()])
+    rows = [(asin, x.display_title(), x.description,
+             [g for g in x.genres if g != root], x.brand, x.line) for asin, x in items.items()]
+    titles = [row[1] for row in rows]
+    report = {
+        "duplicate_items_dropped": repeats,
+        "root_category": root,
+        "titles_from_fallback": sum(1 for x in items.values() if not x.title and
+                                    x.display_title()),
+        "titles_missing": sum(1 for t in titles if not t),
+        "repeated_title": _warn_repeated_title(titles, file),
+    }
     df = pl.DataFrame(rows, orient="row", schema={
         "item_id": pl.Utf8, "title": pl.Utf8, "description": pl.Utf8,
         "genres": pl.List(pl.Utf8), "brand": pl.Utf8, LINE: pl.Int64})
     with schema.source_columns({"item_id": "asin"}):
-        items = schema.normalize_items(df, file)
-    return items, dropped
+        return schema.normalize_items(df, file), report
 
 
 # --------------------------------------------------------------------------- load
 
+def _unknown_items(events: pl.DataFrame, items: pl.DataFrame, reviews: str, meta: str,
+                   strict: bool) -> dict[str, int]:
+    """Count the reviews of asins absent from the metadata; refuse them when ``strict``."""
+    unknown = ~events["item_id"].is_in(items["item_id"].implode())
+    n = int(unknown.sum())
+    if n and strict:
+        line, idx = schema.first_bad(events, unknown)
+        raise InputError(reviews, line, "asin", f"an asin present in the metadata {meta} "
+                         "(without strict / --strict such reviews are dropped and counted)",
+                         shorten(events["item_id"][idx]))
+    asins = int(events.filter(unknown)["item_id"].n_unique()) if n else 0
+    if n:
+        log.warning("%s: %d reviews of %d asins absent from %s are dropped (strict=True / "
+                    "--strict refuses them)", reviews, n, asins, meta)
+    return {"reviews_of_unknown_items": n, "unknown_items": asins}
+
+
 def load(path: str | Path, meta: str | Path | None = "auto", *,
-         dedupe_items: bool = True) -> RawDataset:
+         dedupe_items: bool = True, strict: bool = False) -> RawDataset:
     """Read Amazon reviews (a file, or a folder) and their metadata: ``meta="auto"`` finds
     ``meta_<Category>.json[.gz]`` beside the reviews file (or the one ``meta_*`` file in the
-    folder); a path names it; None reads no metadata."""
+    folder); a path names it; None reads no metadata.
+
+    Reviews of asins absent from the metadata are dropped by the tokenizer and counted in
+    the prepare report (``dropped["item_not_in_catalog"]``); ``strict=True`` refuses them
+    instead, naming the first one's line."""
     reviews, meta_file = _resolve(Path(path), meta)
     events = read_reviews(reviews)
-    items = None
-    info = {"name": NAME, "format": NAME, "category": _category(reviews), "has_time": True,
-            "value_kind": "rating", "tokenizer": {"value_agg": "max"}}
-    if meta_file is not None:
-        items, dropped = read_metadata(meta_file, dedupe=dedupe_items)
-        info["duplicate_items_dropped"] = dropped
-    return RawDataset(events, items, str(reviews),
-                      str(meta_file) if meta_file is not None else None, info)
+    info: dict[str, Any] = {
+        "name": NAME, "format": NAME, "category": _category(reviews), "has_time": True,
+        "value_kind": "rating",
+        "tokenizer": {"value_agg": "max", "unknown_items": "error" if strict else "drop"}}
+    if meta_file is None:
+        log.info("%s: no metadata (name a meta_<Category> file with meta= / --items); items "
+                 "have no titles", reviews)
+        return RawDataset(events, None, str(reviews), None, info)
+    items, report = read_metadata(meta_file, dedupe=dedupe_items)
+    report.update(_unknown_items(events, items, str(reviews), str(meta_file), strict))
+    info["duplicate_items_dropped"] = report["duplicate_items_dropped"]
+    info["root_category"] = report["root_category"]
+    info["report"] = report
+    return RawDataset(events, items, str(reviews), str(meta_file), info)

@@ -46,8 +46,11 @@ def load_raw(
     fmt: str = "auto",
     event_map: dict[str, str] | None = None,
     item_map: dict[str, str] | None = None,
+    *,
+    strict: bool = False,
 ) -> RawDataset:
-    """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``."""
+    """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``.
+    ``strict``: refuse Amazon reviews of items absent from the metadata (else dropped)."""
     path = Path(events)
     if not path.exists():
         raise InputError(str(path), None, None, "an existing file or folder", "nothing at that path")
@@ -58,8 +61,8 @@ def load_raw(
     log.info("reading %s as %s", path, fmt)
     if fmt == "synthetic":
         return synthetic.load_world(path)
-    if fmt == "amazon" and items is not None:
-        return amazon.load(path, items)
+    if fmt == "amazon":
+        return amazon.load(path, items if items is not None else "auto", strict=strict)
     if fmt in LAYOUTS:
         return LAYOUTS[fmt].load(path)
     if path.is_dir():
@@ -153,6 +156,7 @@ def prepare(
         "sequence_length": length_percentiles(lengths),
         "split": {"leave_one_out": split.counts},
         "tokenizer": dataclasses.asdict(cfg),
+        "adapter": raw.meta.get("report", {}),
     }
 
     step("writing")
