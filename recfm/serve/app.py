@@ -16,11 +16,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, Header, Query as Q, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
 import recfm.serve.schemas as S
 from recfm.errors import RecfmError, reading
@@ -38,6 +40,10 @@ from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 log = logging.getLogger(__name__)
 
 EXPLORER = Path(__file__).parent / "static" / "explorer.html"
+EXPLORER_MIN_EVENTS = 20
+"""The explorer opens on the first known user with at least this many events."""
+EXPLORER_EXAMPLES = 4
+"""Example item ids shown in the explorer's history box."""
 
 
 class ErrorResponse(JSONResponse):
@@ -232,6 +238,42 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
         return await service.batcher.submit("call", engine, run)
 
 
+class ExplorerView(BaseModel):
+    """What the explorer page opens with, and a typed history checked against the catalog."""
+
+    default_user: str | None = Field(
+        description=f"The first known user with at least {EXPLORER_MIN_EVENTS} events (else "
+                    "the one with the longest history): the page's view without ?user= or "
+                    "?history=. Null without known users.")
+    example_items: list[S.ItemOut] = Field(
+        description="The items with the most events in the known histories (without them, "
+                    "the catalog's first items): example ids for the history box.")
+    history: list[S.ItemOut] = Field(
+        description="The ids of `history` that are in the served catalog, in order.")
+    unknown_items: list[str] = Field(
+        description="The ids of `history` that are not in the served catalog.")
+
+
+def _explorer_view(engine: Engine, history: list[str]) -> dict:
+    """:class:`ExplorerView` of ``engine`` (counts the histories' items once per engine)."""
+    h = engine.histories
+    default, examples = None, []
+    if h is not None and len(h):
+        long = np.flatnonzero(h.lengths >= EXPLORER_MIN_EVENTS)
+        default = h.ids[int(long[0]) if len(long) else int(np.argmax(h.lengths))]
+        counts = h.item_counts[N_RESERVED_ITEMS:engine.n_items]  # (catalog items,)
+        top = np.argsort(-counts, kind="stable")[:EXPLORER_EXAMPLES]
+        examples = [N_RESERVED_ITEMS + int(i) for i in top if counts[i] > 0]
+    if not examples:
+        examples = list(range(N_RESERVED_ITEMS,
+                              min(engine.n_items, N_RESERVED_ITEMS + EXPLORER_EXAMPLES)))
+    return {"default_user": default,
+            "example_items": [engine.describe_item(i) for i in examples],
+            "history": [engine.describe_item(engine.index_of[i]) for i in history
+                        if i in engine.index_of],
+            "unknown_items": [i for i in history if i not in engine.index_of]}
+
+
 def _browse_routes(app: FastAPI, service: Service) -> None:
     """Known users, their histories and title search (what the explorer page browses)."""
 
@@ -274,6 +316,13 @@ def _browse_routes(app: FastAPI, service: Service) -> None:
             found = titles.str.contains(q.lower(), literal=True).fill_null(False).arg_true()
             hits += [int(i) for i in found[:limit].to_list() if int(i) not in hits]
         return {"items": [engine.describe_item(i) for i in hits[:limit]]}
+
+    @app.get("/v1/explorer", response_model=ExplorerView, tags=["users"])
+    async def explorer_view(history: list[str] | None = Q(None, max_length=S.MAX_EVENTS)
+                            ) -> dict:
+        """The explorer's default user and example item ids; ``history`` (repeated: item ids,
+        oldest first) is split into the items the catalog has and the ids it does not."""
+        return await run_in_threadpool(_explorer_view, service.engine, history or [])
 
 
 def _operation_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None:

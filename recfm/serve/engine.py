@@ -8,6 +8,7 @@ engine beside the old one and swaps the reference. The network is used only thro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -84,6 +85,12 @@ class UserHistories:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def item_counts(self) -> np.ndarray:
+        """(largest item index + 1,) events on each item index over all known histories:
+        what "popular" means to the explorer. Counted once, on first use."""
+        return np.bincount(self.store.values["item"])
 
     def tokens(self, user_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(L, C) tokens and (L,) last times of a known user, or None."""
