@@ -12,7 +12,8 @@ import sys
 
 import typer
 
-from recfm.cli import content, data, demo, distill_prompt, finetune, model, rank, serve, store
+from recfm.cli import (content, data, demo, distill_prompt, finetune, model, rank, recommend,
+                       serve, store)
 from recfm.cli.output import err_console
 from recfm.errors import RecfmError
 from recfm.runinfo import NO_VERIFY
@@ -31,7 +32,8 @@ def options(no_verify: bool = typer.Option(
 
 # The order of registration is the order of `recfm --help`.
 data.register(app)  # data synth|describe|download, prepare
-model.register(app)  # train, evaluate, recommend
+model.register(app)  # train, evaluate
+recommend.register(app)
 content.register(app)  # content embed, add-items
 serve.register(app)
 demo.register(app)

@@ -12,6 +12,7 @@ from recfm.cli.output import OVERWRITE, at_least_one, console, print_json, steps
 from recfm.config import load_toml
 from recfm.data import synthetic
 from recfm.data.download import download_movielens
+from recfm.data.readers import ReadOptions
 from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
 from recfm.io import check_out
@@ -77,7 +78,7 @@ def data_describe(
     rep = d["report"]
     if rep.get("events_in") is not None:
         t.add_row("events in → tokens", f"{rep['events_in']:,} → {rep['tokens_out']:,} "
-                  f"(×{rep['compression']})")
+                  f"(×{rep['compression_from_input']})")
         t.add_row("dropped", ", ".join(f"{k} {v:,}" for k, v in rep["dropped"].items()) or "none")
     console.print(t)
     top_t = Table(title=f"top {top} items")
@@ -95,7 +96,8 @@ def data_describe(
 
 @data_app.command("download")
 def data_download(
-    name: str = typer.Argument(..., help="ml-latest-small, ml-1m, ml-10m, ml-25m or ml-32m."),
+    name: str = typer.Argument(..., help="ml-100k, ml-latest-small, ml-1m, ml-10m, ml-25m or "
+                               "ml-32m."),
     dest: Path = typer.Option(Path("data"), help="Folder to extract into."),
     sha256: Optional[str] = typer.Option(None, help="Expected SHA-256 of the zip."),
     base_url: Optional[str] = typer.Option(None, help="Mirror to download from."),
@@ -113,31 +115,66 @@ def prepare_cmd(
     out: Path = typer.Option(..., help="Prepared dataset directory to write."),
     items: Optional[Path] = typer.Option(None, help="Item catalog file."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer config (TOML)."),
-    fmt: str = typer.Option("auto", "--format",
-                            help="auto, generic, synthetic, movielens, s3rec or amazon."),
+    fmt: str = typer.Option("auto", "--format", help="A layout (auto, generic, synthetic, "
+                            "movielens, s3rec, amazon) or the events file's format (csv, tsv, "
+                            "jsonl, parquet: whatever its suffix)."),
     map_: Optional[str] = typer.Option(None, "--map",
                                        help="Event columns, e.g. user_id=userId,item_id=movieId."),
     item_map: Optional[str] = typer.Option(None, "--item-map", help="Item columns, likewise."),
+    sep: Optional[str] = typer.Option(None, help="Field separator of the events file, e.g. "
+                                      "';', '|', '::' or 'tab'."),
+    header: Optional[bool] = typer.Option(None, "--header/--no-header", help="Whether the "
+                                          "events file's first line names its columns "
+                                          "(default: yes, unless --columns names them)."),
+    columns: Optional[str] = typer.Option(None, help="Names of the events file's fields in "
+                                          "order, e.g. user_id,item_id,value,timestamp."),
+    encoding: str = typer.Option("utf-8", help="Text encoding of the files, e.g. latin-1."),
+    item_format: Optional[str] = typer.Option(None, help="The item file's format, likewise."),
+    item_sep: Optional[str] = typer.Option(None, help="Field separator of the item file."),
+    item_columns: Optional[str] = typer.Option(None, help="Names of the item file's fields "
+                                               "in order (the file then has no header)."),
+    item_flags: Optional[str] = typer.Option(None, help="One-hot (1/0) item columns that "
+                                             "become genres named by their column: A,B,C or "
+                                             "a run FIRST..LAST, e.g. unknown..Western."),
+    strict: bool = typer.Option(False, help="Amazon: refuse reviews of items missing from "
+                                "the metadata (by default they are dropped and counted)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Read events (+ items), tokenize, and write a prepared dataset directory."""
+    """Read events (+ items), tokenize, and write a prepared dataset directory.
+
+    Any delimited file: recfm prepare --events u.data --format tsv --no-header
+    --columns user_id,item_id,value,timestamp --out prep
+    """
     check_out(out, "prepared", overwrite, (events, items))  # before the (long) reading
     cfg = load_toml(TokenizerConfig, tokenizer) if tokenizer else None
+    options = ReadOptions(None, _sep(sep), header, _names(columns), encoding)
+    item_options = ReadOptions(item_format, _sep(item_sep), None, _names(item_columns),
+                               encoding)
     with steps("preparing") as on_step:
         on_step("reading")
-        raw = load_raw(events, items, fmt, parse_mapping(map_), parse_mapping(item_map))
+        raw = load_raw(events, items, fmt, parse_mapping(map_), parse_mapping(item_map),
+                       options, item_options, _names(item_flags), strict)
         report = prepare(raw, out, cfg, on_step=on_step, overwrite=overwrite)
     _print_report(report, out)
+
+
+def _sep(text: str | None) -> str | None:
+    """A separator as typed: ``tab`` or ``\\t`` for a tab."""
+    return "\t" if text in ("tab", "\\t", "TAB") else text
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
 def _print_report(report: dict, out: Path) -> None:
     t = Table(title=f"prepared {out}", show_header=False)
     t.add_row("dataset", str(report["dataset"]))
     t.add_row("users", f"{report['users']:,}")
-    t.add_row("items with events", f"{report['items_with_events']:,}")
-    t.add_row("events in", f"{report['events_in']:,}")
-    t.add_row("tokens out", f"{report['tokens_out']:,} "
-              f"(compression ×{report['compression_from_input']})")
+    t.add_row("items with tokens", f"{report['items_with_tokens']:,} "
+              f"({report['items_with_events']:,} in the events read)")
+    t.add_row("events in → tokens", f"{report['events_in']:,} → {report['tokens_out']:,} "
+              f"(×{report['compression_from_input']})")
     t.add_row("dropped", ", ".join(f"{k} {v:,}" for k, v in report["dropped"].items()) or "none")
     sl = report["sequence_length"]
     t.add_row("sequence length", f"p50 {sl['p50']:g}, p90 {sl['p90']:g}, p99 {sl['p99']:g}, "
@@ -145,5 +182,5 @@ def _print_report(report: dict, out: Path) -> None:
     loo = report["split"]["leave_one_out"]
     t.add_row("leave-one-out", f"{loo['users_evaluated']:,} users evaluated, "
               f"{loo['users_too_short']:,} too short (train only)")
-    t.add_row("wall time", f"{report['wall_s']:.2f} s")
+    t.add_row("wall time", f"{report['wall_s']:.2f} s (reading {report['read_s']:.2f} s)")
     console.print(t)

@@ -1,4 +1,4 @@
-"""`recfm train`, `recfm evaluate` and `recfm recommend`: make a run, measure it, ask it."""
+"""`recfm train` and `recfm evaluate`: make a run and measure it (asking it: recommend.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import polars as pl
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from recfm.adapt.incremental import INCREMENTAL_TRAIN, build_incremental_dataset
-from recfm.cli.output import (at_least_one, console, override, print_json,
+from recfm.cli.output import (console, override, print_json,
                               print_metrics_table, print_train_result, steps)
-from recfm.data.readers import read_events
-from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
 from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
@@ -31,7 +27,6 @@ from recfm.train.run import refuse_existing_run
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
-    app.command("recommend")(recommend_cmd)
 
 
 def train_cmd(
@@ -96,7 +91,7 @@ def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: P
     history = data_dir if data_dir is not None else \
         run_data_dir(init_from) if incremental else None
     with steps("tokenizing recent events"):
-        recent = read_events(events).drop("_line")
+        recent = Recommender.read_run_events(init_from, events)
         data_dir = out / "data"
         rep = build_incremental_dataset(init_from, recent, data_dir, history, replay,
                                         overwrite=True)
@@ -148,39 +143,3 @@ def evaluate_cmd(
         print_json(res)
         return
     print_metrics_table(res, f"{run} on {data} ({split}, full ranking, seen items excluded)")
-
-
-def recommend_cmd(
-    run: Path = typer.Argument(..., help="A run directory."),
-    user: Optional[str] = typer.Option(None, help="A known user id (history from --data)."),
-    events: Optional[Path] = typer.Option(None, help="Raw events of a (new) user."),
-    data: Optional[Path] = typer.Option(None, help="Prepared dataset with the user's history "
-                                        "(default: the one the run was trained on)."),
-    k: int = typer.Option(10, help="How many items.", callback=at_least_one("--k")),
-    include_seen: bool = typer.Option(False, help="Allow items already in the history."),
-    map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for --events."),
-    prompt: Optional[str] = typer.Option(None, help="A soft prompt of the run (recfm "
-                                         "prompt-tune), e.g. kids."),
-) -> None:
-    """Recommendations for a known user or from a file of raw events."""
-    if (user is None) == (events is None):
-        raise RecfmError("recommend: give exactly one of --user or --events")
-    rec = Recommender.from_pretrained(run)
-    if events is not None:
-        history = read_events(events, parse_mapping(map_)).drop("_line")
-    else:
-        data = data or run_data_dir(run, own=True)
-        if data is None:
-            raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data")
-        seqs = pl.read_parquet(data / "tokens.parquet")
-        history = seqs.filter(pl.col("user_id") == user)
-        if history.height == 0:
-            raise RecfmError(f"{data / 'tokens.parquet'}: expected user {user!r}, "
-                             "found no such user")
-    recs = rec.recommend(history, k=k, exclude_seen=not include_seen, prompt=prompt)
-    t = Table(title=f"top {k} for {user or events}")
-    for c in recs.columns:
-        t.add_column(c)
-    for row in recs.iter_rows():
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    console.print(t)

@@ -51,6 +51,9 @@ class Archive:
 
 
 MOVIELENS: dict[str, Archive] = {
+    "ml-100k": Archive(
+        "ml-100k", "ml-100k.zip", "ml-100k",
+        "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", 4924029),
     # SHA-256 and size: TensorFlow Datasets' checksums (see the module doc). None is
     # published for ml-10m (GroupLens's ml-10m.zip.md5 is ce571fd55effeba0271552578f2648bd)
     # or ml-32m: the caller must give sha256=.

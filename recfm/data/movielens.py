@@ -1,5 +1,6 @@
-"""MovieLens adapter: the CSV layout (ml-latest-small, ml-25m, ml-32m) and the ``::`` layout
-(ml-1m, ml-10m), read from a local folder into a :class:`MovieLensDataset`.
+"""MovieLens adapter: the CSV layout (ml-latest-small, ml-25m, ml-32m), the ``::`` layout
+(ml-1m, ml-10m) and the 100K layout (``u.data``, ``u.item``, ``u.genre``, ``u.user``), read
+from a local folder into a :class:`MovieLensDataset`.
 
 Errors name ``file:line:column`` with the file's own column names. Output columns, tags
 and file encodings: docs/guide/data.md.
@@ -13,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from recfm.data import schema
-from recfm.data.readers import RawDataset, check_utf8, read_csv
+from recfm.data.readers import RawDataset, ReadOptions, check_utf8, read_csv, read_table
 from recfm.data.schema import LINE
 from recfm.errors import InputError
 
@@ -30,6 +31,17 @@ TAGS_CSV = ("userId", "movieId", "tag", "timestamp")
 # Per layout: the fields of its ratings, tags and movies files.
 _FIELDS = {"csv": (RATINGS_CSV, TAGS_CSV, MOVIES_CSV), "dat": (RATINGS_DAT, TAGS_DAT, MOVIES_DAT)}
 
+# The 100K layout: tab-separated u.data, '|'-separated latin-1 u.item and u.user.
+DATA_100K = ("user id", "item id", "rating", "timestamp")
+ITEM_100K = ("movie id", "movie title", "release date", "video release date", "IMDb URL")
+USER_100K = ("user id", "age", "gender", "occupation", "zip code")
+GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+               "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+               "Romance", "Sci-Fi", "Thriller", "War", "Western")
+# Age groups of ml-1m's users, used for u.user's ages (a facet of every event).
+AGE_GROUPS = ((18, "under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"),
+              (56, "50-55"))
+
 NO_GENRES = "(no genres listed)"
 # A trailing "(1995)", or a range such as "(2006–2007)" / "(2006-)" whose start year is taken.
 _YEAR_RE = r"\s*\((\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)$"
@@ -42,35 +54,38 @@ class MovieLensDataset(RawDataset):
     tags: pl.DataFrame | None = None
 
 
+# The file that marks each layout's folder.
+RATINGS = {"csv": "ratings.csv", "dat": "ratings.dat", "100k": "u.data"}
+
+
+def _layout(root: Path) -> str | None:
+    return next((lay for lay, name in RATINGS.items() if (root / name).is_file()), None)
+
+
 def _find_root(path: Path) -> Path | None:
-    """The folder holding ratings.csv / ratings.dat, or None."""
+    """The folder holding ratings.csv, ratings.dat or u.data, or None."""
     if path.is_file():
-        return path.parent if path.name in ("ratings.csv", "ratings.dat") else None
+        return path.parent if path.name in RATINGS.values() else None
     if not path.is_dir():
         return None
-    if (path / "ratings.csv").is_file() or (path / "ratings.dat").is_file():
+    if _layout(path) is not None:
         return path
     # An extracted archive: dest/ml-10M100K/ratings.dat given as dest.
     subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(subs) == 1 and ((subs[0] / "ratings.csv").is_file()
-                           or (subs[0] / "ratings.dat").is_file()):
-        return subs[0]
-    return None
+    return subs[0] if len(subs) == 1 and _layout(subs[0]) is not None else None
 
 
 def detect(path: str | Path) -> bool:
-    """True for a MovieLens folder (or its ratings file) in either layout."""
+    """True for a MovieLens folder (or its ratings file) in any layout."""
     root = _find_root(Path(path))
     if root is None:
         return False
-    csv = root / "ratings.csv"
-    if csv.is_file():
-        with open(csv, "rb") as f:
-            head = f.readline().decode("utf-8", "replace").strip().lstrip("\ufeff")
+    layout = _layout(root)
+    with open(root / RATINGS[layout], "rb") as f:
+        head = f.readline().decode("latin-1").strip().lstrip("\ufeff").removeprefix("ï»¿")
+    if layout == "csv":
         return head.split(",")[:3] == ["userId", "movieId", "rating"]
-    with open(root / "ratings.dat", "rb") as f:
-        head = f.readline().decode("latin-1").strip()
-    return head.count("::") == 3
+    return head.count("::") == 3 if layout == "dat" else len(head.split("\t")) == 4
 
 
 def load(path: str | Path, *, tags: bool = True, encoding: str = "auto") -> MovieLensDataset:
@@ -80,8 +95,11 @@ def load(path: str | Path, *, tags: bool = True, encoding: str = "auto") -> Movi
     if root is None:
         found = "nothing at that path" if not path.exists() else "no ratings.csv or ratings.dat"
         raise InputError(str(path), None, None,
-                         "a MovieLens folder with ratings.csv or ratings.dat", found)
-    return _load(root, "csv" if (root / "ratings.csv").is_file() else "dat", tags, encoding)
+                         "a MovieLens folder with ratings.csv, ratings.dat or u.data", found)
+    layout = _layout(root)
+    if layout == "100k":
+        return _load_100k(root, encoding)
+    return _load(root, layout, tags, encoding)
 
 
 def _load(root: Path, layout: str, want_tags: bool, encoding: str) -> MovieLensDataset:
@@ -95,8 +113,9 @@ def _load(root: Path, layout: str, want_tags: bool, encoding: str) -> MovieLensD
 
     ratings = root / f"ratings.{layout}"
     events = _ratings_events(read(ratings, ratings_fields), str(ratings), ratings_fields)
-    meta = {"name": NAME, "format": NAME, "layout": layout, "has_time": True,
-            "value_kind": "rating", "tokenizer": {"value_agg": "max"}}
+    meta = _meta(layout, ReadOptions(
+        format="csv", sep="," if layout == "csv" else "::", columns=None if layout == "csv"
+        else list(ratings_fields), map=dict(zip(EVENT_COLUMNS, ratings_fields))))
     tags_file = root / f"tags.{layout}"
     tag_table = None
     if want_tags and tags_file.is_file():
@@ -113,7 +132,84 @@ def _load(root: Path, layout: str, want_tags: bool, encoding: str) -> MovieLensD
                             str(movies) if items is not None else None, meta, tags=tag_table)
 
 
+def _meta(layout: str, ratings: ReadOptions) -> dict:
+    """The dataset's meta; ``ratings``: how its ratings file reads (a file shaped like it is
+    then read the same way by ``recommend --events``)."""
+    ratings.constants = {"action": "rate"}
+    return {"name": NAME, "format": NAME, "layout": layout, "has_time": True,
+            "value_kind": "rating", "tokenizer": {"value_agg": "max"},
+            "input": ratings.to_dict()}
+
+
+def _load_100k(root: Path, encoding: str) -> MovieLensDataset:
+    """u.data (+ u.user's age group, gender and occupation on each event) and u.item with
+    u.genre's names for its genre flags."""
+    data = root / "u.data"
+    raw = read_table(data, ReadOptions(format="tsv", columns=list(DATA_100K),
+                                       encoding=_encoding(data, encoding)))
+    events = _ratings_events(raw, str(data), DATA_100K)
+    users = root / "u.user"
+    if users.is_file():
+        events = _with_users(events, users, encoding)
+    meta = _meta("100k", ReadOptions(format="tsv", columns=list(EVENT_COLUMNS)))
+    movies = root / "u.item"
+    items = None
+    if movies.is_file():
+        genres = _genre_names(root / "u.genre", encoding)
+        raw = read_table(movies, ReadOptions(format="csv", sep="|", columns=[
+            *ITEM_100K, *genres], encoding=_encoding(movies, encoding)))
+        raw = schema.flags_to_genres(raw, list(genres), str(movies))
+        raw = raw.with_columns(pl.col("genres").list.join("|"))
+        items = _movie_items(raw, str(movies), (*ITEM_100K[:2], "genres"), None)
+        from_date = raw["release date"].str.extract(r"(\d{4})$", 1).cast(pl.Int64)
+        items = items.with_columns(pl.col("release_year").fill_null(from_date))
+    return MovieLensDataset(events, items, str(data), str(movies) if items is not None
+                            else None, meta)
+
+
+def _encoding(path: Path, encoding: str) -> str:
+    """``encoding``, or for ``auto`` UTF-8 when the file is, else latin-1."""
+    if encoding != "auto":
+        return encoding
+    try:
+        path.read_bytes().decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _genre_names(path: Path, encoding: str) -> tuple[str, ...]:
+    """The genre of each flag column, in order, from u.genre (``name|index`` lines)."""
+    if not path.is_file():
+        return GENRES_100K
+    raw = read_table(path, ReadOptions(format="csv", sep="|", columns=["genre", "index"],
+                                       encoding=_encoding(path, encoding)))
+    raw = raw.filter(pl.col("genre").str.strip_chars().fill_null("") != "")
+    return tuple(raw.sort(pl.col("index").cast(pl.Int64, strict=False))["genre"].to_list())
+
+
+def _with_users(events: pl.DataFrame, path: Path, encoding: str) -> pl.DataFrame:
+    """``events`` with each user's ``age_group``, ``gender`` and ``occupation`` (u.user)."""
+    raw = read_table(path, ReadOptions(format="csv", sep="|", columns=list(USER_100K),
+                                       encoding=_encoding(path, encoding)))
+    age = pl.col("age").cast(pl.Int64, strict=False)
+    bad = raw.select(age.is_null())["age"]
+    if bad.any():
+        line, idx = schema.first_bad(raw, bad)
+        raise InputError(str(path), line, "age", "an age in years", repr(raw["age"][idx]))
+    group = pl.lit("56+")
+    for limit, name in reversed(AGE_GROUPS):
+        group = pl.when(age < limit).then(pl.lit(name)).otherwise(group)
+    users = raw.select(pl.col("user id").alias("user_id"), group.alias("age_group"),
+                       pl.col("gender").str.strip_chars(), pl.col("occupation").str.strip_chars())
+    return events.join(users, on="user_id", how="left", maintain_order="left") \
+        .select(*[c for c in events.columns if c != LINE], "age_group", "gender", "occupation",
+                LINE)
+
+
 # --------------------------------------------------------------------------- shared steps
+
+EVENT_COLUMNS = ("user_id", "item_id", "value", "timestamp")  # a ratings file's, in order
 
 def _events(raw: pl.DataFrame, file: str, names: dict[str, str], *extra: pl.Expr
             ) -> pl.DataFrame:

@@ -112,7 +112,69 @@ def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what
     for col in required:
         if col not in df.columns:
             found = ", ".join(c for c in df.columns if c != LINE) or "no columns"
-            raise InputError(file, 1, col, f"{what} column {col!r}", f"columns {found}")
+            raise InputError(file, 1, col, f"{what} column {col!r} (--map {col}=NAME names "
+                             "yours)", f"columns {found}")
+
+
+SEPARATORS = {"\t": "--format tsv", ";": "--sep ';'", "|": "--sep '|'", "::": "--sep '::'"}
+
+
+def hint_header(df: pl.DataFrame, file: str, required: tuple[str, ...], options) -> None:
+    """When a ``required`` column is missing because of how the file was read — a first
+    line of data taken for a header, or the wrong separator — an InputError saying which
+    reading options (``options``: :class:`~recfm.data.readers.ReadOptions`) would fix it."""
+    if all(c in df.columns for c in required):
+        return
+    names = [c for c in df.columns if c != LINE]
+    cols = ",".join((*required, "…"))
+    if len(names) == 1:
+        sep = next((s for s in SEPARATORS if s in names[0]), None)
+        if sep is not None:
+            raise InputError(file, 1, None, f"several fields ({SEPARATORS[sep]} reads "
+                             f"{sep!r}-separated ones)", f"one field {shorten(names[0])}")
+    if options.header is not False and not options.columns and sum(
+            n.strip().replace(".", "", 1).lstrip("-").isdigit() for n in names) >= 2:
+        raise InputError(file, 1, None, f"a header naming the columns (or --no-header "
+                         f"--columns {cols} naming them)",
+                         f"a first line of values: {shorten(', '.join(names), 60)}")
+    if options.columns and not options.map:
+        raise InputError(file, 1, next(c for c in required if c not in df.columns),
+                         f"a --columns name (give {cols})", f"{', '.join(options.columns)}")
+
+
+def flag_columns(df: pl.DataFrame, spec: list[str], file: str) -> list[str]:
+    """The columns ``spec`` names: names, or ``FIRST..LAST`` for a run of them."""
+    names = [c for c in df.columns if c != LINE]
+    out: list[str] = []
+    for part in spec:
+        first, _, last = part.partition("..")
+        for name in (first, last) if last else (first,):
+            if name not in names:
+                raise InputError(file, 1, name, "a flag column (--item-flags)",
+                                 f"columns {', '.join(names)}")
+        out += names[names.index(first):names.index(last) + 1] if last else [first]
+    return out
+
+
+def flags_to_genres(df: pl.DataFrame, flags: list[str], file: str) -> pl.DataFrame:
+    """One-hot ``flags`` columns (1/0, true/false, yes/no) → the ``genres`` list of the
+    names set on each row, appended to any ``genres`` already there; the flags dropped."""
+    values = {"1": True, "0": False, "true": True, "false": False, "yes": True, "no": False,
+              "": False}
+    sets = []
+    for col in flags:
+        text = _as_string(df[col]).str.strip_chars().str.to_lowercase().fill_null("")
+        bad = ~text.is_in(list(values))
+        if bad.any():
+            line, idx = first_bad(df, bad)
+            raise InputError(file, line, col, "a flag: 1 or 0 (true/false, yes/no)",
+                             shorten(df[col][idx]))
+        sets.append(pl.when(text.replace_strict(values, return_dtype=pl.Boolean))
+                    .then(pl.lit(col)))
+    genres = pl.concat_list(sets).list.drop_nulls()
+    if "genres" in df.columns:
+        genres = pl.concat_list(_as_list(df["genres"]), genres)
+    return df.with_columns(genres.alias("genres")).drop(flags)
 
 
 def _as_string(s: pl.Series) -> pl.Series:

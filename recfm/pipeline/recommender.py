@@ -12,6 +12,8 @@ data and without pickle.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ import polars as pl
 import torch
 
 from recfm.tokens.batching import SequenceStore, history_batches
-from recfm.data.schema import normalize_events
-from recfm.errors import ConfigError, InputError, shorten
+from recfm.data.readers import ReadOptions, read_events
+from recfm.data.schema import LINE, normalize_events
+from recfm.errors import ConfigError, InputError, reading, shorten
 from recfm.model.foundation import FoundationModel, read_vocabulary
 from recfm.model.objectives import rollout_scores, window_head
 from recfm.io import atomic_write_file
@@ -83,23 +86,43 @@ class Recommender:
         return tokenize(ev, self.tokenizer.config, fitted=self.tokenizer,
                         has_time=self.tokenizer.has_time).tokens
 
-    def store(self, histories: Any, ignore_unknown: bool = False) -> SequenceStore:
-        """Histories as a sequences frame, a list of item-id lists, or raw event frames. An
-        id the catalog lacks is an error, or with ``ignore_unknown`` an unknown-item token."""
+    def read_events(self, path: str | Path, mapping: dict[str, str] | None = None,
+                    options: ReadOptions | None = None) -> pl.DataFrame:
+        """Raw events from a file shaped like the run's training data: read with the options
+        the data was prepared with (:meth:`ReadOptions.for_file`), unless ``options`` are
+        given; ``mapping`` adds column names."""
+        meta = self.tokenizer.meta if self.tokenizer is not None else {}
+        opt = options or ReadOptions.from_dict(meta.get("input")).for_file(path)
+        return read_events(path, mapping, opt).drop(LINE)
+
+    @staticmethod
+    def read_run_events(run: str | Path, path: str | Path) -> pl.DataFrame:
+        """:meth:`read_events` for a run directory, without loading its model."""
+        with reading(Path(run) / "tokenizer.json", "a run's tokenizer (JSON)"):
+            meta = json.loads((Path(run) / "tokenizer.json").read_text()).get("meta", {})
+        return read_events(path, None, ReadOptions.from_dict(meta.get("input")).for_file(path)
+                           ).drop(LINE)
+
+    def sequences(self, histories: Any, ignore_unknown: bool = False) -> pl.DataFrame:
+        """Histories as a sequences frame, a list of item-id lists, or raw event frames, as a
+        sequences frame. An id the catalog lacks is an error, or with ``ignore_unknown`` an
+        unknown-item token."""
         if isinstance(histories, pl.DataFrame) and "item" in histories.columns:
-            seqs = histories
-        elif isinstance(histories, pl.DataFrame):  # raw events (canonical columns)
-            seqs = self.tokenize_events(histories)
-        else:
-            index = self.tokenizer.item_index() if self.tokenizer else {}
-            unknown = [i for h in histories for i in h if str(i) not in index]
-            if unknown and self.tokenizer and not ignore_unknown:
-                raise InputError("<history>", None, "item_id", "item ids of this run's "
-                                 "catalog (ignore_unknown=True skips others)",
-                                 f"{len(unknown)} unknown, e.g. {shorten(unknown[0])}")
-            rows = [[index.get(str(i), UNK) for i in h] for h in histories]
-            seqs = pl.DataFrame({"item": rows}, schema={"item": pl.List(pl.Int64)})
-        return SequenceStore(seqs, self.model.input_columns)
+            return histories
+        if isinstance(histories, pl.DataFrame):  # raw events (canonical columns)
+            return self.tokenize_events(histories)
+        index = self.tokenizer.item_index() if self.tokenizer else {}
+        unknown = [i for h in histories for i in h if str(i) not in index]
+        if unknown and self.tokenizer and not ignore_unknown:
+            raise InputError("<history>", None, "item_id", "item ids of this run's "
+                             "catalog (ignore_unknown=True skips others)",
+                             f"{len(unknown)} unknown, e.g. {shorten(unknown[0])}")
+        rows = [[index.get(str(i), UNK) for i in h] for h in histories]
+        return pl.DataFrame({"item": rows}, schema={"item": pl.List(pl.Int64)})
+
+    def store(self, histories: Any, ignore_unknown: bool = False) -> SequenceStore:
+        """:meth:`sequences` as a :class:`SequenceStore` of the model's input columns."""
+        return SequenceStore(self.sequences(histories, ignore_unknown), self.model.input_columns)
 
     def context_store(self, context: dict[str, Any] | None = None) -> SequenceStore:
         """The history of a member with no events: one unknown-item token carrying the
@@ -198,6 +221,44 @@ class Recommender:
         if self.items is not None and "title" in self.items.columns:
             out = out.join(self.items.select("item_id", "title"), on="item_id", how="left")
         return out
+
+    @torch.no_grad()
+    def recommend_batches(self, histories: Any, k: int = 10, exclude_seen: bool = True,
+                          prompt: str | None = None, horizon: str = "next",
+                          batch_size: int = 256) -> Iterator[pl.DataFrame]:
+        """:meth:`recommend` for many users (forms: :meth:`sequences`; a frame's ``user_id``
+        names them, else their position), one frame of ``user_id``, ``rank``, ``item_id``,
+        ``score`` per batch of ``batch_size`` users, in order: nothing of the size users ×
+        items is held at once (``next``: :meth:`FoundationModel.top_items`)."""
+        if k < 1:
+            raise ConfigError(f"k: expected at least 1 item, found {k}")
+        if horizon not in ("next", "window"):
+            raise ConfigError(f"horizon: expected next or window for many users, found "
+                              f"{horizon!r} (rollout takes one history: recommend)")
+        seqs = self.sequences(histories)
+        store = SequenceStore(seqs, self.model.input_columns)
+        users = (seqs["user_id"].cast(pl.Utf8) if "user_id" in seqs.columns
+                 else pl.Series("user_id", range(len(store))).cast(pl.Utf8)).to_numpy()
+        ids = np.asarray(["", "", ""][:N_RESERVED_ITEMS] + list(self.tokenizer.item_ids)
+                         if self.tokenizer else range(self.cfg.n_items)).astype(str)
+        model = self.model
+        model.eval()
+        extra = {"soft_prompt": self.prompt_vectors(prompt)} if prompt is not None else {}
+        for rows, batch in history_batches(store, model.context_len, batch_size):
+            vec = model.last_hidden({**batch, **extra})
+            seen = store.history_items(rows) if exclude_seen else None
+            if horizon == "next":
+                top_s, top_i = self.model.top_items(vec, min(k, self.cfg.n_items), seen=seen)
+            else:
+                scores = self.model.score(vec, horizon)
+                if seen is not None:
+                    scores[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = float("-inf")
+                top_s, top_i = torch.topk(scores, min(k, scores.shape[1]))
+            keep = torch.isfinite(top_s).numpy()  # fewer than k items left to recommend
+            b = np.nonzero(keep)
+            yield pl.DataFrame({"user_id": users[rows][b[0]], "rank": b[1] + 1,
+                                "item_id": ids[top_i.numpy()[b]],
+                                "score": top_s.numpy()[b].astype(np.float64)})
 
     def _rollout(self, store: SequenceStore, seen: np.ndarray, exclude_seen: bool,
                  prompt: str | None) -> torch.Tensor:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from recfm import __version__
 from recfm.data import amazon, movielens, s3rec, synthetic
-from recfm.data.readers import RawDataset, read_generic
+from recfm.data.readers import FILE_FORMATS, RawDataset, ReadOptions, read_generic
 from recfm.data.schema import check_times, iso_time
 from recfm.data.splits import leave_one_out
 from recfm.errors import InputError, reading
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # The layouts ``auto`` detects, in the order it tries them (anything else is ``generic``).
 LAYOUTS = {"synthetic": synthetic, "movielens": movielens, "s3rec": s3rec, "amazon": amazon}
-FORMATS = ("auto", "generic", *LAYOUTS)
+FORMATS = ("auto", "generic", *LAYOUTS, *FILE_FORMATS)
 
 
 def load_raw(
@@ -46,29 +46,50 @@ def load_raw(
     fmt: str = "auto",
     event_map: dict[str, str] | None = None,
     item_map: dict[str, str] | None = None,
-    *,
+    options: ReadOptions | None = None,
+    item_options: ReadOptions | None = None,
+    item_flags: list[str] | None = None,
     strict: bool = False,
 ) -> RawDataset:
-    """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``.
-    ``strict``: refuse Amazon reviews of items absent from the metadata (else dropped)."""
+    """Read a dataset in any supported layout (``fmt``), detecting it when ``auto``; a file
+    format (csv, tsv, jsonl, parquet) reads ``events`` as one file of that format.
+    ``options``, ``item_options``, ``item_flags``: see :func:`recfm.data.readers.read_generic`
+    (a layout reads its files its own way). ``strict``: refuse Amazon reviews of items
+    absent from the metadata (else dropped)."""
     path = Path(events)
     if not path.exists():
         raise InputError(str(path), None, None, "an existing file or folder", "nothing at that path")
     if fmt not in FORMATS:
         raise InputError("--format", None, None, f"one of {', '.join(FORMATS)}", repr(fmt))
+    if fmt in FILE_FORMATS:
+        options = dataclasses.replace(options or ReadOptions(), format=fmt)
+        fmt = "generic"
+    if fmt == "auto" and (options or ReadOptions()).format is not None:
+        fmt = "generic"
     if fmt == "auto":
         fmt = next((name for name, layout in LAYOUTS.items() if layout.detect(path)), "generic")
     log.info("reading %s as %s", path, fmt)
+    t0 = time.perf_counter()
+    if fmt in LAYOUTS:
+        raw = _read_layout(fmt, path, items, strict)
+    elif path.is_dir():
+        raise InputError(str(path), None, None, "an event file (or a folder in a known layout: "
+                         f"--format {'|'.join(LAYOUTS)})", "a folder in no known layout")
+    else:
+        raw = read_generic(path, items, event_map, item_map, options, item_options, item_flags)
+        if items is not None:
+            raw.meta["items_input"] = {**(item_options or ReadOptions()).to_dict(),
+                                       "map": item_map or {}, "flags": item_flags or []}
+    raw.meta["read_s"] = round(time.perf_counter() - t0, 3)
+    return raw
+
+
+def _read_layout(fmt: str, path: Path, items: str | Path | None, strict: bool) -> RawDataset:
     if fmt == "synthetic":
         return synthetic.load_world(path)
     if fmt == "amazon":
         return amazon.load(path, items if items is not None else "auto", strict=strict)
-    if fmt in LAYOUTS:
-        return LAYOUTS[fmt].load(path)
-    if path.is_dir():
-        raise InputError(str(path), None, None, "an event file (or a folder in a known layout)",
-                         "a folder in no known layout")
-    return read_generic(path, items, event_map, item_map)
+    return LAYOUTS[fmt].load(path)
 
 
 def resolve_tokenizer_config(raw: RawDataset, user: TokenizerConfig | None) -> TokenizerConfig:
@@ -126,7 +147,10 @@ def prepare(
         raise InputError(raw.events_file, None, None, "at least one event that becomes a token",
                          f"none of {result.events_in} (dropped: {dropped or 'none'})")
     tok = result.tokenizer
-    tok.meta = {"dataset": raw.meta.get("name"), "value_kind": raw.meta.get("value_kind")}
+    # how the input files read: later files shaped like them read the same way
+    inputs = {k: raw.meta[k] for k in ("input", "items_input") if k in raw.meta}
+    tok.meta = {"dataset": raw.meta.get("name"), "value_kind": raw.meta.get("value_kind"),
+                **inputs}
     seqs = result.tokens
 
     ev = raw.events
@@ -148,6 +172,7 @@ def prepare(
         "users": seqs.height,
         "users_in": int(ev["user_id"].n_unique()),
         "items_with_events": int(ev["item_id"].n_unique()),
+        "items_with_tokens": int(seqs.select(pl.col("item").explode().n_unique()).item()),
         "items_in_vocabulary": len(tok.item_ids),
         "catalog_items": raw.items.height if raw.items is not None else None,
         "has_time": has_time,
@@ -157,6 +182,7 @@ def prepare(
         "split": {"leave_one_out": split.counts},
         "tokenizer": dataclasses.asdict(cfg),
         "adapter": raw.meta.get("report", {}),
+        **inputs,
     }
 
     step("writing")
@@ -165,7 +191,9 @@ def prepare(
         seqs.write_parquet(tmp / "tokens.parquet", compression="zstd", row_group_size=2048)
         items_table.write_parquet(tmp / "items.parquet", compression="zstd")
         tok.save(tmp / "tokenizer.json")
-        report["wall_s"] = round(time.perf_counter() - t0, 3)
+        # reading (load_raw) included: the time the whole command took
+        report["read_s"] = raw.meta.get("read_s", 0.0)
+        report["wall_s"] = round(time.perf_counter() - t0 + report["read_s"], 3)
         atomic_write_json(tmp / "report.json", report)
     log.info("prepared %s: %d events → %d tokens for %d users in %.1fs", out,
              result.events_in, tokens_out, seqs.height, report["wall_s"])
@@ -234,6 +262,7 @@ def describe(path: str | Path, top: int = 10) -> dict[str, Any]:
         if ts is not None and ds.tokenizer.has_time else None,
         "facets": {k: len(v) for k, v in ds.tokenizer.facets.items()},
         "top_items": top_items.to_dicts(),
-        "report": {k: ds.report.get(k) for k in ("events_in", "tokens_out", "compression",
-                                                 "dropped")},
+        "report": {k: ds.report.get(k) for k in ("events_in", "tokens_out",
+                                                 "compression_from_input", "dropped",
+                                                 "items_with_events")},
     }

@@ -328,7 +328,8 @@ def _drop_unknown_items(events: pl.DataFrame, cfg: TokenizerConfig, items: pl.Da
         idx = int((~known).arg_true()[0])
         line = int(events[LINE][idx]) if LINE in events.columns else idx + 1
         raise InputError(events_file, line, "item_id",
-                         f"an item id present in the catalog {items_file}",
+                         f"an item id present in the catalog {items_file} (unknown_items = "
+                         '"drop" in a --tokenizer TOML drops and counts the others)',
                          shorten(events["item_id"][idx]))
     dropped["item_not_in_catalog"] += int((~known).sum())
     return events.filter(known)

@@ -114,3 +114,44 @@ def test_a_damaged_run_is_refused_unless_no_verify(trained, tmp_path):
     res = subprocess.run([sys.executable, "-m", "recfm", "evaluate", str(damaged), "--data",
                           "prepared"], capture_output=True, text=True, cwd=trained)
     assert res.returncode == 2 and "model.safetensors" in res.stderr
+
+
+def test_recommend_for_several_users_in_one_call(trained):
+    """issue 19.7: ``--user A --user B`` kept only the last."""
+    res = run("recommend", "run", "--user", "u00001", "--user", "u00002", "--k", "3",
+              cwd=trained)
+    assert "top 3 for u00001" in res.stdout and "top 3 for u00002" in res.stdout
+    res = run("recommend", "run", "--user", "u00001", "--user", "u00002", "--k", "3",
+              "--json", cwd=trained)
+    out = json.loads(res.stdout)
+    assert [u["user_id"] for u in out] == ["u00001", "u00002"]
+    assert [len(u["items"]) for u in out] == [3, 3]
+    assert set(out[0]["items"][0]) >= {"rank", "item_id", "score"}
+
+
+def test_recommend_every_user_to_a_file(trained):
+    """issue 19.7: batch scoring of all users (or a file of ids) to Parquet / JSON lines."""
+    import polars as pl
+
+    run("recommend", "run", "--users", "all", "--k", "7", "--out", "recs.parquet",
+        cwd=trained)
+    recs = pl.read_parquet(trained / "recs.parquet")
+    users = pl.read_parquet(trained / "prepared" / "tokens.parquet")
+    assert recs["user_id"].n_unique() == users.height and recs.height == 7 * users.height
+    assert recs.group_by("user_id").agg(pl.col("rank").max())["rank"].max() == 7
+    # the same ranking as one user at a time
+    one = json.loads(run("recommend", "run", "--user", "u00003", "--k", "7", "--json",
+                         cwd=trained).stdout)[0]["items"]
+    assert recs.filter(pl.col("user_id") == "u00003")["item_id"].to_list() == \
+        [r["item_id"] for r in one]
+    res = subprocess.run([sys.executable, "-m", "recfm", "recommend", "run", "--users", "all",
+                          "--out", "recs.parquet"], cwd=trained, capture_output=True, text=True)
+    assert res.returncode == 2 and "--overwrite" in res.stderr  # never replaced unasked
+    (trained / "ids.txt").write_text("u00002\nu00004\n")
+    run("recommend", "run", "--users", "ids.txt", "--k", "2", "--out", "some.jsonl",
+        cwd=trained)
+    lines = [json.loads(x) for x in (trained / "some.jsonl").read_text().splitlines()]
+    assert [x["user_id"] for x in lines] == ["u00002", "u00004"]
+    res = subprocess.run([sys.executable, "-m", "recfm", "recommend", "run", "--users", "all"],
+                         cwd=trained, capture_output=True, text=True)
+    assert res.returncode == 2 and "--out" in res.stderr  # 150 tables would scroll away

@@ -162,8 +162,11 @@ def test_known_urls_and_checksums() -> None:
         "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
     assert download.movielens_url("ml-10m") == \
         "https://files.grouplens.org/datasets/movielens/ml-10m.zip"
-    assert set(download.MOVIELENS) == {"ml-latest-small", "ml-1m", "ml-10m", "ml-25m",
-                                       "ml-32m"}
+    assert set(download.MOVIELENS) == {"ml-100k", "ml-latest-small", "ml-1m", "ml-10m",
+                                       "ml-25m", "ml-32m"}
+    # TensorFlow Datasets' url_checksums/movielens.txt (the module doc's commit)
+    assert download.MOVIELENS["ml-100k"].sha256 == \
+        "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"
     for spec in download.MOVIELENS.values():
         assert spec.sha256 is None or len(spec.sha256) == 64
     assert download.MOVIELENS["ml-10m"].folder == "ml-10M100K"
