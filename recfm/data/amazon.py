@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from recfm.data import schema
-from recfm.data.readers import RawDataset
+from recfm.data.readers import RawDataset, ReadOptions
 from recfm.data.schema import LINE
 from recfm.errors import InputError, shorten
 
@@ -460,7 +460,11 @@ def load(path: str | Path, meta: str | Path | None = "auto", *,
     info: dict[str, Any] = {
         "name": NAME, "format": NAME, "category": _category(reviews), "has_time": True,
         "value_kind": "rating",
-        "tokenizer": {"value_agg": "max", "unknown_items": "error" if strict else "drop"}}
+        "tokenizer": {"value_agg": "max", "unknown_items": "error" if strict else "drop"},
+        # a later reviews file reads as JSON lines (recommend --events, incremental training)
+        "input": ReadOptions(format="jsonl", map=dict(_EVENT_NAMES),
+                             constants={"action": "review"},
+                             keep=[*_EVENT_NAMES, "action"]).to_dict()}
     if meta_file is None:
         log.info("%s: no metadata (name a meta_<Category> file with meta= / --items); items "
                  "have no titles", reviews)

@@ -68,6 +68,9 @@ class ReadOptions:
     """Columns every row gets, e.g. ``{"action": "rate"}`` for a ratings file."""
     lenient: bool = False
     """Skip a ``map`` entry whose source column is missing when its recfm column is there."""
+    keep: list[str] | None = None
+    """The (recfm) columns kept, when the file has others that are no event facet (the
+    text of a review); None: all."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ReadOptions":
@@ -88,7 +91,7 @@ class ReadOptions:
             return self
         if self.format in (None, fmt):
             return self
-        return ReadOptions(map=self.map, constants=self.constants, lenient=True)
+        return ReadOptions(map=self.map, constants=self.constants, lenient=True, keep=self.keep)
 
 
 def detect_format(path: Path) -> Literal["parquet", "csv", "tsv", "jsonl"]:
@@ -358,8 +361,10 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> pl.DataF
     mapping = {k: v for k, v in opt.map.items() if not opt.lenient or v in df.columns
                or k not in df.columns}
     df = schema.apply_mapping(df, mapping, str(path))
-    return df.with_columns(pl.lit(v, pl.Utf8).alias(k) for k, v in opt.constants.items()
-                           if not opt.lenient or k not in df.columns)
+    df = df.with_columns(pl.lit(v, pl.Utf8).alias(k) for k, v in opt.constants.items()
+                         if not opt.lenient or k not in df.columns)
+    return df if opt.keep is None else df.select(c for c in df.columns if c in opt.keep
+                                                 or c == LINE)
 
 
 def read_events(path: str | Path, mapping: dict[str, str] | None = None,

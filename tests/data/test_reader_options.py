@@ -173,3 +173,24 @@ def test_prepare_and_describe_agree(tmp_path):
     assert report["items_with_events"] == described["report"]["items_with_events"]
     assert report["compression_from_input"] == described["report"]["compression_from_input"]
     assert report["wall_s"] >= report["read_s"] > 0
+
+
+def test_amazon_reviews_read_later_like_the_training_dump(tmp_path):
+    """The adapter's shape is remembered too: a later reviews file gives canonical events
+    (no review text or style object as facets)."""
+    from recfm.pipeline import Recommender
+
+    reviews = [{"overall": 4.0, "reviewerID": f"A{u}", "asin": f"B{(u + j) % 5}",
+                "style": {"Format:": " Kindle"}, "reviewText": "good", "summary": "s",
+                "verified": True, "unixReviewTime": 1472688000 + 1000 * j}
+               for u in range(6) for j in range(4)]
+    with gzip.open(tmp_path / "Games_5.json.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in reviews)
+    with gzip.open(tmp_path / "meta_Games.json.gz", "wt") as f:
+        f.writelines(json.dumps({"asin": f"B{i}", "title": f"Game {i}"}) + "\n"
+                     for i in range(5))
+    cli("prepare", "--events", "Games_5.json.gz", "--items", "meta_Games.json.gz", "--out",
+        "prep", cwd=tmp_path)
+    later = Recommender.read_run_events(tmp_path / "prep", tmp_path / "Games_5.json.gz")
+    assert later.columns == ["user_id", "item_id", "timestamp", "action", "value"]
+    assert later.height == len(reviews) and set(later["action"]) == {"review"}
