@@ -7,9 +7,7 @@ from typing import Optional
 
 import typer
 
-from recfm.adapt.new_items import add_items
 from recfm.cli.output import OVERWRITE, at_least_one, console, steps
-from recfm.content.store import embed_dataset
 
 content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attribute embeddings.")
 
@@ -29,6 +27,7 @@ def content_embed(
                                          "(default: $RECFM_CACHE_DIR or ~/.cache/recfm)."),
 ) -> None:
     """Embed every item's content; `recfm train` then combines it with the id embeddings."""
+    from recfm.content.store import embed_dataset
     with steps("content") as on_step:
         meta = embed_dataset(data_dir, embedder, cache, on_step=on_step)
     hits = f", {meta['cache_hits']:,} from the cache" if meta.get("cache_hits") else ""
@@ -56,6 +55,7 @@ def add_items_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Add new titles to a run without retraining; existing items keep ids and weights."""
+    from recfm.adapt.new_items import add_items
     with steps("adding items") as on_step:
         rep = add_items(run, items, out, init=init, k=k, embedder=embedder, vectors=vectors,
                         cache_dir=cache, on_step=on_step, overwrite=overwrite)

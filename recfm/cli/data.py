@@ -10,14 +10,8 @@ from rich.table import Table
 
 from recfm.cli.output import OVERWRITE, at_least_one, console, print_json, steps
 from recfm.config import load_toml
-from recfm.data import synthetic
-from recfm.data.download import download_movielens
-from recfm.data.readers import ReadOptions
-from recfm.data.schema import parse_mapping
 from recfm.errors import RecfmError
 from recfm.io import check_out
-from recfm.tokens.prepare import describe, load_raw, prepare
-from recfm.tokens.tokenizer import TokenizerConfig
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, describe, download.")
 
@@ -41,6 +35,7 @@ def data_synth(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate the synthetic streaming world (events, items, ground truth)."""
+    from recfm.data import synthetic
     cfg = synthetic.SynthConfig(seed=seed, n_users=users, n_items=items,
                                 events_per_user=events_per_user, habit_fraction=habit_fraction,
                                 completion_sigma=completion_sigma)
@@ -64,6 +59,7 @@ def data_describe(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Counts, sequence-length percentiles, top items and time range."""
+    from recfm.tokens.prepare import describe
     d = describe(path, top=top)
     if as_json:
         print_json(d)
@@ -103,6 +99,7 @@ def data_download(
     base_url: Optional[str] = typer.Option(None, help="Mirror to download from."),
 ) -> None:
     """Download a MovieLens dataset (needs internet) and verify its SHA-256."""
+    from recfm.data.download import download_movielens
     path = download_movielens(name, dest, base_url=base_url, sha256=sha256)
     console.print(f"extracted to {path}")
 
@@ -145,6 +142,10 @@ def prepare_cmd(
     Any delimited file: recfm prepare --events u.data --format tsv --no-header
     --columns user_id,item_id,value,timestamp --out prep
     """
+    from recfm.data.readers import ReadOptions
+    from recfm.data.schema import parse_mapping
+    from recfm.tokens.prepare import load_raw, prepare
+    from recfm.tokens.tokenizer import TokenizerConfig
     check_out(out, "prepared", overwrite, (events, items))  # before the (long) reading
     cfg = load_toml(TokenizerConfig, tokenizer) if tokenizer else None
     options = ReadOptions(None, _sep(sep), header, _names(columns), encoding)

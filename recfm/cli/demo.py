@@ -11,20 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import typer
 from rich.table import Table
 
 from recfm.cli.data import data_describe
 from recfm.cli.output import console, print_metrics_table, steps
-from recfm.data import synthetic
-from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import MARKER, atomic_write_json, check_out
 from recfm.model.config import ModelConfig
-from recfm.pipeline import Recommender
-from recfm.tokens.prepare import prepare
 from recfm.train.config import TrainConfig
-from recfm.train.loop import train
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +31,12 @@ def run_demo(out: str | Path, seed: int = 0, on_step: Callable[[str], None] | No
              on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run the whole path into ``out`` (new, empty or an earlier demo's, which is replaced)
     and return the report also written to ``report.json``."""
+    from recfm.data import synthetic
+    from recfm.evaluate.evaluator import evaluate_run
+    from recfm.pipeline import Recommender
+    from recfm.tokens.prepare import prepare
+    from recfm.train.loop import train
+    import polars as pl
     step = on_step or (lambda s: log.info(s))
     out = Path(out)
     check_out(out, "demo", overwrite=True)

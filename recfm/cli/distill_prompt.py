@@ -11,10 +11,7 @@ from rich.table import Table
 
 from recfm.cli.output import console, override, print_train_result
 from recfm.config import read_toml
-from recfm.consume.distill import distill, load_student_config
-from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
 from recfm.errors import RecfmError
-from recfm.pipeline.prompts import prompt_metadata, prompt_names
 
 
 def distill_cmd(
@@ -27,6 +24,7 @@ def distill_cmd(
     resume: bool = typer.Option(False, help="Continue from the student's last checkpoint."),
 ) -> None:
     """Train a small student on a teacher's item scores (KL) plus the next item (CE)."""
+    from recfm.consume.distill import distill, load_student_config
     mcfg, tcfg, dcfg = load_student_config(student_config)
     override(tcfg, epochs=epochs)
     if not (teacher / "model.safetensors").is_file():
@@ -65,6 +63,7 @@ def prompt_tune_cmd(
         "best off-surface items of every history below the k-th best on-surface one."),
 ) -> None:
     """Train soft prompt tokens for one surface with every foundation weight frozen."""
+    from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
     values = dict(read_toml(config)) if config else {}
     override(values, name=name, surface=parse_surface(surface) if surface else None,
              tokens=tokens, epochs=epochs, rank_weight=rank_weight)
@@ -85,6 +84,7 @@ def prompt_tune_cmd(
 
 def prompts_cmd(run: Path = typer.Argument(..., help="A run directory.")) -> None:
     """List the soft prompts stored in a run."""
+    from recfm.pipeline.prompts import prompt_metadata, prompt_names
     names = prompt_names(run)
     if not names:
         console.print(f"{run}: no prompts (train one with recfm prompt-tune)")

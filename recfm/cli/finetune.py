@@ -11,7 +11,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recfm.cli.output import console
-from recfm.consume.finetune import finetune, load_task
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +31,7 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a run for a downstream task: a restricted surface, a binary head, or
     chosen vs shown titles."""
+    from recfm.consume.finetune import finetune, load_task
     cfg = load_task(task)
     command = " ".join(["recfm"] + sys.argv[1:])
     with Progress(TextColumn("step"), BarColumn(),

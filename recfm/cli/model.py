@@ -9,19 +9,13 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recfm.adapt.incremental import INCREMENTAL_TRAIN, build_incremental_dataset
 from recfm.cli.output import (console, override, print_json,
                               print_metrics_table, print_train_result, steps)
 from recfm.errors import RecfmError
-from recfm.evaluate.evaluator import evaluate_run
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
-from recfm.pipeline import Recommender
 from recfm.runinfo import run_data_dir
-from recfm.train.distributed import launch, strip_nproc
 from recfm.train.config import TrainConfig, load_run_config
-from recfm.train.loop import train
-from recfm.train.run import refuse_existing_run
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +52,9 @@ def train_cmd(
     Incremental: recfm train --init-from RUN2 --events recent.parquet --incremental --out RUN3
     Several processes: recfm train DATA --out RUN --nproc 2  (= torchrun … -m recfm.train)
     """
+    from recfm.adapt.incremental import INCREMENTAL_TRAIN
+    from recfm.train.distributed import launch, strip_nproc
+    from recfm.train.run import refuse_existing_run
     if nproc > 1:
         args = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[2:]
         raise typer.Exit(launch(nproc, strip_nproc(args)))
@@ -88,6 +85,8 @@ def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: P
     """Tokenize the recent ``events`` with the ``init_from`` run's tokenizer into
     ``out/data`` (older histories as context; one written before by this command is
     replaced) and return that dataset directory."""
+    from recfm.adapt.incremental import build_incremental_dataset
+    from recfm.pipeline import Recommender
     history = data_dir if data_dir is not None else \
         run_data_dir(init_from) if incremental else None
     with steps("tokenizing recent events"):
@@ -104,6 +103,7 @@ def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: P
 def _train_with_progress(data_dir: Path, out: Path, mcfg: ModelConfig, tcfg: TrainConfig,
                          resume: bool, command: str, init_from: Path | None):
     """:func:`recfm.train.loop.train` under a progress bar; one line per finished epoch."""
+    from recfm.train.loop import train
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} batches"),
                   TextColumn("loss {task.fields[loss]:.4f}"),
@@ -135,6 +135,7 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Full-ranking HR/NDCG/MRR/coverage@K of the model and the baselines."""
+    from recfm.evaluate.evaluator import evaluate_run
     if split not in ("test", "valid"):
         raise RecfmError(f"--split: expected test or valid, found {split!r}")
     res = evaluate_run(run, data, split, sampled_negatives=sampled)

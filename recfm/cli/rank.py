@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 import typer
 from rich.table import Table
 
@@ -18,19 +16,13 @@ from recfm.cli.output import OVERWRITE, at_least_one, console, override
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_json, check_out
-from recfm.pipeline import Recommender
-from recfm.rank.data import (TASKS, RankData, RankDataConfig, build_requests, check_task,
-                              holdout_dataset)
-from recfm.rank.model import RankerConfig, UnifiedRanker
-from recfm.rank.serve import RankerHook
-from recfm.rank.train import evaluate, fit, prepare_features, tune_knobs
-from recfm.serve.engine import Engine
 
 rank_app = typer.Typer(no_args_is_help=True,
                        help="Unified contextual ranker: search and recommendation, one model.")
 
 
 def _knobs(values: list[str] | None) -> dict[str, float]:
+    from recfm.rank.data import check_task
     out = {}
     for v in values or []:
         task, sep, num = v.partition("=")
@@ -52,6 +44,7 @@ def holdout_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Copy a prepared dataset without each user's last tokens (the ranking requests)."""
+    from recfm.rank.data import holdout_dataset
     counts = holdout_dataset(prepared, out, holdout, overwrite)
     console.print(f"{out}: {counts['users']} users, {counts['tokens']} tokens "
                   f"({counts['tokens_held_out']} held out for ranking)")
@@ -72,6 +65,11 @@ def train_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Build ranking requests with the foundation model, then train the unified ranker."""
+    from recfm.pipeline import Recommender
+    from recfm.rank.data import RankDataConfig, build_requests
+    from recfm.rank.model import RankerConfig
+    from recfm.rank.train import evaluate, fit, prepare_features, tune_knobs
+    import torch
     check_out(out / "data", "rank-data", overwrite)  # before the (long) request building
     if threads:
         torch.set_num_threads(threads)
@@ -129,6 +127,10 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """NDCG@10 and MRR per task over the candidate sets of the ranker's own requests."""
+    from recfm.rank.data import RankData, TASKS
+    from recfm.rank.model import UnifiedRanker
+    from recfm.rank.train import evaluate, prepare_features
+    import torch
     if split not in ("test", "valid"):
         raise RecfmError(f"--split: expected test or valid, found {split!r}")
     model = UnifiedRanker.load(run)
@@ -158,6 +160,11 @@ def serve_hook_cmd(
     knob: Optional[float] = typer.Option(None, help="Personalization (default: the ranker's)."),
 ) -> None:
     """Rank one request as the serving engine's second pass would, and print it as JSON."""
+    from recfm.rank.data import check_task
+    from recfm.rank.serve import RankerHook
+    from recfm.serve.engine import Engine
+    import numpy as np
+    import torch
     check_task(task, "--task")
     engine = Engine(fm)
     hook = RankerHook(run)

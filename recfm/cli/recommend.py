@@ -7,22 +7,19 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recfm.cli.output import OVERWRITE, at_least_one, console, print_json
-from recfm.data.readers import read_table
-from recfm.data.schema import parse_mapping
 from recfm.errors import InputError, RecfmError, shorten
 from recfm.io import atomic_write_file
-from recfm.pipeline import Recommender
 from recfm.runinfo import run_data_dir
+
+if TYPE_CHECKING:  # annotations only: polars loads with the command (start-up time)
+    import polars as pl
 
 # Printed tables beyond this many users would scroll away: --out writes them instead.
 MAX_PRINTED = 50
@@ -59,6 +56,9 @@ def recommend_cmd(
 
     Every user to a file: recfm recommend RUN --users all --k 100 --out recs.parquet
     """
+    from recfm.data.schema import parse_mapping
+    from recfm.pipeline import Recommender
+    import polars as pl
     if sum(x is not None and x != [] for x in (user, users, events)) != 1:
         raise RecfmError("recommend: give one of --user, --users or --events")
     if out is not None:
@@ -98,6 +98,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _user_ids(spec: str) -> list[str] | None:
     """None for ``all``, else the ids of a file: a table's user_id column, or one per line."""
+    from recfm.data.readers import read_table
+    import polars as pl
     if spec == "all":
         return None
     path = Path(spec)
@@ -113,6 +115,7 @@ def _user_ids(spec: str) -> list[str] | None:
 
 def _known_histories(run: Path, data: Path | None, ids: list[str] | None) -> pl.DataFrame:
     """The prepared histories of ``ids`` (None: all users), in the order given."""
+    import polars as pl
     data = data or run_data_dir(run, own=True)
     if data is None:
         raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data")
@@ -130,6 +133,7 @@ def _known_histories(run: Path, data: Path | None, ids: list[str] | None) -> pl.
 
 def _write(out: Path, batches: Iterator[pl.DataFrame], n_users: int) -> None:
     """Stream the batches to ``out`` (atomic: the file appears whole) under a progress bar."""
+    import polars as pl
     t0 = time.perf_counter()
     rows = 0
     with Progress(TextColumn("recommending"), BarColumn(), MofNCompleteColumn(),
@@ -151,6 +155,8 @@ def _write(out: Path, batches: Iterator[pl.DataFrame], n_users: int) -> None:
 
 
 def _write_parquet(path: Path, batches: Iterator[pl.DataFrame]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     writer = None
     for b in batches:
         table = b.to_arrow()

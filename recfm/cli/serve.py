@@ -7,13 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import uvicorn
 
 from recfm.cli.output import console, err_console, override, steps
 from recfm.errors import RecfmError
-from recfm.serve import create_app  # loads FastAPI only when called (recfm.serve)
-from recfm.serve.config import ServeConfig, load_serve_config
-from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +34,10 @@ def serve_cmd(
     log_level: str = typer.Option("warning", help="Server log level."),
 ) -> None:
     """Serve a run over HTTP: recommendations, embeddings, collections, explorer page at /."""
+    from recfm.serve import create_app
+    from recfm.serve.config import ServeConfig, load_serve_config
+    from recfm.tokens.tokenizer import N_RESERVED_ITEMS
+    import uvicorn
     cfg = load_serve_config(config) if config else ServeConfig()
     if retrieval is not None and retrieval not in ("auto", "exact", "hnsw"):
         raise RecfmError(f"--retrieval: expected auto, exact or hnsw, found {retrieval!r}")

@@ -7,14 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recfm.cli.output import at_least_one, console, print_json
-from recfm.store import embed, open_store
-from recfm.train.distributed import current, launch, strip_nproc
 
 store_app = typer.Typer(no_args_is_help=True,
                         help="Embedding stores: list versions, compare two versions.")
@@ -41,6 +38,9 @@ def embed_cmd(
 
     Several processes: recfm embed RUN --store S --nproc 2  (= torchrun … -m recfm.store)
     """
+    from recfm.store import embed, open_store
+    from recfm.train.distributed import current, launch, strip_nproc
+    import torch
     if nproc > 1:
         args = sys.argv[sys.argv.index("embed") + 1:] if "embed" in sys.argv else sys.argv[2:]
         raise typer.Exit(launch(nproc, strip_nproc(args), module="recfm.store"))
@@ -75,6 +75,7 @@ def versions_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the retained versions with their metadata."""
+    from recfm.store import open_store
     st = open_store(path)
     versions = st.versions()
     current = st.current_version
@@ -108,6 +109,7 @@ def diff_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stability report between two versions: per-user cosine, top-k overlap, churn."""
+    from recfm.store import open_store
     rep = open_store(path).diff(a, b, k=k, sample_users=sample_users)
     if as_json:
         print_json(rep)
