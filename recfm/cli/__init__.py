@@ -19,7 +19,7 @@ import typer
 
 from recfm.cli import (content, data, demo, distill_prompt, finetune, model, rank, recommend,
                        serve, store)
-from recfm.cli.output import err_console
+from recfm.cli.output import err_console, json_mode
 from recfm.errors import RecfmError
 from recfm.runinfo import NO_VERIFY
 
@@ -32,6 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def options(no_verify: bool = typer.Option(
         False, "--no-verify", help="Load runs whose files differ from the SHA-256 in their "
         "manifest.json (changed by hand, or damaged).")) -> None:
+    json_mode(False)  # a command's --json turns it on
     if no_verify:  # the environment carries it to every process the command starts
         os.environ[NO_VERIFY] = "1"
 

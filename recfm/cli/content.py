@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from recfm.cli.output import OVERWRITE, at_least_one, console, steps
+from recfm.cli.output import JSON, OVERWRITE, at_least_one, console, json_mode, print_json, steps
 
 content_app = typer.Typer(no_args_is_help=True, help="Item content: text / attribute embeddings.")
 
@@ -25,8 +25,10 @@ def content_embed(
                                            "attributes:256 for attribute ids only)."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder "
                                          "(default: $RECFM_CACHE_DIR or ~/.cache/recfm)."),
+    as_json: bool = JSON,
 ) -> None:
     """Embed every item's content; `recfm train` then combines it with the id embeddings."""
+    json_mode(as_json)
     from recfm.content.store import embed_dataset
     with steps("content") as on_step:
         meta = embed_dataset(data_dir, embedder, cache, on_step=on_step)
@@ -34,6 +36,8 @@ def content_embed(
     console.print(f"wrote {data_dir / 'content.parquet'}: {meta['items']:,} items × "
                   f"{meta['dim']} ({meta['embedder']}{hits}; {meta['items_without_content']:,} "
                   f"without content) in {meta['wall_s']:.1f} s")
+    if as_json:
+        print_json(meta)
 
 
 def add_items_cmd(
@@ -53,8 +57,10 @@ def add_items_cmd(
                                            "trained on your own vectors (file:...)."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
     overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Add new titles to a run without retraining; existing items keep ids and weights."""
+    json_mode(as_json)
     from recfm.adapt.new_items import add_items
     with steps("adding items") as on_step:
         rep = add_items(run, items, out, init=init, k=k, embedder=embedder, vectors=vectors,
@@ -62,3 +68,5 @@ def add_items_cmd(
     console.print(f"wrote {out}: {rep['added']:,} new items ({rep['skipped_existing']:,} "
                   f"already known), {rep['n_items_after']:,} in all; init {rep['init']}, "
                   f"content {rep['embedder'] or 'none'}; {rep['wall_s']:.1f} s")
+    if as_json:
+        print_json(rep)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import OVERWRITE, at_least_one, console, print_json, steps
+from recfm.cli.output import JSON, OVERWRITE, at_least_one, console, json_mode, print_json, steps
 from recfm.config import load_toml
 from recfm.errors import RecfmError
 from recfm.io import check_out
@@ -33,8 +33,10 @@ def data_synth(
     completion_sigma: float = typer.Option(0.0, help="Spread of users' tendency to finish "
                                            "what they start (0: every user alike)."),
     overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Generate the synthetic streaming world (events, items, ground truth)."""
+    json_mode(as_json)
     from recfm.data import synthetic
     cfg = synthetic.SynthConfig(seed=seed, n_users=users, n_items=items,
                                 events_per_user=events_per_user, habit_fraction=habit_fraction,
@@ -47,8 +49,12 @@ def data_synth(
     with steps("synthesizing"):
         world = synthetic.generate(cfg)
         synthetic.write_world(world, out, cfg, overwrite)
-    console.print(f"wrote {out}: {world.events.height:,} events, "
-                  f"{world.events['user_id'].n_unique():,} users, {world.items.height:,} items")
+    counts = {"out": str(out), "events": world.events.height,
+              "users": world.events["user_id"].n_unique(), "items": world.items.height}
+    console.print(f"wrote {out}: {counts['events']:,} events, {counts['users']:,} users, "
+                  f"{counts['items']:,} items")
+    if as_json:
+        print_json(counts)
 
 
 @data_app.command("describe")
@@ -136,12 +142,14 @@ def prepare_cmd(
     strict: bool = typer.Option(False, help="Amazon: refuse reviews of items missing from "
                                 "the metadata (by default they are dropped and counted)."),
     overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Read events (+ items), tokenize, and write a prepared dataset directory.
 
     Any delimited file: recfm prepare --events u.data --format tsv --no-header
     --columns user_id,item_id,value,timestamp --out prep
     """
+    json_mode(as_json)
     from recfm.data.readers import ReadOptions
     from recfm.data.schema import parse_mapping
     from recfm.tokens.prepare import load_raw, prepare
@@ -157,6 +165,8 @@ def prepare_cmd(
                        options, item_options, _names(item_flags), strict)
         report = prepare(raw, out, cfg, on_step=on_step, overwrite=overwrite)
     _print_report(report, out)
+    if as_json:
+        print_json(report)
 
 
 def _sep(text: str | None) -> str | None:

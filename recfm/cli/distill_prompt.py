@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import console, override, print_train_result
+from recfm.cli.output import JSON, console, json_mode, override, print_json, print_train_result
 from recfm.config import read_toml
 from recfm.errors import RecfmError
 
@@ -22,8 +22,10 @@ def distill_cmd(
     data: Optional[Path] = typer.Option(None, help="Prepared dataset (default: the teacher's)."),
     epochs: Optional[int] = typer.Option(None, help="Override [train] epochs."),
     resume: bool = typer.Option(False, help="Continue from the student's last checkpoint."),
+    as_json: bool = JSON,
 ) -> None:
     """Train a small student on a teacher's item scores (KL) plus the next item (CE)."""
+    json_mode(as_json)
     from recfm.consume.distill import distill, load_student_config
     mcfg, tcfg, dcfg = load_student_config(student_config)
     override(tcfg, epochs=epochs)
@@ -45,6 +47,8 @@ def distill_cmd(
     print_train_result(result, f"student {out} (teacher {teacher})")
     console.print(f"{result.n_params:,} parameters, best epoch {result.best_epoch}, "
                   f"{result.wall_s:.0f} s")
+    if as_json:
+        print_json(result)
 
 
 def prompt_tune_cmd(
@@ -61,8 +65,10 @@ def prompt_tune_cmd(
     rank_weight: Optional[float] = typer.Option(
         None, help="Weight of the top-k ranking term (default 0: off), which keeps the "
         "best off-surface items of every history below the k-th best on-surface one."),
+    as_json: bool = JSON,
 ) -> None:
     """Train soft prompt tokens for one surface with every foundation weight frozen."""
+    json_mode(as_json)
     from recfm.consume.prompt import PromptConfig, parse_surface, prompt_tune
     values = dict(read_toml(config)) if config else {}
     override(values, name=name, surface=parse_surface(surface) if surface else None,
@@ -80,6 +86,8 @@ def prompt_tune_cmd(
     console.print(f"wrote {res.path}: {res.tokens} tokens, {res.steps} steps, surface loss "
                   f"{res.loss_first:.3f} → {res.loss_last:.3f}, {res.wall_s:.0f} s; foundation "
                   f"weights unchanged (sha256 {res.backbone_sha256[:12]}…)")
+    if as_json:
+        print_json(res)
 
 
 def prompts_cmd(run: Path = typer.Argument(..., help="A run directory.")) -> None:

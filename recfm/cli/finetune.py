@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recfm.cli.output import console
+from recfm.cli.output import JSON, console, json_mode, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -28,9 +28,11 @@ def finetune_cmd(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train the same task "
                                       "model from random init (the baseline)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    as_json: bool = JSON,
 ) -> None:
     """Fine-tune a run for a downstream task: a restricted surface, a binary head, or
     chosen vs shown titles."""
+    json_mode(as_json)
     from recfm.consume.finetune import finetune, load_task
     cfg = load_task(task)
     command = " ".join(["recfm"] + sys.argv[1:])
@@ -63,3 +65,5 @@ def finetune_cmd(
     console.print(t)
     console.print(f"best step {res.best_step} of {res.steps}; {res.n_trainable:,} of "
                   f"{res.n_params:,} parameters trained; {res.wall_s:.0f} s")
+    if as_json:
+        print_json(res)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recfm.cli.output import (console, override, print_json,
-                              print_metrics_table, print_train_result, steps)
+from recfm.cli.output import (JSON, console, json_mode, override, print_json, print_metrics_table,
+                              print_train_result, steps)
 from recfm.errors import RecfmError
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
@@ -46,12 +46,14 @@ def train_cmd(
                                  "(1 with --max-minutes: the cold_start benchmark's recipe)."),
     nproc: int = typer.Option(1, help="Train with N local processes (DistributedDataParallel "
                               "through torchrun on 127.0.0.1; same global batch)."),
+    as_json: bool = JSON,
 ) -> None:
     """Train the foundation model (leave-one-out validation, early stopping).
 
     Incremental: recfm train --init-from RUN2 --events recent.parquet --incremental --out RUN3
     Several processes: recfm train DATA --out RUN --nproc 2  (= torchrun … -m recfm.train)
     """
+    json_mode(as_json)
     from recfm.adapt.incremental import INCREMENTAL_TRAIN
     from recfm.train.distributed import launch, strip_nproc
     from recfm.train.run import refuse_existing_run
@@ -78,6 +80,8 @@ def train_cmd(
     print_train_result(result, f"run {out}")
     console.print(f"best epoch {result.best_epoch}, {result.epochs_run} epochs, "
                   f"{result.n_params:,} parameters, {result.wall_s:.0f} s")
+    if as_json:
+        print_json(result)
 
 
 def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: Path,

@@ -4,9 +4,12 @@ several commands take (``OVERWRITE``, :func:`override`, :func:`at_least_one`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,8 +17,12 @@ from rich.table import Table
 
 from recfm.errors import RecfmError
 
-console = Console()
+console = Console()  # what people read: stderr under --json
 err_console = Console(stderr=True)
+json_console = Console()  # the JSON of --json, alone on stdout
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (the rest "
+                    "goes to stderr).")
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace this command's earlier output "
                          "at --out (a folder holding anything else is never replaced).")
@@ -48,8 +55,16 @@ def at_least_one(option: str) -> Callable[[int], int]:
     return check
 
 
-def print_json(obj) -> None:
-    console.print_json(json.dumps(obj, default=str))
+def json_mode(on: bool) -> None:
+    """Under ``--json`` everything a person reads goes to stderr, so stdout parses."""
+    console.file = sys.stderr if on else None
+
+
+def print_json(obj: Any) -> None:
+    """``obj`` (a dict, list, or a result dataclass) as JSON on stdout."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    json_console.print_json(json.dumps(obj, default=str))
 
 
 def print_train_result(result, title: str) -> None:

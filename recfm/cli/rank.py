@@ -12,7 +12,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recfm.cli.output import OVERWRITE, at_least_one, console, override
+from recfm.cli.output import (JSON, OVERWRITE, at_least_one, console, json_mode, override,
+                              print_json)
 from recfm.config import read_toml
 from recfm.errors import InputError, RecfmError
 from recfm.io import atomic_write_json, check_out
@@ -42,12 +43,16 @@ def holdout_cmd(
     out: Path = typer.Option(..., help="Where to write the copy the foundation model trains on."),
     holdout: int = typer.Option(6, help="Tokens per user held out for ranking requests."),
     overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Copy a prepared dataset without each user's last tokens (the ranking requests)."""
+    json_mode(as_json)
     from recfm.rank.data import holdout_dataset
     counts = holdout_dataset(prepared, out, holdout, overwrite)
     console.print(f"{out}: {counts['users']} users, {counts['tokens']} tokens "
                   f"({counts['tokens_held_out']} held out for ranking)")
+    if as_json:
+        print_json(counts)
 
 
 @rank_app.command("train")
@@ -63,8 +68,10 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, help="Seed of the ranker."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
     overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
 ) -> None:
     """Build ranking requests with the foundation model, then train the unified ranker."""
+    json_mode(as_json)
     from recfm.pipeline import Recommender
     from recfm.rank.data import RankDataConfig, build_requests
     from recfm.rank.model import RankerConfig
@@ -107,6 +114,8 @@ def train_cmd(
     atomic_write_json(out / "history.json", {"history": history, "counts": data.counts,
                                              "wall_s": time.perf_counter() - t0})
     _print(valid, f"{out}: validation (default knob)")
+    if as_json:
+        print_json(valid)
 
 
 def _print(res: dict, title: str) -> None:

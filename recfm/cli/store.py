@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recfm.cli.output import at_least_one, console, print_json
+from recfm.cli.output import JSON, at_least_one, console, json_mode, print_json
 
 store_app = typer.Typer(no_args_is_help=True,
                         help="Embedding stores: list versions, compare two versions.")
@@ -33,11 +33,13 @@ def embed_cmd(
     threads: Optional[int] = typer.Option(None, help="torch threads."),
     nproc: int = typer.Option(1, help="Embed with N local processes (torchrun on 127.0.0.1), "
                               "each encoding its shard of the users; one version published."),
+    as_json: bool = JSON,
 ) -> None:
     """Embed every user and item with a run and publish them as a new store version.
 
     Several processes: recfm embed RUN --store S --nproc 2  (= torchrun … -m recfm.store)
     """
+    json_mode(as_json)
     from recfm.store import embed, open_store
     from recfm.train.distributed import current, launch, strip_nproc
     import torch
@@ -67,6 +69,8 @@ def embed_cmd(
                   f"({info.extra['users_per_s']:,.0f} users/s"
                   f"{f' over {ctx.world} processes' if ctx else ''}; publish "
                   f"{info.extra['publish_s']:.2f} s; keeping {st.keep})")
+    if as_json:
+        print_json(info)
 
 
 @store_app.command("versions")

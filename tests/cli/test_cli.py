@@ -155,3 +155,17 @@ def test_recommend_every_user_to_a_file(trained):
     res = subprocess.run([sys.executable, "-m", "recfm", "recommend", "run", "--users", "all"],
                          cwd=trained, capture_output=True, text=True)
     assert res.returncode == 2 and "--out" in res.stderr  # 150 tables would scroll away
+
+
+def test_json_on_every_command_that_prints_results(trained, tmp_path):
+    """issue 19.7: ``--json`` puts the result alone on stdout (what people read: stderr)."""
+    def parsed(*args: str) -> dict:
+        return json.loads(run(*args, "--json", cwd=trained).stdout)
+
+    assert parsed("data", "synth", "--out", str(tmp_path / "w"), "--users", "30", "--items",
+                  "25")["users"] == 30
+    report = parsed("prepare", "--events", str(tmp_path / "w"), "--out", str(tmp_path / "p"))
+    assert report["users"] == 30 and "items_with_tokens" in report
+    result = parsed("train", str(tmp_path / "p"), "--out", str(tmp_path / "r"), "--config",
+                    "cfg.toml", "--epochs", "1")
+    assert result["stop_reason"] and set(result["best_valid"]) >= {"ndcg@10", "hr@10"}
