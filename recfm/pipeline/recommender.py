@@ -182,6 +182,13 @@ class Recommender:
 
     # ------------------------------------------------------------------ histories → ids
 
+    def _check(self, k: int, horizon: str) -> None:
+        if k < 1:
+            raise ConfigError(f"k: expected at least 1 item, found {k}")
+        if horizon == "window" and window_head(self.model.heads) == "next":
+            raise ConfigError("horizon 'window': this model was trained without a future-window "
+                              "or multi-token objective, so it would rank as horizon 'next'")
+
     @torch.no_grad()
     def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
                   prompt: str | None = None, horizon: str = "next",
@@ -195,34 +202,28 @@ class Recommender:
         history is a new member's: the model's first item in ``context``
         (:meth:`context_store`).
         """
-        if k < 1:
-            raise ConfigError(f"k: expected at least 1 item, found {k}")
-        if horizon == "window" and window_head(self.model.heads) == "next":
-            raise ConfigError("horizon 'window': this model was trained without a future-window "
-                              "or multi-token objective, so it would rank as horizon 'next'")
+        self._check(k, horizon)
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         empty = len(histories) == 0 if isinstance(history, pl.DataFrame) else not histories[0]
         store = self.context_store(context) if empty else self.store(histories, ignore_unknown)
         if len(store) != 1:
             raise ValueError(f"recommend takes one user's history; got {len(store)} users")
-        _, seen = store.history_items(np.arange(1))
         if horizon == "rollout":
+            _, seen = store.history_items(np.arange(1))
             scores = self._rollout(store, seen, exclude_seen, prompt)
+            if exclude_seen:
+                scores[torch.from_numpy(seen)] = float("-inf")
+            top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
+            out = pl.DataFrame({"rank": np.arange(1, len(top.indices) + 1),
+                                "item_id": [self.item_id(i) for i in top.indices.numpy()],
+                                "score": top.values.numpy().astype(np.float64)})
         else:
-            user = self.encode_store(store, prompt=prompt)
-            scores = self.model.score(user, horizon)[0]
-        if exclude_seen:
-            scores[torch.from_numpy(seen)] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        ids = [self.item_id(i) for i in top.indices.numpy()]
-        out = pl.DataFrame({"rank": np.arange(1, k + 1), "item_id": ids,
-                            "score": top.values.numpy().astype(np.float64)})
+            out = next(self._top_batches(store, np.array([""]), k, exclude_seen, prompt,
+                                         horizon, 1)).drop("user_id")
         if self.items is not None and "title" in self.items.columns:
             out = out.join(self.items.select("item_id", "title"), on="item_id", how="left")
         return out
 
-    @torch.no_grad()
     def recommend_batches(self, histories: Any, k: int = 10, exclude_seen: bool = True,
                           prompt: str | None = None, horizon: str = "next",
                           batch_size: int = 256) -> Iterator[pl.DataFrame]:
@@ -230,16 +231,23 @@ class Recommender:
         names them, else their position), one frame of ``user_id``, ``rank``, ``item_id``,
         ``score`` per batch of ``batch_size`` users, in order: nothing of the size users ×
         items is held at once (``next``: :meth:`FoundationModel.top_items`)."""
-        if k < 1:
-            raise ConfigError(f"k: expected at least 1 item, found {k}")
         if horizon not in ("next", "window"):
             raise ConfigError(f"horizon: expected next or window for many users, found "
                               f"{horizon!r} (rollout takes one history: recommend)")
+        self._check(k, horizon)
         seqs = self.sequences(histories)
         store = SequenceStore(seqs, self.model.input_columns)
         users = (seqs["user_id"].cast(pl.Utf8) if "user_id" in seqs.columns
                  else pl.Series("user_id", range(len(store))).cast(pl.Utf8)).to_numpy()
-        ids = np.asarray(["", "", ""][:N_RESERVED_ITEMS] + list(self.tokenizer.item_ids)
+        return self._top_batches(store, users, k, exclude_seen, prompt, horizon, batch_size)
+
+    @torch.no_grad()
+    def _top_batches(self, store: SequenceStore, users: np.ndarray, k: int, exclude_seen: bool,
+                     prompt: str | None, horizon: str, batch_size: int
+                     ) -> Iterator[pl.DataFrame]:
+        """The top-``k`` frames of :meth:`recommend_batches` for the rows of ``store``
+        (``users``: their ids)."""
+        ids = np.asarray([""] * N_RESERVED_ITEMS + list(self.tokenizer.item_ids)
                          if self.tokenizer else range(self.cfg.n_items)).astype(str)
         model = self.model
         model.eval()
@@ -248,14 +256,13 @@ class Recommender:
             vec = model.last_hidden({**batch, **extra})
             seen = store.history_items(rows) if exclude_seen else None
             if horizon == "next":
-                top_s, top_i = self.model.top_items(vec, min(k, self.cfg.n_items), seen=seen)
+                top_s, top_i = model.top_items(vec, min(k, self.cfg.n_items), seen=seen)
             else:
-                scores = self.model.score(vec, horizon)
+                scores = model.score(vec, horizon)
                 if seen is not None:
                     scores[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = float("-inf")
                 top_s, top_i = torch.topk(scores, min(k, scores.shape[1]))
-            keep = torch.isfinite(top_s).numpy()  # fewer than k items left to recommend
-            b = np.nonzero(keep)
+            b = np.nonzero(torch.isfinite(top_s).numpy())  # fewer than k items left
             yield pl.DataFrame({"user_id": users[rows][b[0]], "rank": b[1] + 1,
                                 "item_id": ids[top_i.numpy()[b]],
                                 "score": top_s.numpy()[b].astype(np.float64)})
