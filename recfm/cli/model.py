@@ -46,6 +46,10 @@ def train_cmd(
                                  "(1 with --max-minutes: the cold_start benchmark's recipe)."),
     nproc: int = typer.Option(1, help="Train with N local processes (DistributedDataParallel "
                               "through torchrun on 127.0.0.1; same global batch)."),
+    device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one), "
+                                         "cpu or cuda; overrides [train] device."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on a GPU), fp32 "
+                                            "or bf16; overrides [train] precision."),
     as_json: bool = JSON,
 ) -> None:
     """Train the foundation model (leave-one-out validation, early stopping).
@@ -61,7 +65,8 @@ def train_cmd(
         args = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[2:]
         raise typer.Exit(launch(nproc, strip_nproc(args)))
     mcfg, tcfg = load_run_config(config) if config else (ModelConfig(), TrainConfig())
-    override(tcfg, epochs=epochs, max_minutes=max_minutes, seed=seed)
+    override(tcfg, epochs=epochs, max_minutes=max_minutes, seed=seed, device=device,
+             precision=precision)
     if (events is not None or incremental) and init_from is None:
         raise RecfmError("--events and --incremental fine-tune a run: give it with --init-from")
     if incremental and events is None:
@@ -137,12 +142,14 @@ def evaluate_cmd(
     split: str = typer.Option("test", help="test or valid."),
     sampled: int = typer.Option(0, help="Also report sampled metrics with N negatives."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one), cpu or "
+                               "cuda: where the model scores."),
 ) -> None:
     """Full-ranking HR/NDCG/MRR/coverage@K of the model and the baselines."""
     from recfm.evaluate.evaluator import evaluate_run
     if split not in ("test", "valid"):
         raise RecfmError(f"--split: expected test or valid, found {split!r}")
-    res = evaluate_run(run, data, split, sampled_negatives=sampled)
+    res = evaluate_run(run, data, split, sampled_negatives=sampled, device=device)
     atomic_write_json(run / f"eval-{split}.json", res)
     if as_json:
         print_json(res)

@@ -11,6 +11,7 @@ from recfm.data.splits import leave_one_out
 from recfm.errors import RecfmError
 from recfm.evaluate.metrics import KS, RankingAccumulator, sampled_rank
 from recfm.evaluate.ranks import Scorer, frame_targets, scored_batches
+from recfm.model.device import Placement
 from recfm.model.scoring import ChunkFn, chunked_ranks, without_reserved
 from recfm.pipeline import Recommender
 from recfm.tokens.prepare import PreparedDataset
@@ -84,29 +85,36 @@ def _add_chunked(acc: RankingAccumulator, scorer, store: SequenceStore, targets:
 
 class ModelScorer:
     """The model's scores for a batch of histories; also by item chunk (large catalogs), with
-    the item table computed once per scorer (make a new one after the weights change)."""
+    the item table computed once per scorer (make a new one after the weights change).
+    ``placement``: run the model there (a GPU, autocast); fp32 scores come back to the CPU."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, placement: Placement | None = None) -> None:
         self.model = model
+        self.at = placement or Placement(torch.device("cpu"))
         self._table: torch.Tensor | None = None
 
     def __call__(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.score(self.model.last_hidden(batch))  # (B, n_items)
+        with self.at.autocast():
+            return self.model.score(self.model.last_hidden(self.at.to(batch))).float().cpu()
 
     def chunked(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> ChunkFn:
-        if self._table is None:
-            self._table = self.model.item_table().detach()
-        users, table, model = self.model.last_hidden(batch), self._table, self.model
+        at, model = self.at, self.model
+        with at.autocast():
+            if self._table is None:
+                self._table = model.item_table().detach()
+            users, table = model.last_hidden(at.to(batch)), self._table
 
-        def score_chunk(start: int, end: int) -> torch.Tensor:
-            return model.score_items(users, start, end, table)  # (B, C)
+        def score(u: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            with at.autocast():
+                return model.score_items(u, start, end, table).float().cpu()  # (B, C)
 
-        score_chunk.rows = lambda r, start, end: model.score_items(users[r], start, end, table)
+        score_chunk = lambda start, end: score(users, start, end)  # noqa: E731
+        score_chunk.rows = lambda r, start, end: score(users[torch.as_tensor(r)], start, end)
         return score_chunk
 
 
-def model_scorer(model) -> Scorer:
-    return ModelScorer(model)
+def model_scorer(model, placement: Placement | None = None) -> Scorer:
+    return ModelScorer(model, placement)
 
 
 class VectorScorer:
@@ -156,11 +164,14 @@ def recent_scorer(train: pl.DataFrame, n_items: int) -> Scorer:
 
 
 def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
-                 sampled_negatives: int = 0, baselines: bool = True) -> dict[str, dict]:
+                 sampled_negatives: int = 0, baselines: bool = True,
+                 device: str = "auto", precision: str = "auto") -> dict[str, dict]:
     """Metrics of the model of ``run`` and of the baselines on a split of a prepared dataset:
-    ``{"model": {...}, "popularity": {...}, "recent": {...}}``."""
+    ``{"model": {...}, "popularity": {...}, "recent": {...}}``; the model is scored on
+    ``device`` (:class:`~recfm.model.device.Placement`)."""
     rec = Recommender.from_pretrained(run)  # its files checked against the manifest
-    model, tok = rec.model, rec.tokenizer
+    at = Placement.of(device, precision)
+    model, tok = rec.model.to(at.device), rec.tokenizer
     ds = PreparedDataset.load(data_dir)
     run_ids = tok.item_ids if tok is not None else []
     if ds.tokenizer.item_ids[:len(run_ids)] != run_ids[:len(ds.tokenizer.item_ids)]:
@@ -169,7 +180,7 @@ def evaluate_run(run, data_dir, split: str = "test", batch_size: int = 512,
     s = leave_one_out(ds.sequences)
     frame = s.test if split == "test" else s.valid
     n_items, max_len, cols = model.cfg.n_items, model.context_len, model.input_columns
-    scorers = {"model": model_scorer(model)}
+    scorers = {"model": model_scorer(model, at)}
     if baselines:
         scorers["popularity"] = popularity_scorer(s.train, n_items)
         scorers["recent"] = recent_scorer(s.train, n_items)

@@ -107,33 +107,41 @@ class ChunkedSoftmaxLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, table, targets, w, smoothing: float, temperature: float, rows: int):
         want_h, want_t = ctx.needs_input_grad[:2]
-        grad_h = torch.zeros_like(h) if want_h else None
-        grad_t = torch.zeros_like(table) if want_t else None
-        total = h.new_zeros((), dtype=torch.float64)
-        n_items = table.size(0)
-        for s in range(0, h.size(0), rows):
-            hc, tc, wc = h[s:s + rows], targets[s:s + rows, None], w[s:s + rows]
-            z = hc @ table.T  # (n, V)
-            if temperature != 1.0:
-                z = z / temperature
-            lse = torch.logsumexp(z, dim=-1)  # (n,)
-            loss = lse - (1 - smoothing) * z.gather(1, tc)[:, 0]
-            if smoothing:
-                loss = loss - smoothing * z.mean(-1)
-            total += (wc * loss).sum(dtype=torch.float64)
-            if want_h or want_t:  # dL/dz = w · (softmax − (1 − ε)·onehot − ε / V) / τ
-                g = z.sub_(lse[:, None]).exp_()
+        kind = h.device.type
+        # under autocast (bf16 on a GPU) the matmuls run in its dtype, the softmax in fp32
+        mm = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+        with torch.autocast(kind, enabled=False):
+            grad_h = torch.zeros_like(h) if want_h else None
+            grad_t = torch.zeros_like(table) if want_t else None
+            total = h.new_zeros((), dtype=torch.float64)
+            n_items = table.size(0)
+            tab = table.to(mm)
+            for s in range(0, h.size(0), rows):
+                hc, tc, wc = h[s:s + rows].to(mm), targets[s:s + rows, None], w[s:s + rows]
+                z = (hc @ tab.T).to(h.dtype if mm == h.dtype else torch.float32)  # (n, V)
+                if temperature != 1.0:
+                    z = z / temperature
+                lse = torch.logsumexp(z, dim=-1)  # (n,)
+                loss = lse - (1 - smoothing) * z.gather(1, tc)[:, 0]
                 if smoothing:
-                    g.sub_(smoothing / n_items)
-                g.scatter_add_(1, tc, torch.full_like(tc, smoothing - 1, dtype=g.dtype))
-                g.mul_((wc / temperature)[:, None])
-                if want_h:
-                    grad_h[s:s + rows] = g @ table
-                if want_t:
-                    grad_t.addmm_(g.T, hc)
+                    loss = loss - smoothing * z.mean(-1)
+                total += (wc * loss).sum(dtype=torch.float64)
+                if want_h or want_t:  # dL/dz = w · (softmax − (1 − ε)·onehot − ε / V) / τ
+                    g = z.sub_(lse[:, None]).exp_()
+                    if smoothing:
+                        g.sub_(smoothing / n_items)
+                    g.scatter_add_(1, tc, torch.full_like(tc, smoothing - 1, dtype=g.dtype))
+                    g.mul_((wc / temperature)[:, None])
+                    g = g.to(mm)
+                    if want_h:
+                        grad_h[s:s + rows] = g @ tab
+                    if want_t and mm == grad_t.dtype:
+                        grad_t.addmm_(g.T, hc)
+                    elif want_t:
+                        grad_t += (g.T @ hc).to(grad_t.dtype)
         ctx.save_for_backward(*(t for t in (grad_h, grad_t) if t is not None))
         ctx.which = (want_h, want_t)
-        return total.to(h.dtype)
+        return total.to(torch.promote_types(h.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad_out):

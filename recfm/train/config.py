@@ -41,6 +41,12 @@ class TrainConfig:
     """Progressive context length: ``[[0, 128], [0.5, 512]]`` = 128 tokens for the first
     half of the planned epochs, 512 after (each ≤ the model's max_len). Empty: max_len."""
     threads: int | None = None
+    device: str = "auto"
+    """auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda[:N]."""
+    precision: str = "auto"
+    """auto (bf16 autocast on a GPU, fp32 on a CPU), fp32 or bf16; weights stay fp32."""
+    compile: bool = False
+    """torch.compile the training loss (benchmarks/gpu.py measures it; ~16 s to compile)."""
     tensorboard: bool = True
     stream: bool = False
     """Stream training batches from ``tokens.parquet`` row groups (:mod:`recfm.train.shards`);

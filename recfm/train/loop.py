@@ -25,6 +25,7 @@ from recfm.errors import ConfigError, RecfmError
 from recfm.evaluate.evaluator import evaluate_scorer, model_scorer, popularity_scorer
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
+from recfm.model.device import Placement, compiled
 from recfm.model.foundation import FoundationModel, build_config
 from recfm.pipeline import Recommender
 from recfm.runinfo import run_data_dir
@@ -193,6 +194,8 @@ def train(
     n_params = sum(p.numel() for p in model.parameters())
     ddp = distributed.trainer(model, tcfg.seed, "incremental training" if fresh else
                               "a loss hook" if loss_hook is not None else None)
+    at = Placement.of(tcfg.device, tcfg.precision, ddp.ctx.device if ddp is not None else None)
+    model.to(at.device)
     extra = [c for c in loss_hook.columns if c not in model.train_columns] if loss_hook else []
     source, total_steps = data_source(data_dir, split, model, tcfg, extra, fresh, ddp)
     meta = {"train": asdict(tcfg), **run_meta(data_dir, ds, command), "n_params": n_params}
@@ -201,8 +204,9 @@ def train(
     meta.update(loss_hook.meta if loss_hook is not None else {})
     if ddp is not None:
         meta["distributed"] = {"world": ddp.ctx.world, "backend": ddp.ctx.backend}
-    trainer = _trainer(rec, tcfg, (source, total_steps), split, (run, meta), ddp, loss_hook,
-                       strict_budget=fresh)
+    meta["placement"] = {"device": str(at.device), "autocast": str(at.dtype or "fp32")}
+    trainer = _trainer(rec, tcfg, (source, total_steps), split, (run, meta), (ddp, at),
+                       loss_hook, strict_budget=fresh)
     trainer.on_progress = on_progress
     trainer.resume(resume)
     if init_from is not None and trainer.files.main and not (run / "model.safetensors").exists():
@@ -210,32 +214,35 @@ def train(
     trainer.fit()  # a new run's model.safetensors appears with its first validation
     if ddp is not None:
         ddp.barrier()  # rank 0's last save is complete
-    return _finish(run, split, trainer, evaluate_test, t_start, n_params)
+    return _finish(run, split, trainer, evaluate_test, t_start, n_params, at)
 
 
 def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
-             split: Split, out: tuple[Path, dict[str, Any]], ddp, loss_hook: LossHook | None,
-             strict_budget: bool) -> Trainer:
+             split: Split, out: tuple[Path, dict[str, Any]], where: tuple[Any, Placement],
+             loss_hook: LossHook | None, strict_budget: bool) -> Trainer:
     """The Trainer of a foundation-model run: next-item loss (or the hook's), NDCG@10;
-    ``strict_budget`` (incremental data): the budget stops inside an epoch."""
-    run, meta = out
+    ``where``: the DDP trainer (or None) and the placement; ``strict_budget`` (incremental
+    data): the budget stops inside an epoch."""
+    (run, meta), (ddp, at) = out, where
     model = rec.model
     groups = decay_groups(list(model.named_parameters()), tcfg.weight_decay)
     if tcfg.lr_scales:
         groups = scale_groups(model, groups, tcfg.lr_scales)
-    opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas))
+    opt = at.optimizer(groups, tcfg.lr, tuple(tcfg.betas))
     loss: LossFn
     if loss_hook is not None:
-        loss = tokens_loss(lambda batch: loss_hook.fn(model, batch))
+        loss = tokens_loss(at.loss(compiled(lambda batch: loss_hook.fn(model, batch),
+                                            tcfg.compile)))
     elif ddp is not None:  # the global batch's token mean (recfm.train.distributed)
-        loss = lambda batch: (ddp.loss(batch), ddp.last_tokens)  # noqa: E731
+        ddp_loss = at.loss(ddp.loss)
+        loss = lambda batch: (ddp_loss(batch), ddp.last_tokens)  # noqa: E731
     else:
-        loss = tokens_loss(model.loss)
+        loss = tokens_loss(at.loss(compiled(model.loss, tcfg.compile)))
     mcfg = model.cfg
 
     def validate() -> dict[str, float]:
         return (evaluate_scorer if ddp is None else ddp.evaluate)(
-            model_scorer(model), split.valid, mcfg.n_items, mcfg.max_len, model.input_columns,
+            model_scorer(model, at), split.valid, mcfg.n_items, mcfg.max_len, model.input_columns,
             batch_size=tcfg.eval_batch_size, ks=(10, 20))
 
     files = RunFiles(run, lambda: rec.save_pretrained(run, meta),
@@ -247,18 +254,19 @@ def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
 
 
 def _finish(run: Path, split: Split, trainer: Trainer, evaluate_test: bool, t_start: float,
-            n_params: int) -> TrainResult:
-    """Validation and test metrics of the best model, ``summary.json``, the result."""
+            n_params: int, at: Placement) -> TrainResult:
+    """Validation and test metrics of the best model (on the training's device),
+    ``summary.json``, the result."""
     state, tcfg = trainer.state, trainer.cfg
-    best = FoundationModel.from_pretrained(run)
+    best = FoundationModel.from_pretrained(run).to(at.device)
     cfg = best.cfg
 
     def metrics(scorer, frame):
         return evaluate_scorer(scorer, frame, cfg.n_items, cfg.max_len, best.input_columns,
                                batch_size=tcfg.eval_batch_size)
 
-    best_valid = metrics(model_scorer(best), split.valid)
-    test = metrics(model_scorer(best), split.test) if evaluate_test else None
+    best_valid = metrics(model_scorer(best, at), split.valid)
+    test = metrics(model_scorer(best, at), split.test) if evaluate_test else None
     pop_test = metrics(popularity_scorer(split.train, cfg.n_items), split.test) \
         if evaluate_test else None
     wall = time.perf_counter() - t_start
