@@ -15,6 +15,7 @@ command's own figure. RUN: a run trained on Beauty (by default one is trained he
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import statistics
@@ -58,7 +59,7 @@ def main() -> None:
     print(f"--help {statistics.median(help_s):.3f} s, argument error "
           f"{statistics.median(error_s):.3f} s", flush=True)
 
-    run = args.run
+    run = args.run.resolve() if args.run else None
     train_s = None
     if run is None:
         prepared, run = args.work / "beauty", args.work / "run"
@@ -72,8 +73,8 @@ def main() -> None:
     out.unlink(missing_ok=True)  # this benchmark's own output
     wall, printed = timed(["recommend", str(run), "--users", "all", "--k", str(args.k),
                            "--out", str(out)], args.work)
-    m = re.search(r"([\d,]+) recommendations for ([\d,]+) users in ([\d.]+) s \(([\d,]+) "
-                  r"users/s\)", printed)
+    m = re.search(r"([\d,]+)\s+recommendations\s+for\s+([\d,]+)\s+users\s+in\s+([\d.]+)"
+                  r"\s+s\s+\(([\d,]+)\s+users/s\)", printed)
     if m is None:
         raise SystemExit(f"recommend printed no summary:\n{printed}")
     rows, users = (int(m.group(i).replace(",", "")) for i in (1, 2))
@@ -87,9 +88,13 @@ def main() -> None:
         "recommend_scoring_users_per_s": int(m.group(4).replace(",", "")),
     }
     print(metrics, flush=True)
+    summary = json.loads((run / "summary.json").read_text())
     write_result("cli", "beauty", None, time.perf_counter() - t0, metrics, extra={
         "help_s_each": help_s, "argument_error_s_each": error_s, "k": args.k,
-        "run": str(run), "train_s": train_s, "train_minutes": args.train_minutes})
+        "run": str(run), "train_s": train_s, "train_minutes": args.train_minutes,
+        "run_train_s": summary.get("train_s"), "run_epochs": summary.get("epochs_run"),
+        "run_stop_reason": summary.get("stop_reason"),
+        "run_test": {k: summary["test"][k] for k in ("ndcg@10", "hr@10")}})
 
 
 if __name__ == "__main__":
