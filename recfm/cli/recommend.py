@@ -114,20 +114,28 @@ def _user_ids(spec: str) -> list[str] | None:
 
 
 def _known_histories(run: Path, data: Path | None, ids: list[str] | None) -> pl.DataFrame:
-    """The prepared histories of ``ids`` (None: all users), in the order given."""
+    """The prepared histories of ``ids`` (None: all users), in the order given: from
+    ``data``, else the run's own data and — an incremental run's holds only the users of
+    its recent events — the data of the run it was tuned from."""
     import polars as pl
-    data = data or run_data_dir(run, own=True)
-    if data is None:
+
+    sources = [data] if data is not None else [
+        d for d in dict.fromkeys((run_data_dir(run, own=True), run_data_dir(run))) if d]
+    if not sources:
         raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data")
-    seqs = pl.read_parquet(data / "tokens.parquet")
+    frames = [pl.read_parquet(d / "tokens.parquet") for d in sources]
+    common = [c for c in frames[0].columns if all(c in f.columns for f in frames)]
+    seqs = pl.concat([f.select(common) for f in frames], how="vertical_relaxed") \
+        .unique("user_id", keep="first", maintain_order=True)
     if ids is None:
         return seqs
     wanted = pl.DataFrame({"user_id": ids}).unique("user_id", maintain_order=True)
     found = wanted.join(seqs, on="user_id", how="left", maintain_order="left")
     missing = found.filter(pl.col("item").is_null())["user_id"]
     if missing.len():
-        raise RecfmError(f"{data / 'tokens.parquet'}: expected known users, found "
-                         f"{missing.len()} unknown, e.g. {shorten(missing[0])}")
+        raise RecfmError(f"{', '.join(str(d / 'tokens.parquet') for d in sources)}: expected "
+                         f"known users, found {missing.len()} unknown, e.g. "
+                         f"{shorten(missing[0])}")
     return found
 
 

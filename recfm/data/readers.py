@@ -331,12 +331,13 @@ def read_parquet(path: Path) -> pl.DataFrame:
     return _with_lines(path, df, range(1, df.height + 1))
 
 
-def _file_bytes(path: Path) -> bytes | None:
-    """The bytes of a ``.gz`` file, decompressed (None for other files: read as they are)."""
-    if path.suffix.lower() != ".gz":
-        return None
+def _file_bytes(path: Path) -> bytes:
+    """The bytes of a text file, decompressed when they are gzip's (whatever the name)."""
+    data = path.read_bytes()
+    if not data.startswith(b"\x1f\x8b"):
+        return data
     with reading(path, "a gzip-compressed file"):
-        return gzip.decompress(path.read_bytes())
+        return gzip.decompress(data)
 
 
 def read_table(path: str | Path, options: ReadOptions | None = None) -> pl.DataFrame:
@@ -360,6 +361,7 @@ def read_table(path: str | Path, options: ReadOptions | None = None) -> pl.DataF
                       opt.columns, opt.encoding, _file_bytes(path))
     mapping = {k: v for k, v in opt.map.items() if not opt.lenient or v in df.columns
                or k not in df.columns}
+    schema.hint_separator(df, str(path))
     df = schema.apply_mapping(df, mapping, str(path))
     df = df.with_columns(pl.lit(v, pl.Utf8).alias(k) for k, v in opt.constants.items()
                          if not opt.lenient or k not in df.columns)
@@ -380,7 +382,7 @@ def read_events(path: str | Path, mapping: dict[str, str] | None = None,
 
 # The CLI flags of the events file → those of the item file.
 ITEM_FLAGS = {"--no-header --columns": "--item-columns", "--format": "--item-format",
-              "--sep": "--item-sep", "--map": "--item-map", " --columns": " --item-columns"}
+              "--sep": "--item-sep", "--map ": "--item-map ", " --columns": " --item-columns"}
 
 
 def read_items(path: str | Path, mapping: dict[str, str] | None = None,
@@ -393,14 +395,15 @@ def read_items(path: str | Path, mapping: dict[str, str] | None = None,
     try:
         df = read_table(path, opt)
         schema.hint_header(df, str(path), schema.ITEM_REQUIRED, opt)
+        if flags:
+            df = schema.flags_to_genres(df, schema.flag_columns(df, flags, str(path)),
+                                        str(path))
+        return schema.normalize_items(df, str(path))
     except InputError as e:  # the options that would fix it are the item file's
         expected = e.expected
         for flag, item_flag in ITEM_FLAGS.items():
             expected = expected.replace(flag, item_flag)
         raise InputError(e.file, e.line, e.column, expected, e.found) from None
-    if flags:
-        df = schema.flags_to_genres(df, schema.flag_columns(df, flags, str(path)), str(path))
-    return schema.normalize_items(df, str(path))
 
 
 def read_generic(events: str | Path, items: str | Path | None = None,

@@ -119,6 +119,17 @@ def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what
 SEPARATORS = {"\t": "--format tsv", ";": "--sep ';'", "|": "--sep '|'", "::": "--sep '::'"}
 
 
+def hint_separator(df: pl.DataFrame, file: str) -> None:
+    """A file read as one field whose name holds another separator: an InputError naming
+    the option that splits it."""
+    names = [c for c in df.columns if c != LINE]
+    if len(names) == 1:
+        sep = next((s for s in SEPARATORS if s in names[0]), None)
+        if sep is not None:
+            raise InputError(file, 1, None, f"several fields ({SEPARATORS[sep]} reads "
+                             f"{sep!r}-separated ones)", f"one field {shorten(names[0])}")
+
+
 def hint_header(df: pl.DataFrame, file: str, required: tuple[str, ...], options) -> None:
     """When a ``required`` column is missing because of how the file was read — a first
     line of data taken for a header, or the wrong separator — an InputError saying which
@@ -127,11 +138,7 @@ def hint_header(df: pl.DataFrame, file: str, required: tuple[str, ...], options)
         return
     names = [c for c in df.columns if c != LINE]
     cols = ",".join((*required, "…"))
-    if len(names) == 1:
-        sep = next((s for s in SEPARATORS if s in names[0]), None)
-        if sep is not None:
-            raise InputError(file, 1, None, f"several fields ({SEPARATORS[sep]} reads "
-                             f"{sep!r}-separated ones)", f"one field {shorten(names[0])}")
+    hint_separator(df, file)
     if options.header is not False and not options.columns and sum(
             n.strip().replace(".", "", 1).lstrip("-").isdigit() for n in names) >= 2:
         raise InputError(file, 1, None, f"a header naming the columns (or --no-header "

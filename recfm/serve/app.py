@@ -202,7 +202,7 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
         engine, q = await service.query(req)
         vec = await service.batcher.submit("embed", engine, q)
         return {"vector": vec, "dim": engine.d, "model_version": engine.version,
-                "how": "model" if vec is not None else "no history: no vector"}
+                "how": q.how if vec is not None else "no history: no vector"}
 
     @app.get("/v1/items/{item_id}/similar", response_model=S.SimilarResponse,
              responses=errors, tags=["items"])

@@ -287,11 +287,13 @@ class Engine:
                                 f"{', '.join(sorted(self.surface_filters))}")
         tokens = np.zeros((0, len(self.columns)), np.int64)
         ts_last = None
-        how = "model"
+        how, unknown_user = "model", ""
         if user_id is not None:
             stored = self.histories.tokens(str(user_id)) if self.histories else None
             if stored is not None:
                 tokens, ts_last = stored
+            else:  # a member the served data does not know: new, unless events say more
+                unknown_user = f"user {str(user_id)!r} is not among the known users: "
         if events:
             new, new_ts = self._event_tokens(events, ignore_unknown)
             if len(tokens) and len(new) and self.has_time and "gap_bucket" in self.columns \
@@ -308,7 +310,8 @@ class Engine:
             store = self.rec.context_store(context)
             tokens = np.array([[store.values[c][0] for c in self.columns]], np.int64)
             given = ", ".join(f"{k}={v}" for k, v in sorted((context or {}).items()))
-            how = f"model: no history, first items for the context ({given or 'none given'})"
+            how = (f"model: {unknown_user}no history, first items for the context "
+                   f"({given or 'none given'})")
             user_id = None  # nothing of this member to cache
         start = window_start(len(tokens), self.max_len, self.cfg.window_hop)
         allowed = self.rules.mask(filters or Filters()) & self.rules.mask(surface_filters)

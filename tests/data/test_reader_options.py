@@ -157,6 +157,10 @@ def test_a_run_reads_files_shaped_like_its_training_data_with_no_flags(tmp_path)
     assert {"3", "4"}.isdisjoint(r["item_id"] for r in out[0]["items"])  # seen: excluded
     cli("train", "--init-from", "run", "--events", "new.data", "--incremental", "--epochs",
         "1", "--out", "run2", cwd=tmp_path)
+    # the tuned run knows the recent user and, through the run it was tuned from, the others
+    out = json.loads(cli("recommend", "run2", "--user", "99", "--user", "5", "--k", "2",
+                         "--json", cwd=tmp_path).stdout)
+    assert [u["user_id"] for u in out] == ["99", "5"]
 
 
 def test_prepare_and_describe_agree(tmp_path):
@@ -194,3 +198,16 @@ def test_amazon_reviews_read_later_like_the_training_dump(tmp_path):
     later = Recommender.read_run_events(tmp_path / "prep", tmp_path / "Games_5.json.gz")
     assert later.columns == ["user_id", "item_id", "timestamp", "action", "value"]
     assert later.height == len(reviews) and set(later["action"]) == {"review"}
+
+
+def test_catalog_and_mapped_files_get_their_own_hints(tmp_path):
+    """The catalog's missing column names --item-map; a wrong separator is named even when
+    --map names the columns (found by the tutorials' tests)."""
+    items = tmp_path / "titles.csv"
+    items.write_text("title_id,name\na,A\n")
+    with pytest.raises(InputError, match="--item-map item_id=NAME"):
+        read_items(items)
+    semi = tmp_path / "semi.csv"
+    semi.write_text("member_id;title_id;ts\nu;a;1\n")
+    with pytest.raises(InputError, match="--sep ';'"):
+        read_events(semi, {"user_id": "member_id", "item_id": "title_id", "timestamp": "ts"})

@@ -69,7 +69,7 @@ CASES = [
     ("jsonl_deep", "e.jsonl",
      text('{"user_id": "u1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n"), "1:",
      "nested too deeply"),
-    ("gzip_as_csv", "e.csv", text(gzip.compress(CSV.encode())), "", "looks like gzip"),
+    ("zip_as_csv", "e.csv", text(b"PK\x03\x04" + b"\x00" * 40), "", "looks like zip"),
     ("bad_newline_in_header", "e.csv", text(b"user_id,item\rx\xff_id\n"), "1:item\\r",
      "not UTF-8"),
     ("empty_header_line", "e.csv", text("\n\n" + CSV), "1:", "header row"),
@@ -141,3 +141,9 @@ def test_damaged_parquet_is_one_line_not_a_panic_or_an_abort(tmp_path, name):
     assert res.stderr.startswith(f"error: {events}: expected a Parquet file, found ")
     assert res.stderr.count("\n") == 1, res.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_gzip_data_is_read_whatever_the_name(tmp_path):
+    path = tmp_path / "e.csv"  # gzip bytes under a plain name (issue 19: read, not refused)
+    path.write_bytes(gzip.compress(CSV.encode()))
+    assert read_events(path)["item_id"].to_list() == ["a"]

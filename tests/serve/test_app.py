@@ -59,7 +59,11 @@ def test_recommend_embed_similar_collections(client, user):
     assert new_user["history_tokens"] == 1 and len(new_user["items"]) == 3
 
     cold = client.post("/v1/recommend", json={"user_id": "someone-new", "k": 4}).json()
-    assert cold["how"].startswith("model: no history") and len(cold["items"]) == 4
+    # a user_id the served data lacks: a new member, and the answer says so
+    assert cold["how"].startswith("model: user 'someone-new' is not among the known users: no "
+                                  "history") and len(cold["items"]) == 4
+    vec = client.post("/v1/users/embed", json={"user_id": "someone-new"}).json()
+    assert "is not among the known users" in vec["how"]
     assert cold["history_tokens"] == 0
 
     def first(**context):  # a brand-new member: no user_id, no events
