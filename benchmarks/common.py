@@ -28,7 +28,7 @@ SHARED_DATA = ROOT.parent.parent / "shared" / "data"
 # Headline metrics shown in RESULTS.md, in this order, when a result has them.
 SHOWN = ("ndcg@10", "hr@10", "mrr", "popularity_ndcg@10", "wall_s_prepare", "events_per_s",
          "peak_rss_mb", "s_per_epoch", "tokens_per_s", "mfu_pct", "cache_speedup",
-         "add_items_1000_s", "help_s", "recommend_all_users_per_s")
+         "add_items_1000_s", "help_s", "recommend_all_users_per_s", "speedup")
 # Nested metric groups shown as ``group.key`` (the serving benchmark's result keys).
 SHOWN_GROUPS = ("recommend_12k", "hnsw_1m", "reload")
 
