@@ -31,8 +31,11 @@ class RawDataset:
 
     ``meta`` tells the tokenizer about the data: ``name``; ``has_time`` (False when the
     timestamps are only an order, as in the S3-Rec files); ``value_kind`` ("duration",
-    "rating" or None); and ``tokenizer`` — overrides of the tokenizer defaults that suit
-    the format (e.g. no merging of repeats when there is no real time).
+    "rating" or None); ``tokenizer`` — overrides of the tokenizer defaults that suit
+    the format (e.g. no merging of repeats when there is no real time); ``input`` (and
+    ``items_input``) — how the files were read (:class:`ReadOptions` as a dict), remembered
+    by the prepared dataset and its runs; ``report`` — an adapter's counts for the prepare
+    report.
     """
 
     events: pl.DataFrame
