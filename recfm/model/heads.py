@@ -110,35 +110,60 @@ class ChunkedSoftmaxLoss(torch.autograd.Function):
         kind = h.device.type
         # under autocast (bf16 on a GPU) the matmuls run in its dtype, the softmax in fp32
         mm = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+        acc = h.dtype if mm == h.dtype else torch.float32
         with torch.autocast(kind, enabled=False):
             grad_h = torch.zeros_like(h) if want_h else None
             grad_t = torch.zeros_like(table) if want_t else None
             total = h.new_zeros((), dtype=torch.float64)
             n_items = table.size(0)
             tab = table.to(mm)
+            # label smoothing's mean logit and the -ε/V part of its gradient act through
+            # the column sums: n × d work instead of passes over the n × V logits
+            tab_sum = table.to(acc).sum(0) if smoothing else None  # (d,)
+            h_sum = torch.zeros(h.size(1), dtype=acc, device=h.device) if smoothing else None
             for s in range(0, h.size(0), rows):
                 hc, tc, wc = h[s:s + rows].to(mm), targets[s:s + rows, None], w[s:s + rows]
-                z = (hc @ tab.T).to(h.dtype if mm == h.dtype else torch.float32)  # (n, V)
+                z = (hc @ tab.T).to(acc)  # (n, V)
                 if temperature != 1.0:
-                    z = z / temperature
-                lse = torch.logsumexp(z, dim=-1)  # (n,)
-                loss = lse - (1 - smoothing) * z.gather(1, tc)[:, 0]
+                    z.div_(temperature)
+                zt = z.gather(1, tc)[:, 0]
+                if want_h or want_t:
+                    p = torch.softmax(z, dim=-1)  # one fused pass-set; z is then free
+                    pt = p.gather(1, tc)[:, 0]
+                    lse = zt - torch.log(pt)
+                    # a target too unlikely for the softmax's precision (0 or subnormal)
+                    tiny = pt < torch.finfo(p.dtype).tiny
+                    if tiny.any():
+                        lse[tiny] = torch.logsumexp(z[tiny], dim=-1)
+                else:
+                    lse = torch.logsumexp(z, dim=-1)
+                del z
+                loss = lse - (1 - smoothing) * zt
                 if smoothing:
-                    loss = loss - smoothing * z.mean(-1)
+                    loss = loss - smoothing * (hc.to(acc) @ tab_sum) / (n_items * temperature)
                 total += (wc * loss).sum(dtype=torch.float64)
-                if want_h or want_t:  # dL/dz = w · (softmax − (1 − ε)·onehot − ε / V) / τ
-                    g = z.sub_(lse[:, None]).exp_()
+                if not (want_h or want_t):
+                    continue
+                # dL/dz = w · (softmax − (1 − ε)·onehot − ε / V) / τ: the row weights and
+                # the constant go onto the n × d operands, never the n × V matrix
+                p.scatter_add_(1, tc, torch.full_like(tc, smoothing - 1, dtype=p.dtype))
+                scale = (wc / temperature).to(acc)[:, None]  # (n, 1)
+                pm = p.to(mm)
+                if want_h:
+                    gh = (pm @ tab).to(acc) * scale
                     if smoothing:
-                        g.sub_(smoothing / n_items)
-                    g.scatter_add_(1, tc, torch.full_like(tc, smoothing - 1, dtype=g.dtype))
-                    g.mul_((wc / temperature)[:, None])
-                    g = g.to(mm)
-                    if want_h:
-                        grad_h[s:s + rows] = g @ tab
-                    if want_t and mm == grad_t.dtype:
-                        grad_t.addmm_(g.T, hc)
-                    elif want_t:
-                        grad_t += (g.T @ hc).to(grad_t.dtype)
+                        gh -= (smoothing / n_items) * scale * tab_sum
+                    grad_h[s:s + rows] = gh
+                if want_t:
+                    hs = (hc.to(acc) * scale)
+                    if mm == grad_t.dtype:
+                        grad_t.addmm_(pm.T, hs.to(mm))
+                    else:
+                        grad_t += (pm.T @ hs.to(mm)).to(grad_t.dtype)
+                    if smoothing:
+                        h_sum += hs.sum(0)
+            if smoothing and want_t:
+                grad_t -= (smoothing / n_items) * h_sum[None, :].to(grad_t.dtype)
         ctx.save_for_backward(*(t for t in (grad_h, grad_t) if t is not None))
         ctx.which = (want_h, want_t)
         return total.to(torch.promote_types(h.dtype, torch.float32))

@@ -180,3 +180,15 @@ def test_chunked_evaluation_equals_unchunked(tiny_prepared):
     for k in whole:
         if not k.startswith("coverage"):  # top-k order among exact ties may differ
             assert abs(whole[k] - chunked[k]) < 1e-9, k
+
+
+def test_chunked_softmax_is_exact_for_a_target_the_softmax_underflows():
+    """A target ~200 nats below the best item: its softmax is 0 in fp32, the loss is not."""
+    h = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    table = torch.tensor([[0.0, 0.0]] * N_RESERVED_ITEMS + [[200.0, 0.0], [0.0, 0.0]],
+                         requires_grad=True)
+    targets = torch.tensor([N_RESERVED_ITEMS + 1])
+    plain = full_softmax_loss(h, targets, table)
+    chunked = full_softmax_loss(h, targets, table, chunk=4)
+    assert torch.isfinite(chunked) and abs(float((chunked - plain).detach())) < 1e-4
+    assert abs(float(plain.detach()) - 200.0) < 1e-3
