@@ -16,7 +16,6 @@ from rich.table import Table
 from recfm.cli.output import OVERWRITE, at_least_one, console, print_json
 from recfm.errors import InputError, RecfmError, shorten
 from recfm.io import atomic_write_file
-from recfm.runinfo import run_data_dir
 
 if TYPE_CHECKING:  # annotations only: polars loads with the command (start-up time)
     import polars as pl
@@ -114,19 +113,16 @@ def _user_ids(spec: str) -> list[str] | None:
 
 
 def _known_histories(run: Path, data: Path | None, ids: list[str] | None) -> pl.DataFrame:
-    """The prepared histories of ``ids`` (None: all users), in the order given: from
-    ``data``, else the run's own data and — an incremental run's holds only the users of
-    its recent events — the data of the run it was tuned from."""
+    """The prepared histories of ``ids`` (None: all users), in the order given
+    (:func:`recfm.pipeline.histories.history_sources`)."""
     import polars as pl
 
-    sources = [data] if data is not None else [
-        d for d in dict.fromkeys((run_data_dir(run, own=True), run_data_dir(run))) if d]
+    from recfm.pipeline.histories import history_sources, known_histories
+
+    sources = history_sources(run, data)
     if not sources:
         raise RecfmError(f"{run}: the dataset it was trained on is not there; give --data")
-    frames = [pl.read_parquet(d / "tokens.parquet") for d in sources]
-    common = [c for c in frames[0].columns if all(c in f.columns for f in frames)]
-    seqs = pl.concat([f.select(common) for f in frames], how="vertical_relaxed") \
-        .unique("user_id", keep="first", maintain_order=True)
+    seqs = known_histories(sources)
     if ids is None:
         return seqs
     wanted = pl.DataFrame({"user_id": ids}).unique("user_id", maintain_order=True)

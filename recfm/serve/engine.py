@@ -24,6 +24,7 @@ from recfm.tokens.batching import SequenceStore
 from recfm.errors import InputError, RecfmError
 from recfm.pipeline import Recommender
 from recfm.rank.serve import RankerHook
+from recfm.pipeline.histories import history_sources, known_histories
 from recfm.runinfo import model_version, run_data_dir
 from recfm.serve.config import ServeConfig
 from recfm.serve.errors import NotFound, Unprocessable
@@ -70,12 +71,14 @@ class Query:
 class UserHistories:
     """Known users' token histories, read from a prepared dataset's ``tokens.parquet``."""
 
-    def __init__(self, data: Path, columns: list[str]) -> None:
-        path = data / "tokens.parquet"
-        if not path.is_file():
-            raise InputError(str(path), None, None, "a prepared dataset (tokens.parquet)",
-                             "nothing at that path")
-        seqs = pl.read_parquet(path)
+    def __init__(self, sources: list[Path], columns: list[str]) -> None:
+        """``sources``: prepared datasets, a user's first found kept
+        (:func:`recfm.pipeline.histories.history_sources`)."""
+        for data in sources:
+            if not (data / "tokens.parquet").is_file():
+                raise InputError(str(data / "tokens.parquet"), None, None,
+                                 "a prepared dataset (tokens.parquet)", "nothing at that path")
+        seqs = known_histories(sources)
         self.columns = columns
         extra = ["ts_last"] if "ts_last" in seqs.columns else []
         self.store = SequenceStore(seqs, columns + extra)
@@ -168,7 +171,11 @@ class Engine:
         self.degraded: str | None = None
         """Why known users are missing (the run's dataset is not there), or None."""
         self.data = Path(data) if data is not None else self._default_data()
-        self.histories = UserHistories(self.data, self.columns) if self.data is not None else None
+        # an incremental run's own data holds its recent users: the others are in the data
+        # of the run it was tuned from
+        self.histories = UserHistories(
+            [self.data] if data is not None else history_sources(self.run),
+            self.columns) if self.data is not None else None
         self.ranker = None
         """Second pass (``cfg.ranker``): a :class:`recfm.rank.serve.RankerHook`, or None."""
         if self.cfg.ranker:

@@ -161,6 +161,10 @@ def test_a_run_reads_files_shaped_like_its_training_data_with_no_flags(tmp_path)
     out = json.loads(cli("recommend", "run2", "--user", "99", "--user", "5", "--k", "2",
                          "--json", cwd=tmp_path).stdout)
     assert [u["user_id"] for u in out] == ["99", "5"]
+    from recfm.serve import Engine, ServeConfig  # and so does the server
+
+    engine = Engine(tmp_path / "run2", ServeConfig())
+    assert engine.histories.tokens("99") is not None and engine.histories.tokens("5") is not None
 
 
 def test_prepare_and_describe_agree(tmp_path):
