@@ -1,5 +1,5 @@
 """A tiny synthetic streaming world (titles, genres, kids titles, availability) and a run
-trained on it in seconds, shared by the serving tests."""
+trained on it in seconds, shared by the serving tests; the app serving it and a client."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from recfm.model.config import ModelConfig
+from recfm.serve.app import create_app
+from recfm.serve.config import ServeConfig
 from recfm.train.config import TrainConfig
 
 MAX_LEN = 16
@@ -37,3 +40,14 @@ def served(tmp_path_factory) -> Served:
     train(root / "prepared", root / "run", model, tcfg)
     train(root / "prepared", root / "run2", model, TrainConfig(**{**tcfg.__dict__, "seed": 1}))
     return Served(root / "world", root / "prepared", root / "run", root / "run2")
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    return create_app(served.run, ServeConfig(cache_mb=8))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c

@@ -21,17 +21,6 @@ from recfm.serve.config import ServeConfig
 
 
 @pytest.fixture(scope="module")
-def app(served):
-    return create_app(served.run, ServeConfig(cache_mb=8))
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def user(client) -> str:
     return client.get("/v1/users", params={"limit": 5, "min_tokens": 10}).json()["users"][0]
 

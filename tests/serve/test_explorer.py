@@ -8,24 +8,12 @@ import re
 import httpx
 import polars as pl
 import pytest
-from fastapi.testclient import TestClient
 
 from recfm.serve.app import EXPLORER_EXAMPLES, EXPLORER_MIN_EVENTS, create_app
 from recfm.serve.config import ServeConfig
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 from tests.serve.test_app import Server
 from tests.serve.test_explorer_browser import CHROMIUM_FLAGS, chromium
-
-
-@pytest.fixture(scope="module")
-def app(served):
-    return create_app(served.run, ServeConfig(cache_mb=8))
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    with TestClient(app) as c:
-        yield c
 
 
 def test_page_has_no_hard_coded_ids_and_reads_user_and_history_from_the_address(client):
