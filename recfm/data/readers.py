@@ -125,13 +125,9 @@ def _format_hint(path: Path) -> str:
         return "--format csv|tsv|jsonl|parquet"
     fields = first.split(sep)
     opts = "--format tsv" if sep == "\t" else f"--format csv --sep '{sep}'"
-    if all(_numberlike(x) for x in fields[:2]):  # ids where names would be: no header
+    if all(schema.numberlike(x) for x in fields[:2]):  # ids where names would be: no header
         opts += f" --no-header --columns {_guess_columns(len(fields))}"
     return opts
-
-
-def _numberlike(text: str) -> bool:
-    return text.strip().replace(".", "", 1).isdigit()
 
 
 def _guess_columns(n: int) -> str:

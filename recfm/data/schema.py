@@ -119,6 +119,11 @@ def require_columns(df: pl.DataFrame, required: tuple[str, ...], file: str, what
 SEPARATORS = {"\t": "--format tsv", ";": "--sep ';'", "|": "--sep '|'", "::": "--sep '::'"}
 
 
+def numberlike(text: str) -> bool:
+    """Whether a header name reads as a number (a first line of data taken for a header)."""
+    return text.strip().replace(".", "", 1).lstrip("-").isdigit()
+
+
 def hint_separator(df: pl.DataFrame, file: str) -> None:
     """A file read as one field whose name holds another separator: an InputError naming
     the option that splits it."""
@@ -140,7 +145,7 @@ def hint_header(df: pl.DataFrame, file: str, required: tuple[str, ...], options)
     cols = ",".join((*required, "…"))
     hint_separator(df, file)
     if options.header is not False and not options.columns and sum(
-            n.strip().replace(".", "", 1).lstrip("-").isdigit() for n in names) >= 2:
+            numberlike(n) for n in names) >= 2:
         raise InputError(file, 1, None, f"a header naming the columns (or --no-header "
                          f"--columns {cols} naming them)",
                          f"a first line of values: {shorten(', '.join(names), 60)}")

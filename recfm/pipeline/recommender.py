@@ -44,6 +44,8 @@ class Recommender:
         self.items = items
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.prompts: dict[str, torch.Tensor] = {}  # name → vectors, see recfm.model.prompt
+        self._ids: np.ndarray | None = None  # :meth:`_id_array`, for ``_ids_n`` items
+        self._ids_n = -1
 
     @property
     def cfg(self):
@@ -241,14 +243,23 @@ class Recommender:
                  else pl.Series("user_id", range(len(store))).cast(pl.Utf8)).to_numpy()
         return self._top_batches(store, users, k, exclude_seen, prompt, horizon, batch_size)
 
+    def _id_array(self) -> np.ndarray:
+        """(n_items,) catalog ids by vocabulary index (reserved: ""), built once per
+        vocabulary size rather than on every call."""
+        n = len(self.tokenizer.item_ids) if self.tokenizer else self.cfg.n_items
+        if self._ids is None or self._ids_n != n:
+            self._ids_n = n
+            self._ids = np.asarray([""] * N_RESERVED_ITEMS + list(self.tokenizer.item_ids)
+                                   if self.tokenizer else range(n)).astype(str)
+        return self._ids
+
     @torch.no_grad()
     def _top_batches(self, store: SequenceStore, users: np.ndarray, k: int, exclude_seen: bool,
                      prompt: str | None, horizon: str, batch_size: int
                      ) -> Iterator[pl.DataFrame]:
         """The top-``k`` frames of :meth:`recommend_batches` for the rows of ``store``
         (``users``: their ids)."""
-        ids = np.asarray([""] * N_RESERVED_ITEMS + list(self.tokenizer.item_ids)
-                         if self.tokenizer else range(self.cfg.n_items)).astype(str)
+        ids = self._id_array()
         model = self.model
         model.eval()
         extra = {"soft_prompt": self.prompt_vectors(prompt)} if prompt is not None else {}
