@@ -89,7 +89,9 @@ def main() -> None:
     }
     print(metrics, flush=True)
     summary = json.loads((run / "summary.json").read_text())
-    write_result("cli", "beauty", None, time.perf_counter() - t0, metrics, extra={
+    # seed: recfm train's default (the run this script trains; a --run brings its own)
+    write_result("cli", "beauty", 0 if train_s is not None else None, time.perf_counter() - t0,
+                 metrics, extra={
         "help_s_each": help_s, "argument_error_s_each": error_s, "k": args.k,
         "run": str(run), "train_s": train_s, "train_minutes": args.train_minutes,
         "run_train_s": summary.get("train_s"), "run_epochs": summary.get("epochs_run"),

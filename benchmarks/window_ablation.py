@@ -86,7 +86,8 @@ def main() -> None:
              "epochs (mean) | best epoch per seed |\n|---|---|---|---|---|---|---|---|\n"
              + "\n".join(rows) + f"\n\nEach run: {args.max_minutes:g} min of training on 2 "
              f"threads, seeds {', '.join(map(str, args.seeds))}; mean ± std over seeds.")
-    write_result("window-ablation", " + ".join(args.datasets), None, time.perf_counter() - t0,
+    write_result("window-ablation", " + ".join(args.datasets),
+                 ", ".join(map(str, args.seeds)), time.perf_counter() - t0,
                  metrics, extra={"runs": runs, "max_minutes": args.max_minutes,
                                  "model": MODEL, "train": TRAIN["default"]}, table_md=table)
 
