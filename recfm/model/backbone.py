@@ -21,6 +21,7 @@ from recfm.model.attention import (
     rotary,
 )
 from recfm.model.config import ModelConfig
+from recfm.model.dropout import Dropout
 from recfm.model.sparse import LocalMask, local_attention_mask, local_extension_mask
 
 Mask = torch.Tensor | LocalMask | None
@@ -80,7 +81,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.ff_dim)
         self.out = nn.Linear(cfg.ff_dim, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, cfg.fast_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.drop(F.gelu(self.fc(x))))
@@ -95,7 +96,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, cfg.fast_dropout)
 
     def forward(self, x: torch.Tensor, mask: Mask, cache: KVCache | None = None,
                 start: int = 0, only: torch.Tensor | None = None) -> torch.Tensor:

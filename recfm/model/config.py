@@ -55,6 +55,9 @@ class ModelConfig:
     dropout: float = 0.2
     emb_dropout: float | None = None
     """Dropout on the summed event embedding; None means ``dropout``."""
+    fast_dropout: bool = True
+    """CPU dropout masks from 16-bit lanes of 64-bit draws (:mod:`recfm.model.dropout`);
+    False: torch's per-element Bernoulli dropout, the reference."""
     max_len: int = 50
     positions: Literal["learned", "rope", "none"] = "learned"
     attention: Literal["sdpa", "reference"] = "sdpa"

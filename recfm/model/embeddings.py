@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recfm.model.config import ModelConfig
+from recfm.model.dropout import Dropout
 
 TIME_FACETS = ("gap_bucket", "hour_of_week")
 
@@ -129,7 +130,8 @@ class EventEmbedding(nn.Module):
         if self.positions is not None:
             nn.init.normal_(self.positions.weight, std=0.02)
         self.scale = cfg.d_model ** 0.5
-        self.drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self.drop = Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout,
+                            cfg.fast_dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, batch: dict[str, torch.Tensor], item_vecs: torch.Tensor,
