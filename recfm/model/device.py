@@ -92,9 +92,9 @@ class Placement:
 
     def optimizer(self, groups: list[dict], lr: float, betas: tuple[float, float]
                   ) -> torch.optim.Optimizer:
-        """AdamW over fp32 master weights; fused kernels on a GPU."""
+        """AdamW over fp32 master weights, one fused kernel per step (CPU and CUDA)."""
         return torch.optim.AdamW(groups, lr=lr, betas=betas,
-                                 fused=True if self.device.type == "cuda" else None)
+                                 fused=True if self.device.type in ("cpu", "cuda") else None)
 
 
 def compiled(fn: Callable, enabled: bool) -> Callable:
