@@ -96,7 +96,7 @@ class ModelConfig:
     logq_correction: bool = True
     label_smoothing: float = 0.0
     temperature: float = 1.0
-    loss_chunk: int = 1 << 22
+    loss_chunk: int = 1 << 21
     """Full softmax: logits (tokens × items) held at a time, with their gradient
     (:class:`recfm.model.heads.ChunkedSoftmaxLoss`); 0: the plain loss, holding all."""
 

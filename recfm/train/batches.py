@@ -40,6 +40,17 @@ def make_batch(store: SequenceStore, spans: np.ndarray) -> Batch:
     return batch
 
 
+def micro_batches(batch: Batch, max_positions: int) -> list[Batch]:
+    """``batch`` as parts of whole rows with about ``max_positions`` (rows × T) each, as
+    even as the rows allow; ``[batch]`` when it fits or ``max_positions`` is 0."""
+    B, T = batch["target"].shape
+    if max_positions <= 0 or B * T <= max_positions or B == 1:
+        return [batch]
+    n_parts = min(B, -(-B * T // max_positions))
+    rows = -(-B // n_parts)
+    return [{k: v[s:s + rows] for k, v in batch.items()} for s in range(0, B, rows)]
+
+
 class MemoryBatches:
     """Batches of spans of a :class:`SequenceStore` held in memory.
 

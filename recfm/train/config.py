@@ -27,6 +27,11 @@ class TrainConfig:
     seed: int = 0
     patience: int = 10
     """Stop after this many epochs without a better validation NDCG@10."""
+    micro_batch_tokens: int = 4096
+    """A batch with more positions (rows × length) than this runs as micro-batches of whole
+    rows, their gradients added up to the batch's: the same update (exactly, when the loss
+    is a mean over target tokens) with a part's activations in memory at a time. 0: never
+    split. Not used with ``--nproc`` (each rank's loss is normalised by the global batch)."""
     eval_batch_size: int = 512
     checkpoint_every: int = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""

@@ -250,7 +250,8 @@ def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
                      ddp is None or ddp.ctx.is_main, tcfg.tensorboard)
     budget = Budget(tcfg.max_minutes, strict=strict_budget) if tcfg.max_minutes else None
     return Trainer(model, opt, tcfg, data[0], loss, data[1], Validation(validate), files,
-                   budget=budget, agree=ddp.broadcast if ddp is not None else None)
+                   budget=budget, agree=ddp.broadcast if ddp is not None else None,
+                   micro_batch_tokens=tcfg.micro_batch_tokens if ddp is None else 0)
 
 
 def _finish(run: Path, split: Split, trainer: Trainer, evaluate_test: bool, t_start: float,

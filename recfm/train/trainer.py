@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from recfm.train.batches import Batch
+from recfm.train.batches import Batch, micro_batches
 from recfm.train.config import TrainConfig, lr_at
 from recfm.train.run import Checkpointer, MetricsLog, open_checkpoint, truncate_csv
 
@@ -72,6 +72,37 @@ def scale_groups(model: nn.Module, groups: list[dict[str, Any]],
 def tokens_loss(model_loss: Callable[[Batch], torch.Tensor]) -> LossFn:
     """A loss logged with the weight of its batch's target tokens."""
     return lambda batch: (model_loss(batch), int((batch["target"] > 0).sum()))
+
+
+def backward(loss: LossFn, batch: Batch, micro_batch_tokens: int,
+             params: Iterable[nn.Parameter]) -> tuple[float, int] | None:
+    """Backpropagate ``loss(batch)``; its (mean loss, weight), None when it skips the batch.
+
+    A batch over ``micro_batch_tokens`` positions runs a part at a time: each part's mean
+    loss × its weight is backpropagated and the summed gradients of ``params`` divided by
+    the batch's weight, which is the whole batch's gradient when the loss is a weight mean.
+    """
+    parts = micro_batches(batch, micro_batch_tokens) if micro_batch_tokens else [batch]
+    if len(parts) == 1:
+        out = loss(batch)
+        if out is None:
+            return None
+        out[0].backward()
+        return float(out[0].detach()), out[1]
+    total, weight = 0.0, 0
+    for part in parts:
+        out = loss(part)
+        if out is None or out[1] == 0:
+            continue
+        (out[0] * out[1]).backward()
+        total += float(out[0].detach()) * out[1]
+        weight += out[1]
+    if weight == 0:
+        return None
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(weight)
+    return total / weight, weight
 
 
 @dataclass
@@ -133,6 +164,7 @@ class Trainer:
     agree: Callable[[float], float] | None = None  # DDP: rank 0's value on every rank
     on_progress: ProgressFn | None = None
     on_epoch_end: Callable[[int, float, int], None] | None = None  # (epoch, loss, weight)
+    micro_batch_tokens: int = 0  # TrainConfig.micro_batch_tokens, for batches of tokens
 
     def __post_init__(self) -> None:
         per_step = self.validation is not None and self.validation.every > 0
@@ -211,7 +243,7 @@ class Trainer:
                     + time.perf_counter() - self._t_epoch >= self.budget.minutes * 60:
                 self.reason = "time budget"  # a strict budget stops inside the epoch
                 break
-            out = self.loss(batch)
+            out = self._backward(batch)
             if out is None:
                 continue
             self._step(*out, bi, n)
@@ -235,19 +267,22 @@ class Trainer:
                 return False
         return True
 
-    def _step(self, loss: torch.Tensor, weight: int, bi: int, n: int) -> None:
-        """One optimizer step; the loss is logged weighted by ``weight`` (target tokens)."""
+    def _backward(self, batch: Batch) -> tuple[float, int] | None:
+        """The batch's gradients (:func:`backward`) and (mean loss, weight)."""
+        self.opt.zero_grad(set_to_none=True)
+        return backward(self.loss, batch, self.micro_batch_tokens, self.model.parameters())
+
+    def _step(self, value: float, weight: int, bi: int, n: int) -> None:
+        """One optimizer step on the gradients of :meth:`_backward`; the loss is logged
+        weighted by ``weight`` (target tokens)."""
         s = self.state
         lr = lr_at(s["step"], s["total_steps"], self.cfg)
         hold = s["step"] < self.hold_steps
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0) * (0.0 if hold and g.get(HOLD_KEY) else 1.0)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.clip_params, self.cfg.grad_clip)
         self.opt.step()
-        value = float(loss.detach())
         s.update(step=s["step"] + 1, batch=bi + 1, tokens=s["tokens"] + weight)
         self._ep_tokens += weight
         self._loss_sum += value * weight

@@ -142,3 +142,36 @@ def test_a_real_kill_inside_a_checkpoint_save_resumes_to_the_same_weights(tiny_p
     assert run(tmp_path / "killed", "resume") == 0
     a = (tmp_path / "straight" / "checkpoint" / "model.safetensors").read_bytes()
     assert (tmp_path / "killed" / "checkpoint" / "model.safetensors").read_bytes() == a
+
+
+
+def test_micro_batches_give_the_whole_batchs_gradient(tiny_prepared):
+    """A batch run a few rows at a time (gradients added up) gives the whole batch's."""
+    from recfm.data.splits import leave_one_out
+    from recfm.tokens.prepare import PreparedDataset
+    from recfm.train.loop import data_source, new_model
+    from recfm.train.trainer import backward, tokens_loss
+
+    ds = PreparedDataset.load(tiny_prepared)
+    split = leave_one_out(ds.sequences)
+    torch.manual_seed(0)
+    model = new_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0),
+                      ds, split, tiny_prepared).model
+    src, _ = data_source(tiny_prepared, split, model, tcfg(), [], False, None)
+    src.start(0, 0.0)
+    batch = src.batch(0, 0)
+    assert batch["target"].numel() > 40
+    grads = []
+    for micro in (0, 20):
+        model.zero_grad(set_to_none=True)
+        value, weight = backward(tokens_loss(model.loss), batch, micro, model.parameters())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None})
+        assert weight == int((batch["target"] > 0).sum())
+        if micro == 0:
+            whole = value
+    assert value == pytest.approx(whole, rel=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7,
+                                   msg=name)
