@@ -87,6 +87,7 @@ def minutes_to_quality(prepared: Path, run: Path, device: str, minutes: float,
     from recfm.train.loop import train
 
     tcfg = TrainConfig(device=device, max_minutes=minutes, tensorboard=False,
+                       eval_batch_size=128 if smoke else 1024,
                        **(dict(epochs=2) if smoke else {}))
     res = train(prepared, run, ModelConfig(), tcfg)
     rows = list(csv.DictReader((run / "metrics.csv").open()))

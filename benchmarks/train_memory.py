@@ -10,9 +10,10 @@ each, in one invocation:
   torch's Bernoulli dropout, whole batches;
 - ``chunked``: the chunked loss (:class:`recfm.model.heads.ChunkedSoftmaxLoss`) with 4M
   logits per chunk, torch's dropout, whole batches: the default before micro-batches and
-  the CPU dropout masks;
+  the CPU dropout masks, validating 512 users at a time;
 - ``default``: today's defaults (chunked loss, :mod:`recfm.model.dropout`, micro-batches of
-  ``TrainConfig.micro_batch_tokens`` positions, half the logits per loss chunk).
+  ``TrainConfig.micro_batch_tokens`` positions, half the logits per loss chunk, 128 users
+  per validation batch).
 
 All use fused AdamW. Writes ``benchmarks/results/train-memory-<dataset>.json``: tokens/s,
 peak RSS and validation NDCG@10 of each, the default's ratios to ``chunked``, and its
@@ -35,7 +36,8 @@ from benchmarks.sequential import DATASETS, MODEL, TRAIN, training_flops_per_tok
 
 VARIANTS: dict[str, tuple[dict, dict]] = {  # name: (model overrides, train overrides)
     "plain": ({"loss_chunk": 0, "fast_dropout": False}, {"micro_batch_tokens": 0}),
-    "chunked": ({"loss_chunk": 1 << 22, "fast_dropout": False}, {"micro_batch_tokens": 0}),
+    "chunked": ({"loss_chunk": 1 << 22, "fast_dropout": False},
+                {"micro_batch_tokens": 0, "eval_batch_size": 512}),
     "default": ({}, {}),
 }
 
