@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recfm.adapt.semantic_ids import extend_semantic_ids
 from recfm.content.embedders import default_spec, make_embedder
 from recfm.content.store import embed_new_items
 from recfm.data.readers import read_items
@@ -311,6 +312,8 @@ def add_items(run: str | Path, items: str | Path | pl.DataFrame, out: str | Path
     extra["added_items"] = list(meta.get("added_items", [])) + [report]
     with atomic_dir(out, "run", overwrite, inputs) as tmp:
         Recommender(model2, tok2, items2).save_pretrained(tmp, extra)
+        # the run's semantic ids, the new items coded with the frozen codebooks
+        report["semantic_ids"] = extend_semantic_ids(tmp, run)
     report["wall_s"] = round(time.perf_counter() - t0, 3)
     log.info("added %d items to %s → %s in %.1fs (%d already known)", n_new, run, out,
              report["wall_s"], skipped)

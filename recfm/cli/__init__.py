@@ -18,7 +18,7 @@ import sys
 import typer
 
 from recfm.cli import (content, data, demo, distill_prompt, finetune, model, rank, recommend,
-                       serve, store)
+                       semantic, serve, store)
 from recfm.cli.output import err_console, json_mode
 from recfm.errors import RecfmError
 from recfm.runinfo import NO_VERIFY
@@ -41,6 +41,7 @@ data.register(app)  # data synth|describe|download, prepare
 model.register(app)  # train, evaluate
 recommend.register(app)
 content.register(app)  # content embed, add-items
+semantic.register(app)  # semantic-ids
 serve.register(app)
 demo.register(app)
 distill_prompt.register(app)  # distill, prompt-tune, prompts
