@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from safetensors.numpy import load_file, save_file
 from recfm.errors import RecfmError
 from recfm.io import atomic_dir
 from recfm.model.foundation import FoundationModel
+from recfm.pipeline import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def report(x: np.ndarray, recon: np.ndarray, codes: np.ndarray, sizes: list[int]
            items: pl.DataFrame | None = None) -> dict[str, Any]:
     """Codebook use per level, collisions before the last level, reconstruction error, how
     many items share a prefix of each length and, with ``items``, how level-1 codes cluster
-    by entity type and first genre (purity against the majority-class share)."""
+    by entity type and first genre (:func:`purity`)."""
     n, levels = codes.shape[0], codes.shape[1] - 1
     out: dict[str, Any] = {
         "items": n,
@@ -197,23 +198,31 @@ def report(x: np.ndarray, recon: np.ndarray, codes: np.ndarray, sizes: list[int]
     return out
 
 
-def purity(first: np.ndarray, items: pl.DataFrame) -> dict[str, Any]:
-    """Σ over level-1 codes of their commonest label ÷ items, per label column present."""
+def purity(first: np.ndarray, items: pl.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """Σ over level-1 codes of their commonest label ÷ items, per label column present, and
+    the same with the labels shuffled over the items (what codes of these sizes get by
+    chance) and the commonest label's share."""
     labels = {}
     if "entity_type" in items.columns:
         labels["entity_type"] = items["entity_type"].cast(pl.Utf8).fill_null("")
     if "genres" in items.columns:
         labels["genre"] = items["genres"].list.first().cast(pl.Utf8).fill_null("")
+    rng = np.random.default_rng(seed)
+
+    def top(label: pl.Series) -> float:
+        frame = pl.DataFrame({"code": first, "label": label})
+        best = frame.group_by("code", "label").len().group_by("code").agg(pl.col("len").max())
+        return float(best["len"].sum()) / len(frame)
+
     out = {}
     for name, col in labels.items():
-        frame = pl.DataFrame({"code": first, "label": col})
-        if frame["label"].n_unique() < 2:
+        if col.n_unique() < 2:
             continue
-        top = frame.group_by("code", "label").len().group_by("code").agg(pl.col("len").max())
-        chance = frame.group_by("label").len()["len"].max()
-        out[name] = {"purity": round(float(top["len"].sum()) / len(frame), 4),
-                     "majority_share": round(float(chance) / len(frame), 4),
-                     "labels": int(frame["label"].n_unique())}
+        out[name] = {"purity": round(top(col), 4),
+                     "shuffled": round(top(col.gather(rng.permutation(len(col)))), 4),
+                     "majority_share": round(float(col.value_counts()["count"].max())
+                                             / len(col), 4),
+                     "labels": int(col.n_unique())}
     return out
 
 
@@ -298,6 +307,39 @@ def extend_semantic_ids(run: str | Path, source_run: str | Path | None = None
     meta["extended"] = list(meta.get("extended", [])) + [{"items": len(new), "from": str(src)}]
     _write(run, books, items, codes[idx].numpy(), meta, overwrite=run == src)
     return {"items": len(new), "sizes": meta["sizes"]}
+
+
+def generative_model(run: str | Path, codes_run: str | Path | None = None) -> Recommender:
+    """``run``'s model with a new generative head over the semantic ids of ``codes_run``
+    (default: ``run``'s own), every other weight kept: train it with
+    ``train(data, out, init_from=<this>)`` (``recfm train --semantic-ids``)."""
+    rec = Recommender.from_pretrained(run)
+    src = Path(codes_run) if codes_run is not None else Path(run)
+    sem = load_semantic_ids(src)
+    frame = pl.read_parquet(src / FOLDER / "codes.parquet")
+    if rec.tokenizer is None:
+        raise RecfmError(f"{run}: the run has no tokenizer.json")
+    index, coded = rec.tokenizer.item_index(), set(frame["item_id"].to_list())
+    missing = [i for i in rec.tokenizer.item_ids if i not in coded]
+    if missing:
+        raise RecfmError(f"{src / FOLDER}: no semantic id for {len(missing):,} of the run's "
+                         f"items (e.g. {missing[0]!r}); build them on this run "
+                         f"(recfm semantic-ids {run})")
+    codes = torch.full((rec.cfg.n_items, len(sem.sizes)), -1, dtype=torch.long)
+    rows = torch.tensor([index[i] for i in frame["item_id"].to_list()], dtype=torch.long)
+    codes[rows] = torch.from_numpy(np.stack(frame["codes"].to_numpy()).astype(np.int64))
+    model = FoundationModel(replace(rec.cfg, semantic_sizes=list(sem.sizes)), rec.tokenizer,
+                            rec.items)
+    state = rec.model.state_dict()
+    model.item_encoder.set_attributes(state["item_encoder.attr_offsets"],
+                                      state["item_encoder.attr_values"])
+    missing_keys, unexpected = model.load_state_dict(state, strict=False)
+    new = [k for k in missing_keys if not k.startswith("generative.") and k != "item_codes"]
+    if new or unexpected:
+        raise RecfmError(f"{run}: its weights do not fit a generative model "
+                         f"({(new + unexpected)[0]})")
+    model.set_semantic_ids(codes)
+    return Recommender(model, rec.tokenizer, rec.items, rec.run_dir)
 
 
 def _load(run: Path) -> tuple[FoundationModel, pl.DataFrame]:

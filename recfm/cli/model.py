@@ -44,6 +44,10 @@ def train_cmd(
                                  "the older (context) tokens, drawn at random, so that the "
                                  "new titles of the recent events are not over-recommended "
                                  "(1 with --max-minutes: the cold_start benchmark's recipe)."),
+    semantic_ids: Optional[Path] = typer.Option(
+        None, "--semantic-ids", help="A run with semantic ids (recfm semantic-ids RUN): "
+        "add a generative head over its codes and train it with the next-item loss, "
+        "starting from --init-from's weights (default: that run's)."),
     nproc: int = typer.Option(1, help="Train with N local processes (DistributedDataParallel "
                               "through torchrun on 127.0.0.1; same global batch)."),
     device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one), "
@@ -81,7 +85,11 @@ def train_cmd(
         refuse_existing_run(out, resume)  # before its data folder is rebuilt
         data_dir = _recent_dataset(events, data_dir, out, init_from, incremental, replay)
     command = " ".join(["recfm"] + sys.argv[1:])
-    result = _train_with_progress(data_dir, out, mcfg, tcfg, resume, command, init_from)
+    start = init_from
+    if semantic_ids is not None:
+        from recfm.adapt.semantic_ids import generative_model
+        start = generative_model(init_from or semantic_ids, semantic_ids)
+    result = _train_with_progress(data_dir, out, mcfg, tcfg, resume, command, start)
     print_train_result(result, f"run {out}")
     console.print(f"best epoch {result.best_epoch}, {result.epochs_run} epochs, "
                   f"{result.n_params:,} parameters, {result.wall_s:.0f} s")
@@ -110,7 +118,7 @@ def _recent_dataset(events: Path, data_dir: Path | None, out: Path, init_from: P
 
 
 def _train_with_progress(data_dir: Path, out: Path, mcfg: ModelConfig, tcfg: TrainConfig,
-                         resume: bool, command: str, init_from: Path | None):
+                         resume: bool, command: str, init_from):
     """:func:`recfm.train.loop.train` under a progress bar; one line per finished epoch."""
     from recfm.train.loop import train
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),

@@ -38,7 +38,7 @@ def semantic_ids_cmd(
                   f"before the last level; reconstruction error "
                   f"{rep['reconstruction_error']:.3f}; {rep['wall_s']:.1f} s")
     for name, c in rep.get("clusters", {}).items():
-        console.print(f"level-1 codes by {name}: purity {c['purity']:.1%} (the commonest "
-                      f"{name} alone: {c['majority_share']:.1%}, {c['labels']} values)")
+        console.print(f"level-1 codes by {name}: purity {c['purity']:.1%} (shuffled "
+                      f"{name}s: {c['shuffled']:.1%}; {c['labels']} values)")
     if as_json:
         print_json(rep)

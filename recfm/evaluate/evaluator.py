@@ -113,6 +113,32 @@ class ModelScorer:
         return score_chunk
 
 
+class GenerativeScorer:
+    """Generative retrieval as scores: the top ``k`` items of the beam search over the items'
+    code trie (:meth:`FoundationModel.generative_top`) get their log-probabilities, every
+    other item -inf (all ranked last, tied); the history's items are excluded inside the
+    decoding, so k unseen items come back when the trie has them."""
+
+    def __init__(self, model, k: int = 10, beam: int | None = None,
+                 placement: Placement | None = None) -> None:
+        self.model, self.k, self.beam = model, k, beam
+        self.at = placement or Placement(torch.device("cpu"))
+
+    def __call__(self, rows: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = self.at.to(batch)
+        with self.at.autocast():
+            users = self.model.last_hidden(batch).float()  # (B, d)
+        B, n = users.size(0), self.model.cfg.n_items
+        seen = torch.zeros(B, n, dtype=torch.bool, device=users.device)
+        seen.scatter_(1, batch["item"], True)  # (B, n_items)
+        items, logp = self.model.generative_top(users, self.k, seen, self.beam)  # (B, k)
+        out = torch.full((B, n), float("-inf"))
+        hit = items >= 0
+        out[torch.arange(B)[:, None].expand_as(items)[hit.cpu()], items[hit].cpu()] = \
+            logp[hit].float().cpu()
+        return out
+
+
 def model_scorer(model, placement: Placement | None = None) -> Scorer:
     return ModelScorer(model, placement)
 

@@ -40,6 +40,9 @@ class ObjectiveConfig:
     """Weight of a target by its action (missing actions weigh 1.0; 0.0 masks them)."""
     value_weighting: Literal["none", "linear", "log"] = "none"
     """Also weight a target by its value (rating or watch time), normalised to mean ~1."""
+    generative_weight: float = 1.0
+    """Loss weight of the generative head (next item's semantic-id codes), when the model
+    has one (``ModelConfig.semantic_sizes``)."""
 
 
 @dataclass
@@ -112,6 +115,10 @@ class ModelConfig:
     n_attributes: int = 0
     content_dim: int = 0
     """Width of the item content vectors (0: no content); filled from the dataset."""
+    semantic_sizes: list[int] = field(default_factory=list)
+    """Codes per level of the items' semantic ids (:mod:`recfm.adapt.semantic_ids`): the
+    model then has a generative head predicting the next item's codes
+    (:class:`recfm.model.semantic.GenerativeHead`) and an ``item_codes`` buffer; empty: none."""
     content_embedder: str = ""
     """Spec of the embedder the content vectors came from (``recfm.content.embedders.make_embedder``)."""
 

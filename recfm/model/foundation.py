@@ -48,6 +48,7 @@ from recfm.model.objectives import (
 )
 from recfm.model.prompt import prompted_backbone
 from recfm.model.scoring import chunked_topk
+from recfm.model.semantic import CodeTrie, GenerativeHead
 from recfm.tokens.tokenizer import N_RESERVED_FACET, N_RESERVED_ITEMS, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,12 @@ class FoundationModel(nn.Module):
         self.register_buffer("log_q", torch.full((cfg.n_items,), -float(np.log(max(cfg.n_items, 1)))))
         self.input_columns = ["item"] + sorted(self.embed.facets.keys())
         self._init_objectives(cfg, tokenizer, items)
+        self.generative = None  # semantic ids: the next item's codes, level by level
+        if cfg.semantic_sizes:
+            self.generative = GenerativeHead(cfg.d_model, cfg.semantic_sizes)
+            self.register_buffer("item_codes", torch.full(
+                (cfg.n_items, len(cfg.semantic_sizes)), -1, dtype=torch.long))
+        self._tries: dict[Any, CodeTrie] = {}
         if self.context_len > cfg.max_len and cfg.positions == "learned":
             raise ConfigError(f"inference_len {cfg.inference_len} > max_len {cfg.max_len} needs "
                              "positions = 'rope' or 'none' (learned positions end at max_len)")
@@ -262,6 +269,15 @@ class FoundationModel(nn.Module):
             parts["next_item"] = self._item_loss(h[keep], target[keep], table, w_next, generator)
             total = total + obj.next_item_weight * parts["next_item"]
 
+        if self.generative is not None and obj.generative_weight > 0:
+            codes = self.item_codes[target[keep]]  # (N, L)
+            coded = codes[:, 0] >= 0
+            if coded.any():
+                parts["generative"] = self.generative.loss(
+                    h[keep][coded], codes[coded], w_next[coded] if w_next is not None else None,
+                    trie=self.code_trie())
+                total = total + obj.generative_weight * parts["generative"]
+
         if self.heads.facets:
             targets = {}
             for name in self.heads.facets:
@@ -355,6 +371,44 @@ class FoundationModel(nn.Module):
         table = self.item_table()
         return chunked_topk(lambda s, e: self.score_items(users, s, e, table), self.cfg.n_items,
                             k, chunk, seen)
+
+    def set_semantic_ids(self, codes: torch.Tensor) -> None:
+        """(n_items, L) codes of every item (-1: none, e.g. reserved rows) for the head."""
+        if self.generative is None:
+            raise ValueError("this model has no generative head (semantic_sizes is empty)")
+        if codes.shape != self.item_codes.shape:
+            raise ValueError(f"semantic ids of shape {tuple(codes.shape)}, expected "
+                             f"{tuple(self.item_codes.shape)}")
+        self.item_codes = codes.to(self.item_codes)
+        self._tries.clear()
+
+    def code_trie(self, eligible: torch.Tensor | None = None) -> CodeTrie:
+        """The trie of the items' code tuples (all, or the ``eligible`` (n_items,) mask's),
+        kept for the codes and mask it was built from."""
+        key = None if eligible is None else eligible.cpu().numpy().tobytes()
+        trie = self._tries.get(key)
+        if trie is None:
+            trie = CodeTrie(self.item_codes, self.cfg.semantic_sizes, N_RESERVED_ITEMS,
+                            eligible)
+            self._tries = {key: trie} if len(self._tries) > 8 else {**self._tries, key: trie}
+        return trie
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._tries.clear()  # item_codes may change in place
+        return super().load_state_dict(state_dict, strict, assign)
+
+    @torch.no_grad()
+    def generative_top(self, users: torch.Tensor, k: int = 10,
+                       exclude: torch.Tensor | None = None, beam: int | None = None,
+                       eligible: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generative retrieval: (B, k) items and log-probabilities decoded code by code from
+        users (B, d) by a beam search over the trie of (``eligible``) items; -1 / -inf pad.
+        ``exclude``: (B, n_items) bool, items never returned (e.g. seen)."""
+        if self.generative is None:
+            raise ValueError("this model has no generative head: train it with semantic ids "
+                             "(recfm train --semantic-ids RUN)")
+        return self.generative.beam_search(users, self.code_trie(eligible), k, beam, exclude)
 
     def score(self, users: torch.Tensor, horizon: str = "next") -> torch.Tensor:
         """(B, n_items) scores; reserved ids get -inf. ``horizon``: ``next`` item, or the

@@ -34,6 +34,10 @@ from recfm.tokens.tokenizer import (FACET_UNK, N_RESERVED_FACET, N_RESERVED_ITEM
                                     hour_of_week, tokenize)
 
 
+RETRIEVALS = ("score", "generative")
+"""How :meth:`Recommender.recommend` finds items: score every item, or decode semantic ids."""
+
+
 class Recommender:
     """A foundation model with its tokenizer and catalog (see module docstring)."""
 
@@ -184,9 +188,15 @@ class Recommender:
 
     # ------------------------------------------------------------------ histories → ids
 
-    def _check(self, k: int, horizon: str) -> None:
+    def _check(self, k: int, horizon: str, retrieval: str = "score") -> None:
         if k < 1:
             raise ConfigError(f"k: expected at least 1 item, found {k}")
+        if retrieval not in RETRIEVALS:
+            raise ConfigError(f"retrieval: expected one of {', '.join(RETRIEVALS)}, found "
+                              f"{retrieval!r}")
+        if retrieval == "generative" and (self.model.generative is None or horizon != "next"):
+            raise ConfigError("retrieval 'generative' needs a model trained with semantic ids "
+                              "(recfm train --semantic-ids RUN) and horizon 'next'")
         if horizon == "window" and window_head(self.model.heads) == "next":
             raise ConfigError("horizon 'window': this model was trained without a future-window "
                               "or multi-token objective, so it would rank as horizon 'next'")
@@ -195,16 +205,17 @@ class Recommender:
     def recommend(self, history: Any, k: int = 10, exclude_seen: bool = True,
                   prompt: str | None = None, horizon: str = "next",
                   context: dict[str, Any] | None = None,
-                  ignore_unknown: bool = False) -> pl.DataFrame:
+                  ignore_unknown: bool = False, retrieval: str = "score") -> pl.DataFrame:
         """Top-``k`` items (``rank``, ``item_id``, ``score``, titles if the catalog has them)
         for one user's history: item ids or a frame of raw events. ``prompt``: a soft
         prompt's name. ``horizon``: ``next`` item, the next events' items (``window``,
         :meth:`FoundationModel.score`), or ``rollout`` (no prompt): each item's expected
         count among the next two (:func:`recfm.model.objectives.rollout_scores`). An empty
         history is a new member's: the model's first item in ``context``
-        (:meth:`context_store`).
+        (:meth:`context_store`). ``retrieval``: ``score`` every item, or ``generative``:
+        decode the next item's semantic-id codes by beam search (a model trained with them).
         """
-        self._check(k, horizon)
+        self._check(k, horizon, retrieval)
         histories = history if isinstance(history, pl.DataFrame) else [list(history)]
         empty = len(histories) == 0 if isinstance(history, pl.DataFrame) else not histories[0]
         store = self.context_store(context) if empty else self.store(histories, ignore_unknown)
@@ -221,14 +232,15 @@ class Recommender:
                                 "score": top.values.numpy().astype(np.float64)})
         else:
             out = next(self._top_batches(store, np.array([""]), k, exclude_seen, prompt,
-                                         horizon, 1)).drop("user_id")
+                                         horizon, 1, retrieval)).drop("user_id")
         if self.items is not None and "title" in self.items.columns:
             out = out.join(self.items.select("item_id", "title"), on="item_id", how="left")
         return out
 
     def recommend_batches(self, histories: Any, k: int = 10, exclude_seen: bool = True,
                           prompt: str | None = None, horizon: str = "next",
-                          batch_size: int = 256) -> Iterator[pl.DataFrame]:
+                          batch_size: int = 256, retrieval: str = "score"
+                          ) -> Iterator[pl.DataFrame]:
         """:meth:`recommend` for many users (forms: :meth:`sequences`; a frame's ``user_id``
         names them, else their position), one frame of ``user_id``, ``rank``, ``item_id``,
         ``score`` per batch of ``batch_size`` users, in order: nothing of the size users ×
@@ -236,12 +248,13 @@ class Recommender:
         if horizon not in ("next", "window"):
             raise ConfigError(f"horizon: expected next or window for many users, found "
                               f"{horizon!r} (rollout takes one history: recommend)")
-        self._check(k, horizon)
+        self._check(k, horizon, retrieval)
         seqs = self.sequences(histories)
         store = SequenceStore(seqs, self.model.input_columns)
         users = (seqs["user_id"].cast(pl.Utf8) if "user_id" in seqs.columns
                  else pl.Series("user_id", range(len(store))).cast(pl.Utf8)).to_numpy()
-        return self._top_batches(store, users, k, exclude_seen, prompt, horizon, batch_size)
+        return self._top_batches(store, users, k, exclude_seen, prompt, horizon, batch_size,
+                                 retrieval)
 
     def _id_array(self) -> np.ndarray:
         """(n_items,) catalog ids by vocabulary index (reserved: ""), built once per
@@ -255,8 +268,8 @@ class Recommender:
 
     @torch.no_grad()
     def _top_batches(self, store: SequenceStore, users: np.ndarray, k: int, exclude_seen: bool,
-                     prompt: str | None, horizon: str, batch_size: int
-                     ) -> Iterator[pl.DataFrame]:
+                     prompt: str | None, horizon: str, batch_size: int,
+                     retrieval: str = "score") -> Iterator[pl.DataFrame]:
         """The top-``k`` frames of :meth:`recommend_batches` for the rows of ``store``
         (``users``: their ids)."""
         ids = self._id_array()
@@ -266,7 +279,12 @@ class Recommender:
         for rows, batch in history_batches(store, model.context_len, batch_size):
             vec = model.last_hidden({**batch, **extra})
             seen = store.history_items(rows) if exclude_seen else None
-            if horizon == "next":
+            if retrieval == "generative":
+                exclude = torch.zeros(vec.size(0), self.cfg.n_items, dtype=torch.bool)
+                if seen is not None:
+                    exclude[torch.from_numpy(seen[0]), torch.from_numpy(seen[1])] = True
+                top_i, top_s = model.generative_top(vec, k, exclude)
+            elif horizon == "next":
                 top_s, top_i = model.top_items(vec, min(k, self.cfg.n_items), seen=seen)
             else:
                 scores = model.score(vec, horizon)

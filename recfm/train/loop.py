@@ -74,9 +74,10 @@ class LossHook:
     """Recorded in the run's ``config.json``."""
 
 
-def init_model(run: Path, ds: PreparedDataset) -> Recommender:
-    """The model of an existing run, checked against the dataset it will be tuned on."""
-    rec = Recommender.from_pretrained(run)
+def init_model(run: Path | Recommender, ds: PreparedDataset) -> Recommender:
+    """The model of an existing run (or a model in memory), checked against the dataset it
+    will be tuned on."""
+    rec = run if isinstance(run, Recommender) else Recommender.from_pretrained(run)
     if rec.tokenizer is None or rec.tokenizer.item_ids != ds.tokenizer.item_ids:
         raise RecfmError(f"{ds.path}: its item vocabulary differs from the run {run}; tune "
                          "it on the dataset it was trained on, or on data tokenized with it "
@@ -164,13 +165,15 @@ def train(
     evaluate_test: bool = True,
     on_progress: ProgressFn | None = None,
     command: str | None = None,
-    init_from: str | Path | None = None,
+    init_from: str | Path | Recommender | None = None,
     split: Split | None = None,
     loss_hook: LossHook | None = None,
 ) -> TrainResult:
     """Train a foundation model on a prepared dataset with the leave-one-out protocol.
 
-    ``init_from``: start from an existing run (the dataset must share its item vocabulary).
+    ``init_from``: start from an existing run, or a model in memory (e.g. one given a
+    generative head: :func:`recfm.adapt.semantic_ids.generative_model`); the dataset must
+    share its item vocabulary.
     A dataset with a ``fresh`` column trains incrementally (:mod:`recfm.train.fresh`); item
     content is used when the dataset has it and ``model_cfg.use_content``. ``split``
     replaces leave-one-out (e.g. :func:`recfm.evaluate.objectives.future_holdout`).
@@ -188,7 +191,9 @@ def train(
     elif split is None:
         split = leave_one_out(ds.sequences)
     torch.manual_seed(tcfg.seed)
-    rec = init_model(Path(init_from), ds) if init_from is not None else \
+    start = init_from if isinstance(init_from, Recommender) or init_from is None \
+        else Path(init_from)
+    rec = init_model(start, ds) if start is not None else \
         new_model(model_cfg or ModelConfig(), ds, split, data_dir)
     model = rec.model
     n_params = sum(p.numel() for p in model.parameters())
@@ -200,7 +205,8 @@ def train(
     source, total_steps = data_source(data_dir, split, model, tcfg, extra, fresh, ddp)
     meta = {"train": asdict(tcfg), **run_meta(data_dir, ds, command), "n_params": n_params}
     if init_from is not None:
-        meta.update(init_from=str(Path(init_from).resolve()), incremental=fresh)
+        meta.update(init_from=str(start.resolve()) if isinstance(start, Path)
+                    else str(start.run_dir or "a model in memory"), incremental=fresh)
     meta.update(loss_hook.meta if loss_hook is not None else {})
     if ddp is not None:
         meta["distributed"] = {"world": ddp.ctx.world, "backend": ddp.ctx.backend}
