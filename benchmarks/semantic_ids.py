@@ -1,6 +1,6 @@
 """Semantic ids: codebooks of real and synthetic catalogs and constrained beam decoding.
 
-    python -m benchmarks.semantic_ids [--minutes 6] [--seed 0]
+    python -m benchmarks.semantic_ids [--minutes 6] [--generative-minutes 6] [--seeds 0 1 2]
 
 In one invocation:
 
@@ -14,7 +14,12 @@ In one invocation:
    in-process on the benchmark's threads; p50 / p99 over ``--calls`` decodes of
    validation users' states. The head is untrained (decoding cost does not depend on the
    weights; the quality of generative retrieval is not measured here).
-3. **One code space for a mixed catalog.** The synthetic world (movies, series, games, live
+3. **Generative retrieval on Beauty**, per ``--seeds``: the id-softmax model of part 1
+   (its own seed), semantic ids from it (``source = auto``), then that model with a
+   generative head trained ``--generative-minutes`` more with the next-item loss
+   (``recfm train --semantic-ids``); test NDCG@10 / HR@10 (full catalog, seen items
+   excluded) of the id softmax before and after and of the beam search (k = 10).
+4. **One code space for a mixed catalog.** The synthetic world (movies, series, games, live
    events; MiniLM text vectors) trained ``--world-minutes``: how level-1 codes cluster by
    entity type and genre (purity, and the purity of the same codes with the labels
    shuffled over the items), per source.
@@ -96,6 +101,42 @@ def beam_latency(run: Path, prepared: Path, calls: int, k: int = 10) -> dict[str
             "sizes": sem.sizes, "trie_build_ms": trie_ms, "threads": torch.get_num_threads()}
 
 
+def generative(prepared: Path, run: Path, out: Path, minutes: float, seed: int) -> dict:
+    """Test metrics of ``run`` (id softmax) and of it tuned with a generative head."""
+    from recfm.adapt.semantic_ids import SemanticIdConfig, build_semantic_ids, generative_model
+    from recfm.data.splits import leave_one_out
+    from recfm.evaluate.evaluator import GenerativeScorer, evaluate_scorer, model_scorer
+    from recfm.pipeline import Recommender
+    from recfm.tokens.prepare import PreparedDataset
+    from recfm.train.config import TrainConfig
+    from recfm.train.loop import train
+
+    build_semantic_ids(run, SemanticIdConfig(seed=seed), overwrite=True)
+    test = leave_one_out(PreparedDataset.load(prepared).sequences).test
+
+    def metrics(model, scorer) -> dict[str, float]:
+        model.eval()
+        m = evaluate_scorer(scorer, test, model.cfg.n_items, model.cfg.max_len,
+                            model.input_columns, batch_size=128)
+        return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]}
+
+    before = Recommender.from_pretrained(run).model
+    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own folder
+    t = time.perf_counter()
+    res = train(prepared, out, None,
+                TrainConfig(**{**TRAIN["default"], "max_minutes": minutes, "seed": seed,
+                               "tensorboard": False}),
+                init_from=generative_model(run), evaluate_test=False)
+    tuned = Recommender.from_pretrained(out).model
+    t_eval = time.perf_counter()
+    gen = metrics(tuned, GenerativeScorer(tuned, k=10))
+    return {"seed": seed, "id_softmax": metrics(before, model_scorer(before)),
+            "id_softmax_tuned": metrics(tuned, model_scorer(tuned)), "generative": gen,
+            "generative_eval_s": time.perf_counter() - t_eval,
+            "tune_minutes": (t_eval - t) / 60, "tune_best_epoch": res.best_epoch,
+            "sizes": tuned.cfg.semantic_sizes}
+
+
 def synthetic_run(work: Path, minutes: float, seed: int) -> Path:
     from recfm.content.store import embed_dataset
     from recfm.data import synthetic
@@ -115,9 +156,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--generative-minutes", type=float, default=6.0)
     ap.add_argument("--world-minutes", type=float, default=2.0)
     ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "semantic-ids")
     args = ap.parse_args()
@@ -129,11 +171,27 @@ def main() -> None:
     rel, fmt = DATASETS["beauty"]
     prepared = args.work / "beauty-prepared"
     prepare(load_raw(args.data_dir / rel, fmt=fmt), prepared, overwrite=True)
-    run = train_run(prepared, args.work / "beauty-run", MODEL["default"], args.minutes, args.seed)
-    beauty = codebooks(run, args.seed)
-    beam = beam_latency(run, prepared, args.calls)
-    print("beam", beam, flush=True)
-    world = codebooks(synthetic_run(args.work, args.world_minutes, args.seed), args.seed)
+    seed = args.seeds[0]
+    gen = []
+    for s in args.seeds:
+        run = train_run(prepared, args.work / f"beauty-run-{s}", MODEL["default"], args.minutes, s)
+        if s == seed:
+            beauty = codebooks(run, seed)
+            beam = beam_latency(run, prepared, args.calls)
+            print("beam", beam, flush=True)
+        gen.append(generative(prepared, run, args.work / f"beauty-generative-{s}",
+                              args.generative_minutes, s))
+        print("generative", gen[-1], flush=True)
+    world = codebooks(synthetic_run(args.work, args.world_minutes, seed), seed)
+
+    def summary(key: str) -> dict:
+        out = {}
+        for m in ("ndcg@10", "hr@10"):
+            vals = [g[key][m] for g in gen]
+            out[m] = float(np.mean(vals))
+            out[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        out["seeds"] = [{"seed": g["seed"], **g[key]} for g in gen]
+        return out
 
     metrics = {
         "codebooks": {"beauty": {s: {"utilisation": beauty[s]["utilisation"],
@@ -142,6 +200,9 @@ def main() -> None:
                                      "reconstruction_error": beauty[s]["reconstruction_error"]}
                                  for s in SOURCES}},
         "clusters": {"synthetic": {s: world[s]["clusters"] for s in SOURCES}},
+        "generative": {"beauty": summary("generative")},
+        "id_softmax": {"beauty": summary("id_softmax")},
+        "id_softmax_tuned": {"beauty": summary("id_softmax_tuned")},
         "beam_p50_ms": beam["p50_ms"], "beam_p99_ms": beam["p99_ms"],
     }
     rows = []
@@ -161,11 +222,22 @@ def main() -> None:
              f"{beam['calls']} calls): p50 {beam['p50_ms']:.2f} ms, p99 {beam['p99_ms']:.2f} ms; "
              f"trie built in {beam['trie_build_ms']:.1f} ms. Beauty model trained "
              f"{args.minutes:g} min, synthetic world (3,000 users, 2,000 items) "
-             f"{args.world_minutes:g} min, seed {args.seed}.")
-    write_result("semantic_ids", "s3rec/Beauty.txt + synthetic world", args.seed,
+             f"{args.world_minutes:g} min, seed {seed}.\n\n"
+             "| Beauty, test (seeds " + ", ".join(str(g["seed"]) for g in gen) + ") | "
+             "NDCG@10 | HR@10 |\n|---|---|---|\n" + "\n".join(
+                 f"| {label} | {summ['ndcg@10']:.4f} ± {summ['ndcg@10_std']:.4f} | "
+                 f"{summ['hr@10']:.4f} ± {summ['hr@10_std']:.4f} |"
+                 for label, summ in (
+                     (f"id softmax ({args.minutes:g} min)", summary("id_softmax")),
+                     (f"id softmax after +{args.generative_minutes:g} min with the head",
+                      summary("id_softmax_tuned")),
+                     ("generative (beam search, k = 10)", summary("generative")))))
+    write_result("semantic_ids", "s3rec/Beauty.txt + synthetic world",
+                 seed if len(args.seeds) == 1 else ", ".join(map(str, args.seeds)),
                  time.perf_counter() - t0, metrics,
-                 extra={"beauty": beauty, "synthetic": world, "beam": beam,
-                        "minutes": args.minutes, "world_minutes": args.world_minutes},
+                 extra={"beauty": beauty, "synthetic": world, "beam": beam, "runs": gen,
+                        "minutes": args.minutes, "world_minutes": args.world_minutes,
+                        "generative_minutes": args.generative_minutes},
                  table_md=table)
 
 
