@@ -33,8 +33,8 @@ class TrainConfig:
     is a mean over target tokens) with a part's activations in memory at a time. 0: never
     split. Not used with ``--nproc`` (each rank's loss is normalised by the global batch)."""
     eval_batch_size: int = 128
-    """Users scored at a time in validation and test: small batches suit a CPU (less memory,
-    no slower: benchmarks/train_memory.py); a GPU wants more, e.g. 1024."""
+    """Users scored at a time in validation and test: small batches suit a CPU (the memory
+    peak of a run: benchmarks/train_memory.py); a GPU wants more, e.g. 1024."""
     checkpoint_every: int = 0
     """Also checkpoint every N optimizer steps inside an epoch (0: at epoch ends only)."""
     max_minutes: float | None = None
