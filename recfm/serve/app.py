@@ -189,9 +189,13 @@ def _model_routes(app: FastAPI, service: Service, errors: dict = ERRORS) -> None
         """Top-k items for a known user, raw events, or both (events appended); with
         neither, the model's first items for the request's context."""
         context = req.context.model_dump(exclude_none=True) if req.context else None
+        if req.retrieval == "generative" and service.engine.fm.generative is None:
+            raise Unprocessable("retrieval: 'generative' needs a model trained with semantic "
+                                "ids (recfm train --semantic-ids RUN); this one scores items")
         engine, q = await service.query(req, k=req.k, exclude_seen=req.exclude_seen,
                                         filters=_filters(req.filters), surface=req.surface,
                                         context=context)
+        q.extra["retrieval"] = req.retrieval
         # built to the response model already: skip FastAPI's re-validation on the hot path
         return JSONResponse(await service.batcher.submit("recommend", engine, q))
 

@@ -384,19 +384,33 @@ class Engine:
     def recommend(self, queries: list[Query]) -> list[dict[str, Any]]:
         """Top-k eligible items per query (a new member's window is one context token)."""
         users = self.encode(queries)
-        k = max(q.k for q in queries)
-        n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
-        found = self.index.search(users, n, [q.allowed for q in queries])
-        if self.ranker is not None:  # second pass over the top-n candidates
-            found = self.ranker.rerank_found(users.numpy(), found,
-                                             [q.extra.get("surface", "home") for q in queries])
-        return [self._answer(q, idx[:q.k], scores[:q.k]) for q, (idx, scores) in
-                zip(queries, found)]
+        gen = [q.extra.get("retrieval") == "generative" for q in queries]
+        out: list[dict[str, Any] | None] = [None] * len(queries)
+        for i in (i for i, g in enumerate(gen) if g):  # beam search over the eligible items
+            q = queries[i]
+            items, logp = self.fm.generative_top(users[i:i + 1], q.k,
+                                                 eligible=torch.from_numpy(q.allowed))
+            found = items[0] >= 0
+            out[i] = self._answer(q, items[0][found].numpy(), logp[0][found].numpy(),
+                                  "generative")
+        rest = [i for i, g in enumerate(gen) if not g]
+        if rest:
+            scored = [queries[i] for i in rest]
+            k = max(q.k for q in scored)
+            n = max(k, self.ranker.n_candidates) if self.ranker is not None else k
+            found = self.index.search(users[rest], n, [q.allowed for q in scored])
+            if self.ranker is not None:  # second pass over the top-n candidates
+                found = self.ranker.rerank_found(users[rest].numpy(), found,
+                                                 [q.extra.get("surface", "home") for q in scored])
+            for i, q, (idx, scores) in zip(rest, scored, found):
+                out[i] = self._answer(q, idx[:q.k], scores[:q.k])
+        return out  # type: ignore[return-value]
 
-    def _answer(self, q: Query, idx: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    def _answer(self, q: Query, idx: np.ndarray, scores: np.ndarray,
+                retrieval: str | None = None) -> dict[str, Any]:
         return {"items": self.ranked_items(idx.tolist(), scores.tolist()),
                 "model_version": self.version, "how": q.how,
-                "retrieval": self.index.kind,
+                "retrieval": retrieval or self.index.kind,
                 "history_tokens": q.history_tokens, "window_tokens": int(len(q.window)),
                 "cache": q.cache}
 

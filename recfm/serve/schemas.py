@@ -6,7 +6,7 @@ Every body refuses unknown fields, and every size is bounded, so malformed input
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from typing_extensions import NotRequired, Required, TypedDict
@@ -81,6 +81,10 @@ class RecommendRequest(UserRef):
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     exclude_seen: StrictBool = True
     filters: FiltersIn | None = None
+    retrieval: Literal["score", "generative"] = Field(
+        "score", description="`score` every eligible item, or `generative`: decode the next "
+                             "item's semantic-id codes by beam search over the eligible items "
+                             "(a model trained with `recfm train --semantic-ids`).")
 
 
 class ItemOut(BaseModel):
@@ -95,7 +99,7 @@ class RecommendResponse(BaseModel):
     items: list[ItemOut]
     model_version: str
     how: str = Field(description="`model`, or the fallback used and why.")
-    retrieval: str = Field(description="exact or hnsw.")
+    retrieval: str = Field(description="exact, hnsw or generative.")
     history_tokens: int
     window_tokens: int = Field(description="Tokens of the history the model read.")
     cache: str = Field(description="User-state cache: hit, extend:N (N tokens encoded), miss "
