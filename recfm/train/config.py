@@ -32,6 +32,10 @@ class TrainConfig:
     rows, their gradients added up to the batch's: the same update (exactly, when the loss
     is a mean over target tokens) with a part's activations in memory at a time. 0: never
     split. Not used with ``--nproc`` (each rank's loss is normalised by the global batch)."""
+    selection: str = "auto"
+    """What validation ranks with, for model selection and early stopping: ``score`` (every
+    item scored), ``generative`` (the beam search of a model's generative head) or ``auto``
+    (generative when the model has a generative head: what it was tuned for)."""
     eval_batch_size: int = 128
     """Users scored at a time in validation and test: small batches suit a CPU (the memory
     peak of a run: benchmarks/train_memory.py); a GPU wants more, e.g. 1024."""

@@ -22,7 +22,8 @@ from recfm.tokens.batching import SequenceStore, count_batches
 from recfm.content.store import load_dataset_content
 from recfm.data.splits import Split, leave_one_out
 from recfm.errors import ConfigError, RecfmError
-from recfm.evaluate.evaluator import evaluate_scorer, model_scorer, popularity_scorer
+from recfm.evaluate.evaluator import (GenerativeScorer, evaluate_scorer, model_scorer,
+                                     popularity_scorer)
 from recfm.io import atomic_write_json
 from recfm.model.config import ModelConfig
 from recfm.model.device import Placement, compiled
@@ -223,6 +224,23 @@ def train(
     return _finish(run, split, trainer, evaluate_test, t_start, n_params, at)
 
 
+GENERATIVE_K = 20
+"""Items a generative model's beam search returns in validation and test: metrics beyond
+@20 count only these."""
+
+
+def selection(tcfg: TrainConfig, model: FoundationModel) -> bool:
+    """Whether validation ranks by the model's generative head (``TrainConfig.selection``)."""
+    if tcfg.selection not in ("auto", "score", "generative"):
+        raise ConfigError(f"[train] selection: expected auto, score or generative, found "
+                          f"{tcfg.selection!r}")
+    if tcfg.selection == "generative" and model.generative is None:
+        raise ConfigError("[train] selection = 'generative' needs a model with a generative "
+                          "head (recfm train --semantic-ids RUN)")
+    return tcfg.selection == "generative" or (tcfg.selection == "auto"
+                                              and model.generative is not None)
+
+
 def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
              split: Split, out: tuple[Path, dict[str, Any]], where: tuple[Any, Placement],
              loss_hook: LossHook | None, strict_budget: bool) -> Trainer:
@@ -246,9 +264,13 @@ def _trainer(rec: Recommender, tcfg: TrainConfig, data: tuple[DataSource, int],
         loss = tokens_loss(at.loss(compiled(model.loss, tcfg.compile)))
     mcfg = model.cfg
 
+    generative = selection(tcfg, model)
+
     def validate() -> dict[str, float]:
+        scorer = GenerativeScorer(model, k=GENERATIVE_K, placement=at) if generative \
+            else model_scorer(model, at)
         return (evaluate_scorer if ddp is None else ddp.evaluate)(
-            model_scorer(model, at), split.valid, mcfg.n_items, mcfg.max_len, model.input_columns,
+            scorer, split.valid, mcfg.n_items, mcfg.max_len, model.input_columns,
             batch_size=tcfg.eval_batch_size, ks=(10, 20))
 
     files = RunFiles(run, lambda: rec.save_pretrained(run, meta),
@@ -272,12 +294,16 @@ def _finish(run: Path, split: Split, trainer: Trainer, evaluate_test: bool, t_st
         return evaluate_scorer(scorer, frame, cfg.n_items, cfg.max_len, best.input_columns,
                                batch_size=tcfg.eval_batch_size)
 
-    best_valid = metrics(model_scorer(best, at), split.valid)
-    test = metrics(model_scorer(best, at), split.test) if evaluate_test else None
+    # what the model was selected by: every item scored, or its generative head's beam search
+    scorer = GenerativeScorer(best, k=GENERATIVE_K, placement=at) if selection(tcfg, best) \
+        else model_scorer(best, at)
+    best_valid = metrics(scorer, split.valid)
+    test = metrics(scorer, split.test) if evaluate_test else None
     pop_test = metrics(popularity_scorer(split.train, cfg.n_items), split.test) \
         if evaluate_test else None
     wall = time.perf_counter() - t_start
     summary = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+               "retrieval": "generative" if isinstance(scorer, GenerativeScorer) else "score",
                "steps": state["step"], "train_s": round(state["train_s"], 2),
                "valid": best_valid, "test": test, "popularity_test": pop_test,
                "n_params": n_params, "tokens_per_s_last_epoch": round(trainer.tokens_per_s, 1),
