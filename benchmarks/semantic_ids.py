@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / ".work" / "semantic-ids")
+    ap.add_argument("--tag", default="", help="results/semantic_ids-TAG.json: a variant's "
+                    "run beside the default one")
     args = ap.parse_args()
 
     from recfm.tokens.prepare import load_raw, prepare
@@ -232,7 +234,8 @@ def main() -> None:
                      (f"id softmax after +{args.generative_minutes:g} min with the head",
                       summary("id_softmax_tuned")),
                      ("generative (beam search, k = 10)", summary("generative")))))
-    write_result("semantic_ids", "s3rec/Beauty.txt + synthetic world",
+    write_result("semantic_ids" + (f"-{args.tag}" if args.tag else ""),
+                 "s3rec/Beauty.txt + synthetic world",
                  seed if len(args.seeds) == 1 else ", ".join(map(str, args.seeds)),
                  time.perf_counter() - t0, metrics,
                  extra={"beauty": beauty, "synthetic": world, "beam": beam, "runs": gen,
