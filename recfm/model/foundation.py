@@ -270,13 +270,10 @@ class FoundationModel(nn.Module):
             total = total + obj.next_item_weight * parts["next_item"]
 
         if self.generative is not None and obj.generative_weight > 0:
-            codes = self.item_codes[target[keep]]  # (N, L)
-            coded = codes[:, 0] >= 0
-            if coded.any():
-                parts["generative"] = self.generative.loss(
-                    h[keep][coded], codes[coded], w_next[coded] if w_next is not None else None,
-                    trie=self.code_trie())
-                total = total + obj.generative_weight * parts["generative"]
+            gen = self._generative_loss(h[keep], target[keep], w_next)
+            if gen is not None:
+                parts["generative"] = gen
+                total = total + obj.generative_weight * gen
 
         if self.heads.facets:
             targets = {}
@@ -326,6 +323,17 @@ class FoundationModel(nn.Module):
                 total = total + obj.window_weight * parts["window"]
         self.last_losses = {k: float(v.detach()) for k, v in parts.items()}
         return total
+
+    def _generative_loss(self, h: torch.Tensor, target: torch.Tensor,
+                         w: torch.Tensor | None) -> torch.Tensor | None:
+        """The generative head's loss on states h (N, d) for target items (N,) that have
+        codes, over the trie of all items; None when none has."""
+        codes = self.item_codes[target]  # (N, L)
+        coded = codes[:, 0] >= 0
+        if not coded.any():
+            return None
+        return self.generative.loss(h[coded], codes[coded], w[coded] if w is not None else None,
+                                    trie=self.code_trie())
 
     def _sampler_log_q(self, targets: torch.Tensor) -> torch.Tensor:
         """log of each item's probability under the negative sampler in use."""

@@ -53,15 +53,21 @@ def catalog() -> pl.DataFrame:
     })
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A content run and an id-only run trained without the HELD items (tiny, 2 epochs)."""
-    root = tmp_path_factory.mktemp("adapt")
+def prepare_without_held(out: Path) -> pl.DataFrame:
+    """The ring world without the HELD items, prepared at ``out``; all its events."""
     ev = chain_events()
     events = normalize_events(ev.filter(~pl.col("item_id").is_in(HELD)), "events")
     items = normalize_items(catalog().filter(~pl.col("item_id").is_in(HELD)), "items")
     prepare(RawDataset(events, items, "events", "items", {"name": "tiny", "has_time": True}),
-            root / "prepared")
+            out)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A content run and an id-only run trained without the HELD items (tiny, 2 epochs)."""
+    root = tmp_path_factory.mktemp("adapt")
+    ev = prepare_without_held(root / "prepared")
     tcfg = TrainConfig(epochs=2, batch_size=32, tensorboard=False)
     mcfg = dict(d_model=16, n_layers=1, n_heads=2, max_len=16, dropout=0.0)
     train(root / "prepared", root / "id-run", ModelConfig(**mcfg), tcfg)

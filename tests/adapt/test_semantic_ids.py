@@ -15,15 +15,12 @@ from recfm.adapt.new_items import add_items
 from recfm.adapt.semantic_ids import (SemanticIdConfig, build_semantic_ids, encode,
                                       load_semantic_ids, residual_kmeans)
 from recfm.content.store import embed_dataset
-from recfm.data.readers import RawDataset
-from recfm.data.schema import normalize_events, normalize_items
 from recfm.errors import InputError
 from recfm.model.config import ModelConfig
-from recfm.tokens.prepare import prepare
 from recfm.tokens.tokenizer import N_RESERVED_ITEMS
 from recfm.train.config import TrainConfig
 from recfm.train.loop import train
-from tests.adapt.test_new_items import HELD, catalog, chain_events
+from tests.adapt.test_new_items import HELD, catalog, prepare_without_held
 
 SMALL = SemanticIdConfig(levels=2, codes=8)
 
@@ -32,11 +29,7 @@ SMALL = SemanticIdConfig(levels=2, codes=8)
 def run(tmp_path_factory):
     """A tiny content run (hash:32 title vectors + genres) trained without the HELD items."""
     root = tmp_path_factory.mktemp("semantic")
-    ev = chain_events()
-    events = normalize_events(ev.filter(~pl.col("item_id").is_in(HELD)), "events")
-    items = normalize_items(catalog().filter(~pl.col("item_id").is_in(HELD)), "items")
-    prepare(RawDataset(events, items, "events", "items", {"name": "tiny", "has_time": True}),
-            root / "prepared")
+    prepare_without_held(root / "prepared")
     embed_dataset(root / "prepared", "hash:32", cache_dir=root / "cache")
     train(root / "prepared", root / "run", ModelConfig(d_model=16, n_layers=1, n_heads=2,
           max_len=16, dropout=0.0), TrainConfig(epochs=2, batch_size=32, tensorboard=False))
